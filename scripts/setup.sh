@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Fresh-machine set-up: virtualenv, CPU torch first (a bare `torch` requirement would pull GBs of CUDA wheels),
+# then the project with its extras, then perf_analyzer with its private glibc loader.
+set -euo pipefail
+VENV=${1:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+ORT_EXTRA=${ORT_EXTRA:-cpu}   # cpu -> onnxruntime, gpu -> onnxruntime-gpu (never both)
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
+"${PIP[@]}" install -q "$TORCH_SPEC"
+"${PIP[@]}" install -q -e ".[${ORT_EXTRA},dev,bench]"
+"$VENV/bin/python" -m loadtest.perf_analyzer install
+echo "setup complete: $VENV"
