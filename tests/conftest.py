@@ -47,6 +47,10 @@ def triton_server_factory() -> Iterator[Callable[..., LocalTritonServer]]:
     started: list[LocalTritonServer] = []
 
     def start(model_repository: Path | str, **options) -> LocalTritonServer:
+        for port in ("http_port", "grpc_port", "metrics_port"):
+            options.setdefault(port, 0)
+        # Triton waits for open HTTP keep-alive connections on shutdown; tests close their clients, this bounds it.
+        options.setdefault("exit_timeout_s", 10)
         server = LocalTritonServer(ServerOptions(model_repository=Path(model_repository), **options))
         server.start()
         started.append(server)

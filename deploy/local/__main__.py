@@ -1,0 +1,77 @@
+"""`python -m deploy.local --model-repository DIR [...] [extra tritonserver flags]`: serve until Ctrl-C/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from deploy.local.server import LOOPBACK, LocalTritonServer, ServerOptions, TritonStartError
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local",
+        description="Serve a Triton model repository with the tritonserver from the nvidia-pytriton wheel. "
+        "Unknown arguments are passed to tritonserver unchanged.",
+    )
+    parser.add_argument("--model-repository", type=Path, required=True)
+    parser.add_argument("--host", default=LOOPBACK, help="address to bind (default: loopback only)")
+    parser.add_argument("--http-port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="0 picks a free port")
+    parser.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
+    parser.add_argument("--exit-timeout-secs", type=int, default=30, help="grace period for in-flight requests")
+    parser.add_argument("--startup-timeout-secs", type=float, default=300.0)
+    parser.add_argument("--log-verbose", type=int, default=0)
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, extra = parse_args(argv)
+    server = LocalTritonServer(
+        ServerOptions(
+            model_repository=args.model_repository,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            model_control_mode=args.model_control_mode,
+            exit_timeout_s=args.exit_timeout_secs,
+            startup_timeout_s=args.startup_timeout_secs,
+            log_verbose=args.log_verbose,
+            extra_args=tuple(extra),
+        )
+    )
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        print(f"received {signal.Signals(signum).name}: stopping, in-flight requests may finish", flush=True)
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        server.start()
+    except TritonStartError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"tritonserver ready — HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}\n"
+        f"log: {server.log_path}",
+        flush=True,
+    )
+    while not stop_requested.wait(timeout=1.0):
+        if not server.is_running():
+            print("error: tritonserver exited unexpectedly:\n" + "\n".join(server.error_lines()), file=sys.stderr)
+            return 1
+    code = server.stop()
+    return 0 if code in (0, None) else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Base class of the Python-based backends: the Triton-facing half (loading, execute, errors).
+
+Subclasses provide `load(path, device)`, `check_contract()` and `infer(inputs) -> outputs` for one engine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from deploy.local.backends.batching import RequestResult, Tensors, run_batched
+from deploy.local.backends.contract import ModelContractError, ModelSpec
+
+
+class EngineInputError(ValueError):
+    """The engine rejected a request's data (e.g. token id out of range): reported as INVALID_ARG."""
+
+
+class PythonBasedBackend:
+    """Triton python-model protocol around one inference engine, honouring the native backends' contract."""
+
+    default_model_filename = "model"
+    backend_name = "python-based"
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.spec = ModelSpec.from_config(config, self.default_model_filename)
+        self.instance_name = args.get("model_instance_name", self.spec.name)
+        self.device = self._device(args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0)))
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        model_path = version_dir / self.spec.default_model_filename
+        if not model_path.exists():
+            raise pb_utils.TritonModelException(
+                f"unable to find '{model_path}' for model instance '{self.instance_name}' "
+                f"({self.backend_name} expects '{self.spec.default_model_filename}' in the version directory)"
+            )
+        try:
+            self.load(model_path, self.device)
+            self.check_contract()
+        except ModelContractError as error:
+            raise pb_utils.TritonModelException(f"unable to load model '{self.spec.name}': {error}") from error
+        self._output_dtypes = {spec.name: spec.numpy_dtype for spec in self.spec.outputs}
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        inputs: list[Tensors] = [
+            {spec.name: pb_utils.get_input_tensor_by_name(request, spec.name).as_numpy() for spec in self.spec.inputs}
+            for request in requests
+        ]
+        results = run_batched(inputs, self._checked_infer, batched=self.spec.max_batch_size > 0)
+        return [self._response(result) for result in results]
+
+    def finalize(self) -> None:
+        self.unload()
+
+    # -- engine hooks ---------------------------------------------------------------------------------------------
+    def load(self, path: Path, device: str) -> None:
+        raise NotImplementedError
+
+    def check_contract(self) -> None:
+        raise NotImplementedError
+
+    def infer(self, inputs: Tensors) -> Tensors:
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        """Release the engine (optional)."""
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def _device(self, kind: str, device_id: int) -> str:
+        if kind == "GPU":
+            if not self.cuda_available():
+                raise pb_utils.TritonModelException(
+                    f"model '{self.spec.name}' asks for KIND_GPU (device {device_id}) but {self.backend_name} "
+                    "finds no usable CUDA device; use KIND_CPU, or KIND_AUTO to fall back to CPU when no GPU exists"
+                )
+            return f"cuda:{device_id}"
+        return "cpu"
+
+    def cuda_available(self) -> bool:
+        return False
+
+    def _checked_infer(self, inputs: Tensors) -> Tensors:
+        outputs = self.infer(inputs)
+        for name, dtype in self._output_dtypes.items():
+            if name not in outputs:
+                raise RuntimeError(f"engine produced no output '{name}'")
+            if outputs[name].dtype != dtype:
+                raise RuntimeError(
+                    f"output '{name}' has dtype {outputs[name].dtype}, configuration expects {np.dtype(dtype)}"
+                )
+        return outputs
+
+    def _response(self, result: RequestResult) -> Any:
+        if result.error is None:
+            assert result.outputs is not None
+            tensors = [pb_utils.Tensor(spec.name, result.outputs[spec.name]) for spec in self.spec.outputs]
+            return pb_utils.InferenceResponse(output_tensors=tensors)
+        code_name = "INVALID_ARG" if isinstance(result.error, EngineInputError) else "INTERNAL"
+        message = f"{self.backend_name} inference failed for model '{self.spec.name}': {result.error}"
+        code = getattr(pb_utils.TritonError, code_name, None)
+        error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+        return pb_utils.InferenceResponse(output_tensors=[], error=error)

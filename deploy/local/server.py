@@ -1,0 +1,269 @@
+"""Start, supervise and stop a real local tritonserver (the binary from the nvidia-pytriton wheel)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.local.runtime import TritonRuntime, stub_python_path
+
+LOGGER = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+# glog error/fatal lines ("E1122 07:58:01.123 ...") and Triton's own load failures.
+_ERROR_LINE = re.compile(r"^[EF]\d{4} |failed to load|error:|Address already in use", re.IGNORECASE)
+
+
+class TritonStartError(RuntimeError):
+    """tritonserver did not become ready; the message carries Triton's own error lines."""
+
+
+class PortInUseError(TritonStartError):
+    """A requested port is already bound by another process."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to start a local tritonserver.
+
+    Ports set to 0 are replaced by free ephemeral ports. `model_control_mode="explicit"` loads `load_models` at
+    start-up (default `*`: all) and enables the repository API (load/unload), which the self-healing supervisor
+    uses to reload a broken model.
+    """
+
+    model_repository: Path
+    host: str = LOOPBACK
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ("*",)
+    exit_timeout_s: int = 30
+    startup_timeout_s: float = 300.0
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+class LocalTritonServer:
+    """A tritonserver process serving one model repository; usable as a context manager.
+
+    Example:
+        with LocalTritonServer(ServerOptions(Path("model_repository"), http_port=0)) as server:
+            print(server.http_url)
+    """
+
+    def __init__(self, options: ServerOptions, runtime: TritonRuntime | None = None) -> None:
+        self.options = _with_free_ports(options)
+        self.runtime = runtime or TritonRuntime.discover()
+        self._workdir = Path(tempfile.mkdtemp(prefix="tritonfleet-server-"))
+        self.log_path = self._workdir / "tritonserver.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- addresses -----------------------------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.options.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.options.metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        return LOOPBACK if self.options.host in ("0.0.0.0", "::", "") else self.options.host
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        """The tritonserver command line (also useful to print for debugging)."""
+        opts = self.options
+        command = [
+            str(self.runtime.server_binary),
+            f"--model-repository={Path(opts.model_repository).resolve()}",
+            f"--backend-directory={self._workdir / 'backends'}",
+            f"--http-address={opts.host}",
+            f"--http-port={opts.http_port}",
+            f"--grpc-address={opts.host}",
+            f"--grpc-port={opts.grpc_port}",
+            f"--metrics-address={opts.host}",
+            f"--metrics-port={opts.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={opts.exit_timeout_s}",
+            f"--log-verbose={opts.log_verbose}",
+            f"--model-control-mode={opts.model_control_mode}",
+        ]
+        if opts.model_control_mode == "explicit":
+            command.extend(f"--load-model={name}" for name in opts.load_models)
+        command.extend(opts.extra_args)
+        return command
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment, set here rather than inherited so another activated venv cannot leak in."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV")}
+        venv_bin = str(Path(sys.executable).parent)
+        env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["VIRTUAL_ENV"] = sys.prefix
+        env["PYTHONPATH"] = stub_python_path()
+        env["LD_LIBRARY_PATH"] = ":".join(
+            part for part in (self.runtime.library_path(), os.environ.get("LD_LIBRARY_PATH", "")) if part
+        )
+        return env
+
+    def start(self) -> LocalTritonServer:
+        """Start tritonserver and block until it is ready, or raise TritonStartError with its error lines."""
+        if self._process is not None:
+            raise RuntimeError("server already started")
+        repository = Path(self.options.model_repository)
+        if not repository.is_dir():
+            raise TritonStartError(f"model repository {repository} does not exist or is not a directory")
+        self._check_ports_free()
+        self.runtime.assemble_backend_directory(self._workdir / "backends")
+        LOGGER.info("starting tritonserver: %s", " ".join(self.command()))
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.environment(),
+                start_new_session=True,
+            )
+        self._wait_until_ready()
+        return self
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM, let in-flight requests finish (up to --exit-timeout-secs), then SIGKILL as a last resort."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s if timeout_s is not None else self.options.exit_timeout_s + 15)
+            except subprocess.TimeoutExpired:
+                LOGGER.warning("tritonserver did not stop in time; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
+        self._kill_leftover_stubs(process.pid)
+        return process.returncode
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait(self) -> int:
+        """Block until the server process exits; returns its exit code."""
+        if self._process is None:
+            raise RuntimeError("server not started")
+        return self._process.wait()
+
+    def __enter__(self) -> LocalTritonServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- health and logs -----------------------------------------------------------------------------------------
+    def is_ready(self, timeout_s: float = 2.0) -> bool:
+        return _http_ok(f"http://{self.http_url}/v2/health/ready", timeout_s)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def error_lines(self, limit: int = 20) -> list[str]:
+        """Triton's own error lines from its log, most relevant first (the last ones)."""
+        lines = [line for line in self.log_text().splitlines() if _ERROR_LINE.search(line)]
+        return lines[-limit:]
+
+    # -- internals -----------------------------------------------------------------------------------------------
+    def _check_ports_free(self) -> None:
+        opts = self.options
+        for name, port in (("HTTP", opts.http_port), ("gRPC", opts.grpc_port), ("metrics", opts.metrics_port)):
+            if not _port_is_free(opts.host, port):
+                raise PortInUseError(
+                    f"{name} port {opts.host}:{port} is already in use (another tritonserver?); "
+                    f"stop it or choose another port (0 picks a free one)"
+                )
+
+    def _wait_until_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise TritonStartError(self._failure_message(f"tritonserver exited with {self._process.returncode}"))
+            if self.is_ready(timeout_s=1.0):
+                LOGGER.info(
+                    "tritonserver ready: http=%s grpc=%s metrics=%s", self.http_url, self.grpc_url, self.metrics_url
+                )
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise TritonStartError(self._failure_message(f"tritonserver not ready after {self.options.startup_timeout_s}s"))
+
+    def _failure_message(self, headline: str) -> str:
+        errors = self.error_lines()
+        details = "\n".join(errors) if errors else "\n".join(self.log_text().splitlines()[-20:])
+        return f"{headline}; its log ({self.log_path}) says:\n{details}"
+
+    @staticmethod
+    def _kill_leftover_stubs(server_pid: int) -> None:
+        # Stubs run in the server's session; a server killed hard can leave them behind holding shared memory.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server_pid, signal.SIGKILL)
+
+
+def _with_free_ports(options: ServerOptions) -> ServerOptions:
+    ports = {}
+    taken: set[int] = set()
+    for name in ("http_port", "grpc_port", "metrics_port"):
+        port = getattr(options, name)
+        if port == 0:
+            port = _free_port(options.host, exclude=taken)
+        taken.add(port)
+        ports[name] = port
+    return ServerOptions(**{**options.__dict__, **ports})
+
+
+def _free_port(host: str, exclude: set[int]) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host or LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        if port not in exclude:
+            return port
+    raise PortInUseError("could not find a free port")
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host or LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _http_ok(url: str, timeout_s: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback health check
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

@@ -1,0 +1,329 @@
+"""The production repository format served by the real local tritonserver (issue: a real Triton on any machine)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
+
+from deploy.local import LocalTritonServer, PortInUseError, ServerOptions, TritonStartError
+from tests.support.tiny_models import (
+    FEATURES,
+    ONNX_NAMES,
+    TORCHSCRIPT_NAMES,
+    TinyEmbedding,
+    TinyNet,
+    build_tiny_embedding_onnx,
+    build_tiny_repository,
+    export_tiny_onnx,
+    export_tiny_torchscript,
+    tiny_config,
+    write_model,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MODELS = {"tiny_onnx": ONNX_NAMES, "tiny_torchscript": TORCHSCRIPT_NAMES}
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory, triton_server_factory) -> LocalTritonServer:
+    repository = build_tiny_repository(tmp_path_factory.mktemp("tiny") / "repository")
+    build_tiny_embedding_onnx(repository)
+    return triton_server_factory(repository)
+
+
+def _reference(x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        out0, out1 = TinyNet().eval()(torch.from_numpy(x0), torch.from_numpy(x1))
+    return out0.numpy(), out1.numpy()
+
+
+def _infer(module, client, model: str, x0: np.ndarray, x1: np.ndarray):
+    names = MODELS[model]
+    inputs = [module.InferInput(name, list(x.shape), "FP32") for name, x in zip(names.inputs, (x0, x1))]
+    for tensor, x in zip(inputs, (x0, x1)):
+        tensor.set_data_from_numpy(x)
+    result = client.infer(model, inputs)
+    return result.as_numpy(names.outputs[0]), result.as_numpy(names.outputs[1])
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_outputs_equal_eager_pytorch(tiny_server, protocol, model):
+    module = httpclient if protocol == "http" else grpcclient
+    url = tiny_server.http_url if protocol == "http" else tiny_server.grpc_url
+    rng = np.random.default_rng(7)
+    client = module.InferenceServerClient(url)
+    try:
+        assert client.get_model_config(model) is not None
+        for batch in (1, 3, 16):
+            x0 = rng.standard_normal((batch, FEATURES), dtype=np.float32)
+            x1 = rng.standard_normal((batch, FEATURES), dtype=np.float32)
+            served = _infer(module, client, model, x0, x1)
+            for got, expected in zip(served, _reference(x0, x1)):
+                assert got.shape == expected.shape
+                assert np.abs(got - expected).max() <= 1e-5
+    finally:
+        client.close()
+
+
+def test_served_by_python_based_backends(tiny_server):
+    client = httpclient.InferenceServerClient(tiny_server.http_url)
+    try:
+        for model, backend in (("tiny_onnx", "onnxruntime"), ("tiny_torchscript", "pytorch")):
+            config = client.get_model_config(model)
+            assert (config["backend"], config["runtime"]) == (backend, "model.py")
+    finally:
+        client.close()
+
+
+def _statistics(client, model: str) -> tuple[int, int]:
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_dynamic_batching_with_16_concurrent_clients(tiny_server, model):
+    rng = np.random.default_rng(11)
+    requests = [
+        (rng.standard_normal((1, FEATURES), dtype=np.float32), rng.standard_normal((1, FEATURES), dtype=np.float32))
+        for _ in range(64)
+    ]
+    # gRPC clients: tritonclient.http is gevent-based and must not be shared across threads.
+    clients = [grpcclient.InferenceServerClient(tiny_server.grpc_url) for _ in range(16)]
+    try:
+        before = _statistics(clients[0], model)
+
+        def send(index: int):
+            return _infer(grpcclient, clients[index % 16], model, *requests[index])
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(send, range(len(requests))))
+        after = _statistics(clients[0], model)
+    finally:
+        for client in clients:
+            client.close()
+    for (x0, x1), served in zip(requests, results):
+        for got, expected in zip(served, _reference(x0, x1)):
+            assert np.abs(got - expected).max() <= 1e-5
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == len(requests)
+    assert executions < inferences, f"no batching: {executions} executions for {inferences} inferences"
+
+
+def test_bad_request_isolated_from_batch_mates(tiny_server):
+    """One out-of-range token id fails alone with INVALID_ARG; its batch-mates get correct outputs."""
+    rng = np.random.default_rng(3)
+    payloads = [rng.integers(0, 10, size=(1, 6), dtype=np.int64) for _ in range(8)]
+    payloads[3] = np.array([[1, 2, 999, 3, 4, 5]], dtype=np.int64)
+    clients = [grpcclient.InferenceServerClient(tiny_server.grpc_url) for _ in range(len(payloads))]
+
+    def send(index: int):
+        tensor = grpcclient.InferInput("IDS", [1, 6], "INT64")
+        tensor.set_data_from_numpy(payloads[index])
+        try:
+            return clients[index].infer("tiny_embedding", [tensor]).as_numpy("MEAN")
+        except InferenceServerException as error:
+            return error
+
+    try:
+        before = _statistics(clients[0], "tiny_embedding")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+            results = list(pool.map(send, range(len(payloads))))
+        after = _statistics(clients[0], "tiny_embedding")
+    finally:
+        for client in clients:
+            client.close()
+    error = results[3]
+    assert isinstance(error, InferenceServerException)
+    assert error.status() == "StatusCode.INVALID_ARGUMENT", error
+    assert "out of" in str(error).lower() or "indices" in str(error).lower(), error
+    model = TinyEmbedding().eval()
+    for index, result in enumerate(results):
+        if index == 3:
+            continue
+        with torch.no_grad():
+            expected = model(torch.from_numpy(payloads[index])).numpy()
+        assert not isinstance(result, Exception), result
+        assert np.abs(result - expected).max() <= 1e-5
+    assert after[1] - before[1] < after[0] - before[0] + 1  # executions never exceed requests
+    assert tiny_server.is_ready()
+
+
+# -- load-time contract: what loads locally also loads in the NGC image ------------------------------------------
+
+
+def _mismatched_models(repository: Path) -> dict[str, str]:
+    """Broken configs -> a fragment the load error must contain."""
+    cases: dict[str, tuple[mc.ModelConfig, str]] = {}
+    wrong_name = tiny_config("bad_input_name", "onnxruntime_onnx", ONNX_NAMES)
+    wrong_name.input[0].name = "INPUT_X"
+    cases["bad_input_name"] = (wrong_name, "unexpected inference input 'INPUT_X'")
+    cases["bad_dtype"] = (
+        tiny_config("bad_dtype", "onnxruntime_onnx", ONNX_NAMES, input_dtype=mc.TYPE_INT64),
+        "configuration expects datatype TYPE_INT64 for input 'INPUT0', model provides TYPE_FP32",
+    )
+    cases["bad_rank"] = (
+        tiny_config("bad_rank", "onnxruntime_onnx", ONNX_NAMES, input_dims=(1, FEATURES)),
+        "the model expects 2 dimensions",
+    )
+    missing_input = tiny_config("bad_input_count", "onnxruntime_onnx", ONNX_NAMES)
+    del missing_input.input[1]
+    cases["bad_input_count"] = (missing_input, "configuration expects 1 inputs, model provides 2")
+    torchscript_count = tiny_config("bad_torchscript_inputs", "pytorch_libtorch", TORCHSCRIPT_NAMES)
+    del torchscript_count.input[1]
+    cases["bad_torchscript_inputs"] = (torchscript_count, "configuration expects 1 inputs, model provides 2")
+    expected = {}
+    for name, (config, fragment) in cases.items():
+        artifact = (
+            export_tiny_onnx(repository / f"{name}.onnx")
+            if config.platform == "onnxruntime_onnx"
+            else export_tiny_torchscript(repository / f"{name}.pt")
+        )
+        write_model(repository, config, artifact)
+        expected[name] = fragment
+    gpu = tiny_config("gpu_only", "onnxruntime_onnx", ONNX_NAMES, instance_kind=mc.ModelInstanceGroup.KIND_GPU)
+    write_model(repository, gpu, export_tiny_onnx(repository / "gpu_only.onnx"))
+    expected["gpu_only"] = "GPU"
+    auto = tiny_config("auto_kind", "onnxruntime_onnx", ONNX_NAMES, instance_kind=mc.ModelInstanceGroup.KIND_AUTO)
+    write_model(repository, auto, export_tiny_onnx(repository / "auto_kind.onnx"))
+    return expected
+
+
+@pytest.fixture(scope="module")
+def explicit_server(tmp_path_factory, triton_server_factory):
+    repository = tmp_path_factory.mktemp("contract") / "repository"
+    repository.mkdir()
+    expected = _mismatched_models(repository)
+    server = triton_server_factory(repository, model_control_mode="explicit", load_models=())
+    return server, expected
+
+
+@pytest.mark.parametrize(
+    "model", ["bad_input_name", "bad_dtype", "bad_rank", "bad_input_count", "bad_torchscript_inputs", "gpu_only"]
+)
+def test_mismatched_config_fails_to_load_naming_the_problem(explicit_server, model):
+    server, expected = explicit_server
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        with pytest.raises(InferenceServerException) as raised:
+            client.load_model(model)
+        assert expected[model] in str(raised.value)
+        assert not client.is_model_ready(model)
+        assert server.is_running()
+    finally:
+        client.close()
+
+
+def test_kind_auto_falls_back_to_cpu(explicit_server):
+    server, _ = explicit_server
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.load_model("auto_kind")
+        assert client.is_model_ready("auto_kind")
+        assert client.get_model_config("auto_kind")["instance_group"][0]["kind"] == "KIND_CPU"
+    finally:
+        client.close()
+
+
+# -- the launcher ---------------------------------------------------------------------------------------------------
+
+
+def test_taken_port_is_reported(tiny_server, tmp_path):
+    options = ServerOptions(
+        tmp_path, http_port=int(tiny_server.http_url.rsplit(":", 1)[1]), grpc_port=0, metrics_port=0
+    )
+    with pytest.raises(PortInUseError, match="already in use"):
+        LocalTritonServer(options).start()
+
+
+def test_model_that_fails_to_load_stops_start_with_tritons_error(tmp_path):
+    config = tiny_config("broken", "onnxruntime_onnx", ONNX_NAMES)
+    write_model(tmp_path, config)  # no model.onnx
+    server = LocalTritonServer(ServerOptions(tmp_path, http_port=0, grpc_port=0, metrics_port=0, exit_timeout_s=5))
+    with pytest.raises(TritonStartError, match=r"unable to find .*model\.onnx"):
+        server.start()
+    assert not server.is_running()
+
+
+def test_command_line_serves_until_sigint(tmp_path):
+    repository = build_tiny_repository(tmp_path / "repository")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy.local",
+            "--model-repository",
+            str(repository),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--exit-timeout-secs",
+            "5",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ready_line = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+            if "HTTP 127.0.0.1:" in line:
+                ready_line = line
+                break
+        assert "HTTP 127.0.0.1:" in ready_line, ready_line
+        http_url = ready_line.split("HTTP ", 1)[1].split()[0]
+        client = httpclient.InferenceServerClient(http_url)
+        assert client.is_server_ready()
+        client.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def test_command_line_exits_non_zero_with_tritons_error(tmp_path):
+    write_model(tmp_path, tiny_config("broken", "onnxruntime_onnx", ONNX_NAMES))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy.local",
+            "--model-repository",
+            str(tmp_path),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--exit-timeout-secs",
+            "5",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "failed to load 'broken'" in result.stderr

@@ -1,0 +1,140 @@
+"""Request planning, tensor naming and reassembly order (client.core, client.model); no server involved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.core import assemble_embeddings, assemble_residues, build_input_arrays, plan_batches, prepare_sequences
+from client.errors import InvalidSequenceError, UnsupportedModelError
+from client.model import ModelSpec, logical_tensor_name
+from export.esm2.tokenizer import encode_batch
+
+D = 4
+
+
+def _metadata(inputs: list[tuple[str, str]], outputs: list[str], name: str = "m") -> dict:
+    return {
+        "name": name,
+        "inputs": [{"name": n, "datatype": t, "shape": [-1, -1]} for n, t in inputs],
+        "outputs": [
+            {"name": n, "datatype": "FP32", "shape": [-1, D] if n.startswith("EMB") else [-1, -1, D]} for n in outputs
+        ],
+    }
+
+
+ENSEMBLE = ModelSpec.from_server_answers(
+    _metadata([("SEQUENCE", "BYTES")], ["EMBEDDING", "RESIDUE_EMBEDDINGS"], "esm2"), {"max_batch_size": 3}
+)
+
+
+def test_torchscript_suffixes_are_resolved_from_grpc_json_metadata() -> None:
+    metadata = _metadata(
+        [("INPUT_IDS__0", "INT64"), ("ATTENTION_MASK__1", "INT64")],
+        ["EMBEDDING__0", "RESIDUE_EMBEDDINGS__1"],
+        "esm2_torchscript",
+    )
+    metadata["outputs"][0]["shape"] = ["-1", str(D)]  # gRPC JSON renders int64 as strings
+    spec = ModelSpec.from_server_answers(metadata, {"config": {"name": "esm2_torchscript", "max_batch_size": 64}})
+    assert spec.feed == "tokens"
+    assert spec.inputs == {"INPUT_IDS": "INPUT_IDS__0", "ATTENTION_MASK": "ATTENTION_MASK__1"}
+    assert spec.output_name("RESIDUE_EMBEDDINGS") == "RESIDUE_EMBEDDINGS__1"
+    assert (spec.max_batch_size, spec.embedding_dim) == (64, D)
+
+
+def test_logical_names_only_strip_a_trailing_index_suffix() -> None:
+    assert logical_tensor_name("INPUT_IDS__0") == "INPUT_IDS"
+    assert logical_tensor_name("EMBEDDING") == "EMBEDDING"
+    assert logical_tensor_name("A__B") == "A__B"
+
+
+def test_models_outside_the_contract_are_refused_with_reasons() -> None:
+    with pytest.raises(UnsupportedModelError, match="expected SEQUENCE"):
+        ModelSpec.from_server_answers(_metadata([("TEXT", "BYTES")], ["EMBEDDING"]), {"max_batch_size": 8})
+    with pytest.raises(UnsupportedModelError, match="max_batch_size 0"):
+        ModelSpec.from_server_answers(_metadata([("SEQUENCE", "BYTES")], ["EMBEDDING"]), {"max_batch_size": 0})
+    spec = ModelSpec.from_server_answers(_metadata([("SEQUENCE", "BYTES")], ["EMBEDDING"]), {"max_batch_size": 8})
+    with pytest.raises(UnsupportedModelError, match="no RESIDUE_EMBEDDINGS output"):
+        spec.output_name("RESIDUE_EMBEDDINGS")
+
+
+def test_batches_respect_max_batch_size_group_similar_lengths_and_cover_every_index_once() -> None:
+    lengths = [5, 1, 9, 3, 3, 7, 2, 8, 6, 4, 1]
+    batches = plan_batches(lengths, 4)
+    assert [len(b.indices) for b in batches] == [4, 4, 3]
+    assert sorted(i for b in batches for i in b.indices) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b.indices]
+    assert flat == sorted(lengths)
+    assert batches[0].indices == (1, 10, 6, 3)  # stable among equal lengths
+
+
+def test_150_sequences_with_max_batch_size_64_make_three_requests() -> None:
+    call = prepare_sequences(["M" * (1 + i % 50) for i in range(150)], 64)
+    assert [len(b.indices) for b in call.batches] == [64, 64, 22]
+
+
+def test_prepare_names_the_bad_sequence_by_index_and_id() -> None:
+    with pytest.raises(InvalidSequenceError) as caught:
+        prepare_sequences(["MKT", "MKJ"], 8, ids=["ok", "bad one"])
+    assert (caught.value.index, caught.value.record_id) == (1, "bad one")
+    assert "sequence 1 (id 'bad one'): invalid residue 'J' at position 3" in str(caught.value)
+    with pytest.raises(InvalidSequenceError, match="sequence 0: sequence is too long: 1023 residues"):
+        prepare_sequences(["A" * 1023], 8)
+
+
+def test_prepare_normalises_like_the_served_tokenizer() -> None:
+    call = prepare_sequences([" mkt\n", b"GSH"], 8)
+    assert call.texts == ("MKT", "GSH") and call.lengths == (3, 3)
+
+
+def test_prepare_rejects_a_bare_string() -> None:
+    with pytest.raises(TypeError, match="not one string"):
+        prepare_sequences("MKT", 8)
+
+
+def test_sequence_inputs_are_object_arrays_of_bytes_with_one_element_per_row() -> None:
+    arrays = build_input_arrays(ENSEMBLE, ["MKT", "GS"])
+    (array,) = arrays.values()
+    assert list(arrays) == ["SEQUENCE"] and array.dtype == np.object_ and array.shape == (2, 1)
+    assert array[:, 0].tolist() == [b"MKT", b"GS"]
+
+
+def test_token_inputs_use_the_served_names_and_the_shared_tokenizer() -> None:
+    metadata = _metadata([("INPUT_IDS__0", "INT64"), ("ATTENTION_MASK__1", "INT64")], ["EMBEDDING__0"])
+    spec = ModelSpec.from_server_answers(metadata, {"max_batch_size": 8})
+    arrays = build_input_arrays(spec, ["MKT", "GS"])
+    expected_ids, expected_mask = encode_batch(["MKT", "GS"])
+    np.testing.assert_array_equal(arrays["INPUT_IDS__0"], expected_ids)
+    np.testing.assert_array_equal(arrays["ATTENTION_MASK__1"], expected_mask)
+
+
+def test_embeddings_are_scattered_back_to_input_order() -> None:
+    sequences = ["M" * n for n in (5, 1, 4, 2, 3)]
+    call = prepare_sequences(sequences, 2)
+    # Each fake server row carries its input index so the reassembled order can be checked.
+    outputs = [np.array([[i] * D for i in batch.indices], dtype=np.float32) for batch in call.batches]
+    result = assemble_embeddings(ENSEMBLE, call, outputs)
+    np.testing.assert_array_equal(result[:, 0], np.arange(len(sequences)))
+
+
+def test_residue_rows_1_to_l_are_cut_per_sequence() -> None:
+    call = prepare_sequences(["MKTA", "GS", "Q"], 2)
+    outputs = []
+    for batch in call.batches:
+        width = max(call.lengths[i] for i in batch.indices) + 3
+        rows = np.zeros((len(batch.indices), width, D), dtype=np.float32)
+        for row, index in enumerate(batch.indices):
+            rows[row, :, 0] = index
+            rows[row, :, 1] = np.arange(width)  # the token position
+        outputs.append(rows)
+    residues = assemble_residues(call, outputs)
+    assert [r.shape for r in residues] == [(4, D), (2, D), (1, D)]
+    for index, array in enumerate(residues):
+        assert (array[:, 0] == index).all()
+        np.testing.assert_array_equal(array[:, 1], np.arange(1, call.lengths[index] + 1))
+
+
+def test_a_response_with_the_wrong_row_count_is_an_error() -> None:
+    call = prepare_sequences(["MKT", "GS"], 8)
+    with pytest.raises(UnsupportedModelError, match="1 rows for a batch of 2"):
+        assemble_embeddings(ENSEMBLE, call, [np.zeros((1, D), np.float32)])
