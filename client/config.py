@@ -1,0 +1,93 @@
+"""Typed client configuration: where the server is, which model to call, timeouts, concurrency and retries."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+Protocol = Literal["http", "grpc"]
+PROTOCOLS: tuple[str, ...] = ("http", "grpc")
+DEFAULT_PORTS: dict[str, int] = {"http": 8000, "grpc": 8001}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient failures (HTTP 503 / gRPC UNAVAILABLE, lost connections).
+
+    Attempt k (k = 1, 2, ...) that fails transiently is followed by a sleep drawn uniformly from
+    [0, min(max_delay_s, initial_delay_s * multiplier ** (k - 1))]. Retrying stops after `max_attempts` attempts or
+    once `max_elapsed_s` has passed since the first attempt, whichever comes first.
+
+    Attributes:
+        max_attempts: total attempts per request, the first one included (1 disables retries).
+        initial_delay_s: backoff ceiling after the first failure.
+        multiplier: growth of the ceiling per failure.
+        max_delay_s: cap on one sleep.
+        max_elapsed_s: overall budget for one request, attempts and sleeps together.
+        retry_on_timeout: also retry requests that hit the client timeout (off by default: a slow server is
+            usually an overloaded one).
+    """
+
+    max_attempts: int = 5
+    initial_delay_s: float = 0.2
+    multiplier: float = 2.0
+    max_delay_s: float = 5.0
+    max_elapsed_s: float = 60.0
+    retry_on_timeout: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_delay_s < 0 or self.max_delay_s < 0 or self.max_elapsed_s < 0:
+            raise ValueError("retry delays and budget must be >= 0")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+
+    def backoff_ceiling(self, failures: int) -> float:
+        """The largest sleep after `failures` consecutive transient failures (failures >= 1)."""
+        return min(self.max_delay_s, self.initial_delay_s * self.multiplier ** (failures - 1))
+
+    def backoff_delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """A full-jitter sleep after `failures` consecutive transient failures."""
+        return (rng or random).uniform(0.0, self.backoff_ceiling(failures))
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How to reach the server and call one model.
+
+    Attributes:
+        url: "host:port" without scheme (HTTP default port 8000, gRPC 8001).
+        protocol: "http" or "grpc".
+        model: `esm2` (the ensemble, fed sequences) or a raw variant (`esm2_onnx`, `esm2_torchscript`) fed token ids.
+        version: model version; "" lets the server choose.
+        timeout_s: client-side limit for every call (connect + send + server time + receive).
+        max_in_flight: the most requests one client has outstanding at a time.
+        retry: the retry policy for transient failures.
+        validate: check sequences locally before sending, so errors name the offending index.
+    """
+
+    url: str = "127.0.0.1:8000"
+    protocol: Protocol = "http"
+    model: str = "esm2"
+    version: str = ""
+    timeout_s: float = 60.0
+    max_in_flight: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    validate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if "://" in self.url:
+            raise ValueError(f"url must be host:port without a scheme, got {self.url!r}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if not isinstance(self.version, str):
+            raise ValueError(f"version must be a string ('' for the server's choice), got {self.version!r}")

@@ -1,0 +1,192 @@
+"""The synchronous client: `EmbeddingClient(ClientConfig(url=..., protocol="http" | "grpc"))`.
+
+Batches beyond the model's `max_batch_size` are sent concurrently from a thread pool (at most `max_in_flight` at a
+time); each worker thread owns its tritonclient instance, because tritonclient clients are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from client import core
+from client.config import ClientConfig
+from client.errors import TritonFleetError, classify_exception, is_connection_failure
+from client.model import ModelSpec, OutputKind
+from client.retry import call_with_retry
+from client.transport import SYNC_TRANSPORTS, GrpcTransport, HttpTransport
+
+T = TypeVar("T")
+SyncTransport = HttpTransport | GrpcTransport
+
+
+class EmbeddingClient:
+    """ESM-2 embeddings from a Triton server over HTTP or gRPC; usable as a context manager.
+
+    Example:
+        with EmbeddingClient(ClientConfig(url="127.0.0.1:8001", protocol="grpc")) as client:
+            vectors = client.embed(["MKTAYIAKQR", "GSHMLE"])  # [2, D] float32
+    """
+
+    def __init__(self, config: ClientConfig | None = None, **overrides: Any) -> None:
+        self.config = dataclasses.replace(config or ClientConfig(), **overrides)
+        self._transport_type = SYNC_TRANSPORTS[self.config.protocol]
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._transports: list[SyncTransport] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._spec: ModelSpec | None = None
+        self._closed = False
+
+    # -- health and metadata --------------------------------------------------------------------------------------
+    def is_server_live(self) -> bool:
+        """True if the server answers liveness; False if it is unreachable (no retries)."""
+        return self._probe(lambda transport: transport.server_live())
+
+    def is_server_ready(self) -> bool:
+        """True if the server answers readiness; False if it is unreachable or not ready (no retries)."""
+        return self._probe(lambda transport: transport.server_ready())
+
+    def is_model_ready(self) -> bool:
+        """True if the configured model (and version) is ready; False otherwise (no retries)."""
+        config = self.config
+        return self._probe(lambda transport: transport.model_ready(config.model, config.version))
+
+    def model_metadata(self) -> dict[str, Any]:
+        """The model's metadata as a dict (same keys for HTTP and gRPC)."""
+        config = self.config
+        return self._call(f"metadata of {config.model}", lambda t: t.model_metadata(config.model, config.version))
+
+    def model_config(self) -> dict[str, Any]:
+        """The model's configuration as a dict (gRPC's answer is unwrapped from its `config` field)."""
+        config = self.config
+        answer = self._call(f"config of {config.model}", lambda t: t.model_config(config.model, config.version))
+        return answer.get("config", answer)
+
+    def model_spec(self) -> ModelSpec:
+        """Tensor names, feed kind, max_batch_size and D of the configured model (read once, then cached)."""
+        if self._spec is None:
+            self._spec = ModelSpec.from_server_answers(self.model_metadata(), self.model_config(), self.config.version)
+        return self._spec
+
+    # -- inference --------------------------------------------------------------------------------------------------
+    def embed(self, sequences: Sequence[str], ids: Sequence[str] | None = None) -> np.ndarray:
+        """Mean-pooled embeddings, float32 [N, D], in input order.
+
+        Args:
+            sequences: protein sequences (one-letter codes; lower case is accepted).
+            ids: optional names used in error messages (e.g. FASTA ids).
+
+        Raises:
+            InvalidSequenceError: a sequence the tokenizer would reject (names its index and id).
+            InvalidRequestError: the server rejected a request (HTTP 400 / INVALID_ARG).
+            ServerUnavailableError: the server stayed unavailable through every retry.
+        """
+        texts = core.normalize_sequences(sequences, self.config.validate, ids)
+        spec = self.model_spec()
+        call = core.plan_call(texts, spec.max_batch_size)
+        return core.assemble_embeddings(spec, call, self._run_batches(spec, call, "EMBEDDING"))
+
+    def embed_residues(self, sequences: Sequence[str], ids: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Per-residue embeddings: one float32 [L_i, D] array per sequence (rows 1..L of RESIDUE_EMBEDDINGS)."""
+        texts = core.normalize_sequences(sequences, self.config.validate, ids)
+        spec = self.model_spec()
+        call = core.plan_call(texts, spec.max_batch_size)
+        return core.assemble_residues(call, self._run_batches(spec, call, "RESIDUE_EMBEDDINGS"))
+
+    def _run_batches(self, spec: ModelSpec, call: core.PreparedCall, kind: OutputKind) -> list[np.ndarray]:
+        output = spec.output_name(kind)
+
+        def run(batch: core.Batch) -> np.ndarray:
+            arrays = core.build_input_arrays(spec, core.batch_texts(call, batch))
+            operation = f"infer {spec.name}, {batch.describe(len(call.batches))}"
+            return self._call(operation, lambda t: t.infer(spec.name, spec.version, arrays, [output]))[output]
+
+        if len(call.batches) <= 1 or self.config.max_in_flight == 1:
+            return [run(batch) for batch in call.batches]
+        futures = [self._pool().submit(run, batch) for batch in call.batches]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            _cancel_pending(futures)
+
+    # -- plumbing ---------------------------------------------------------------------------------------------------
+    def _call(self, operation: str, function: Callable[[SyncTransport], T]) -> T:
+        def attempt() -> T:
+            transport = self._transport()
+            try:
+                return function(transport)
+            except Exception as error:
+                if is_connection_failure(error):
+                    self._discard(transport)  # pooled sockets to a restarted server are dead
+                raise
+
+        return call_with_retry(attempt, self.config.retry, f"{operation} at {self.config.protocol}://{self.config.url}")
+
+    def _probe(self, function: Callable[[SyncTransport], bool]) -> bool:
+        transport = self._transport()
+        try:
+            return bool(function(transport))
+        except Exception as error:
+            if classify_exception(error, "probe") is None:
+                raise
+            if is_connection_failure(error):
+                self._discard(transport)
+            return False
+
+    def _transport(self) -> SyncTransport:
+        transport = getattr(self._local, "transport", None)
+        if transport is None:
+            if self._closed:
+                raise TritonFleetError("the client is closed")
+            transport = self._transport_type(self.config)
+            with self._lock:
+                self._transports.append(transport)
+            self._local.transport = transport
+        return transport
+
+    def _discard(self, transport: SyncTransport) -> None:
+        if getattr(self._local, "transport", None) is transport:
+            self._local.transport = None
+        with self._lock:
+            if transport in self._transports:
+                self._transports.remove(transport)
+        _close_quietly(transport)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.config.max_in_flight, thread_name_prefix="tritonfleet")
+            return self._executor
+
+    def close(self) -> None:
+        """Closes every connection; the client cannot be used afterwards."""
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            transports, self._transports = self._transports, []
+        for transport in transports:
+            _close_quietly(transport)
+
+    def __enter__(self) -> EmbeddingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _cancel_pending(futures: list[Future[Any]]) -> None:
+    for future in futures:
+        future.cancel()
+
+
+def _close_quietly(transport: SyncTransport) -> None:
+    with contextlib.suppress(Exception):  # closing a broken connection may fail; nothing to recover
+        transport.close()

@@ -1,0 +1,127 @@
+"""The ESM-2 export recipe (see `export.recipe.ModelRecipe`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
+from export.esm2.tokenizer import DEFAULT_BUCKETS, encode_batch
+from export.recipe import ParityCase, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+
+Precision = Literal["fp32", "fp16"]
+NUMPY_DTYPES: dict[str, str] = {"fp32": "float32", "fp16": "float16"}
+
+# The 20 standard amino acids, used to draw random test proteins.
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+# Longest residue count in generated parity cases: long enough to cross several buckets, short enough to be quick.
+PARITY_MAX_RESIDUES = 300
+
+
+def random_proteins(count: int, rng: np.random.Generator, min_length: int = 1, max_length: int = 300) -> list[str]:
+    """Random sequences of standard residues with uniformly drawn lengths."""
+    lengths = rng.integers(min_length, max_length + 1, size=count)
+    letters = np.array(list(STANDARD_RESIDUES))
+    return ["".join(rng.choice(letters, size=int(length))) for length in lengths]
+
+
+@dataclass(frozen=True)
+class Esm2Recipe:
+    """ESM-2 with mean-pooled and per-residue embeddings.
+
+    Attributes:
+        checkpoint: HF id or local directory of real weights; None for random weights.
+        random_init: the ESM-2 size to build with random weights when no checkpoint is given.
+        seed: torch seed of the random weights.
+        precision: "fp32" or "fp16" (GPU serving); output dtypes follow.
+    """
+
+    checkpoint: str | None = None
+    random_init: str | None = "8M"
+    seed: int = 0
+    precision: Precision = "fp32"
+    name: str = "esm2"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is None and self.random_init not in RANDOM_INIT_SIZES:
+            raise ValueError(f"--random-init must be one of {', '.join(RANDOM_INIT_SIZES)}, got {self.random_init!r}")
+        if self.precision not in NUMPY_DTYPES:
+            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+
+    @property
+    def is_random(self) -> bool:
+        return self.checkpoint is None
+
+    @cached_property
+    def hidden_size(self) -> int:
+        if self.checkpoint is None:
+            return ESM2_SIZES[self.random_init].hidden_size
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(self.checkpoint).hidden_size)
+
+    @property
+    def weights_source(self) -> str:
+        """A reproducible description of the weights (no absolute paths)."""
+        if self.checkpoint is None:
+            return (
+                f"RANDOM WEIGHTS (ESM-2 {self.random_init} architecture, seed {self.seed}): "
+                "embeddings are meaningless, for testing only"
+            )
+        path = Path(self.checkpoint)
+        return f"checkpoint {path.name if path.exists() else self.checkpoint}"
+
+    @property
+    def output_dtype(self) -> str:
+        return NUMPY_DTYPES[self.precision]
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return (
+            TensorSpec("INPUT_IDS", "int64", ("batch", "sequence")),
+            TensorSpec("ATTENTION_MASK", "int64", ("batch", "sequence")),
+        )
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return (
+            TensorSpec("EMBEDDING", self.output_dtype, ("batch", self.hidden_size)),
+            TensorSpec("RESIDUE_EMBEDDINGS", self.output_dtype, ("batch", "sequence", self.hidden_size)),
+        )
+
+    def build_module(self) -> torch.nn.Module:
+        import torch
+
+        from export.esm2.model import build_esm2
+
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        return build_esm2(self.checkpoint, self.random_init, self.seed, dtype=dtype)
+
+    def example_inputs(self) -> tuple[np.ndarray, ...]:
+        # Batch 2 and 64 tokens: both dynamic axes > 1 and different, so neither exporter specialises them.
+        return encode_batch(["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ"[:40], "MKTAYIAKQR"])
+
+    def trace_check_inputs(self) -> list[tuple[np.ndarray, ...]]:
+        rng = np.random.default_rng(1)
+        return [encode_batch(random_proteins(3, rng, 90, 120)), encode_batch(random_proteins(1, rng, 5, 20))]
+
+    def parity_cases(self, samples: int = 4) -> list[ParityCase]:
+        """Deterministic cases: batch sizes 1, 3, 8, 2, ... with mixed lengths padded to buckets."""
+        rng = np.random.default_rng(2024)
+        batch_sizes = (1, 3, 8, 2, 5, 16)
+        cases = []
+        for index in range(samples):
+            batch = batch_sizes[index % len(batch_sizes)]
+            proteins = random_proteins(batch, rng, 1, PARITY_MAX_RESIDUES)
+            input_ids, attention_mask = encode_batch(proteins, DEFAULT_BUCKETS)
+            label = f"batch {batch}, residues {min(map(len, proteins))}-{max(map(len, proteins))}, T={input_ids.shape[1]}"
+            cases.append(ParityCase(label, (input_ids, attention_mask)))
+        return cases
+

@@ -1,0 +1,163 @@
+"""ESM-2 tokenizer in numpy only: the fair-esm / Hugging Face alphabet, validation and length-bucketed padding.
+
+This module is imported by the export code, the client and the Triton python-backend tokenizer (copied next to its
+`model.py`), so it must depend on nothing but numpy and the standard library.
+
+A sequence of L residues becomes `<cls> r1..rL <eos>` (L + 2 tokens), padded with `<pad>` (mask 0) up to the length
+bucket of the longest sequence in the batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+# Order of fair-esm `Alphabet.from_architecture("ESM-1b")` (also ESM-2): specials, the residue tokens of
+# esm/constants.py, one `<null_1>` to pad to a multiple of 8, then `<mask>`. HF's vocab.txt is written from it.
+SPECIAL_TOKENS_BEFORE: tuple[str, ...] = ("<cls>", "<pad>", "<eos>", "<unk>")
+RESIDUE_TOKENS: tuple[str, ...] = tuple("LAGVSERTIDPKQNFYMHWCXBUZO.-")
+ALPHABET: tuple[str, ...] = (*SPECIAL_TOKENS_BEFORE, *RESIDUE_TOKENS, "<null_1>", "<mask>")
+TOKEN_TO_ID: dict[str, int] = {token: index for index, token in enumerate(ALPHABET)}
+
+CLS_ID = TOKEN_TO_ID["<cls>"]
+PAD_ID = TOKEN_TO_ID["<pad>"]
+EOS_ID = TOKEN_TO_ID["<eos>"]
+UNK_ID = TOKEN_TO_ID["<unk>"]
+MASK_ID = TOKEN_TO_ID["<mask>"]
+VOCAB_SIZE = len(ALPHABET)
+
+# Characters a protein sequence may contain: the 20 standard amino acids and the ambiguity / rare codes
+# X B U Z O. Gap '-' and '.' are alignment symbols, not residues, so requests containing them are rejected.
+VALID_RESIDUES: frozenset[str] = frozenset("ACDEFGHIKLMNPQRSTVWYXBUZO")
+
+# ESM-2 was trained on crops of at most 1024 tokens: 1022 residues + <cls> + <eos> (fair-esm extract.py default).
+MAX_RESIDUES = 1022
+SPECIAL_TOKENS_PER_SEQUENCE = 2
+MAX_TOKENS = MAX_RESIDUES + SPECIAL_TOKENS_PER_SEQUENCE
+
+# Token-length buckets (BOS/EOS included). Chosen by `export.esm2.bucket_report` on a Swiss-Prot-like length
+# mix: padded-token waste stays near 10 % while a handful of buckets keeps Triton's dynamic batcher fed.
+DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 896, MAX_TOKENS)
+
+# Lookup table byte -> token id; -1 marks characters that are not residues.
+_BYTE_TO_ID = np.full(256, -1, dtype=np.int64)
+for _residue in VALID_RESIDUES:
+    _BYTE_TO_ID[ord(_residue)] = TOKEN_TO_ID[_residue]
+
+
+class InvalidSequenceError(ValueError):
+    """A protein sequence that cannot be embedded; the message names the problem."""
+
+
+def validate_sequence(sequence: str | bytes) -> str:
+    """Checks one protein sequence and returns it as upper-case text.
+
+    Lower-case residues are accepted (FASTA files often use them); surrounding whitespace is stripped.
+
+    Raises:
+        InvalidSequenceError: empty, longer than MAX_RESIDUES, or a character that is not a residue code.
+    """
+    if isinstance(sequence, bytes | bytearray | np.bytes_):
+        try:
+            sequence = bytes(sequence).decode("ascii")
+        except UnicodeDecodeError as error:
+            raise InvalidSequenceError(
+                f"sequence is not ASCII: byte 0x{bytes(sequence)[error.start]:02x} at position {error.start + 1}"
+            ) from None
+    if not isinstance(sequence, str):
+        raise InvalidSequenceError(f"sequence must be str or bytes, got {type(sequence).__name__}")
+    text = sequence.strip().upper()
+    if not text:
+        raise InvalidSequenceError("sequence is empty")
+    if len(text) > MAX_RESIDUES:
+        raise InvalidSequenceError(f"sequence is too long: {len(text)} residues, the limit is {MAX_RESIDUES}")
+    for position, character in enumerate(text, start=1):
+        if character not in VALID_RESIDUES:
+            raise InvalidSequenceError(
+                f"invalid residue {character!r} at position {position}; allowed: {''.join(sorted(VALID_RESIDUES))}"
+            )
+    return text
+
+
+def validate_buckets(buckets: Iterable[int]) -> tuple[int, ...]:
+    """Returns the buckets sorted and checked: positive, unique, and the largest covers MAX_TOKENS."""
+    result = tuple(sorted(int(bucket) for bucket in buckets))
+    if not result:
+        raise ValueError("at least one length bucket is required")
+    if result[0] <= SPECIAL_TOKENS_PER_SEQUENCE:
+        raise ValueError(f"length buckets must exceed {SPECIAL_TOKENS_PER_SEQUENCE} tokens, got {result[0]}")
+    if len(set(result)) != len(result):
+        raise ValueError(f"length buckets must be unique, got {result}")
+    if result[-1] < MAX_TOKENS:
+        raise ValueError(f"the largest length bucket must be >= {MAX_TOKENS} tokens, got {result[-1]}")
+    return result
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """Parses a comma-separated bucket list such as "64,128,1024" (the form stored in the Triton config)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"length buckets must be comma-separated integers, got {text!r}") from None
+    return validate_buckets(values)
+
+
+def format_buckets(buckets: Iterable[int]) -> str:
+    """The inverse of `parse_buckets`."""
+    return ",".join(str(bucket) for bucket in validate_buckets(buckets))
+
+
+def bucket_for(token_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+    """The smallest bucket holding `token_length` tokens (residues + 2).
+
+    Raises:
+        ValueError: the length exceeds the largest bucket.
+    """
+    index = bisect.bisect_left(buckets, token_length)
+    if index == len(buckets):
+        raise ValueError(f"{token_length} tokens exceed the largest length bucket {buckets[-1]}")
+    return buckets[index]
+
+
+def encode_batch(
+    sequences: Sequence[str | bytes], buckets: Sequence[int] | None = DEFAULT_BUCKETS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validates and tokenizes sequences, padding all of them to the bucket of the longest.
+
+    Args:
+        sequences: protein sequences (str or ASCII bytes).
+        buckets: sorted token-length buckets; None pads to the longest sequence exactly.
+
+    Returns:
+        (input_ids, attention_mask), both int64 of shape [N, T].
+
+    Raises:
+        InvalidSequenceError: for the first bad sequence; the message says which one.
+    """
+    if len(sequences) == 0:
+        raise InvalidSequenceError("no sequences given")
+    texts = []
+    for index, sequence in enumerate(sequences):
+        try:
+            texts.append(validate_sequence(sequence))
+        except InvalidSequenceError as error:
+            prefix = f"sequence {index}: " if len(sequences) > 1 else ""
+            raise InvalidSequenceError(f"{prefix}{error}") from None
+    longest = max(len(text) for text in texts) + SPECIAL_TOKENS_PER_SEQUENCE
+    width = longest if buckets is None else bucket_for(longest, buckets)
+    input_ids = np.full((len(texts), width), PAD_ID, dtype=np.int64)
+    attention_mask = np.zeros((len(texts), width), dtype=np.int64)
+    for row, text in enumerate(texts):
+        length = len(text)
+        input_ids[row, 0] = CLS_ID
+        input_ids[row, 1 : length + 1] = _BYTE_TO_ID[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]
+        input_ids[row, length + 1] = EOS_ID
+        attention_mask[row, : length + SPECIAL_TOKENS_PER_SEQUENCE] = 1
+    return input_ids, attention_mask
+
+
+def encode(sequence: str | bytes, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenizes one sequence; returns (input_ids, attention_mask) of shape [1, T]."""
+    return encode_batch([sequence], buckets)

@@ -1,0 +1,89 @@
+"""TorchScript export by tracing, made device-portable for Triton's LibTorch backend."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.recipe import ModelRecipe
+
+logger = logging.getLogger(__name__)
+
+
+def make_device_portable(traced: torch.jit.ScriptModule) -> int:
+    """Replaces every device constant in the traced forward graph by the device of the first input tensor.
+
+    A trace records `x.to(device=<trace device>)` as a constant, so a model traced on the CPU (or on cuda:0) fails
+    with a device mismatch on another GPU (the LibTorch backend README recommends scripting for this reason; HF
+    models cannot be scripted). After this pass one `model.pt` serves KIND_CPU and any KIND_GPU device.
+
+    Returns:
+        How many device constants were replaced.
+    """
+    graph = traced.graph
+    torch._C._jit_pass_inline(graph)
+    tensor_inputs = [value for value in graph.inputs() if value.type().kind() == "TensorType"]
+    if not tensor_inputs:
+        raise ValueError("the traced graph has no tensor input to take the device from")
+    first_input = tensor_inputs[0]
+    replaced = 0
+    for node in list(graph.nodes()):
+        if node.kind() != "prim::Constant" or node.output().type().kind() != "DeviceObjType":
+            continue
+        device_of_input = graph.create("prim::device", [first_input], 1)
+        device_of_input.output().setType(torch._C.DeviceObjType.get())
+        device_of_input.insertBefore(node)
+        node.output().replaceAllUsesWith(device_of_input.output())
+        node.destroy()
+        replaced += 1
+    torch._C._jit_pass_lint(graph)
+    return replaced
+
+
+def device_constants(module: torch.jit.ScriptModule) -> list[str]:
+    """Device constants left in the (inlined) forward graph; empty for a portable model."""
+    return [
+        str(node).strip()
+        for node in module.inlined_graph.nodes()
+        if node.kind() == "prim::Constant" and node.output().type().kind() == "DeviceObjType"
+    ]
+
+
+def export_torchscript(recipe: ModelRecipe, module: torch.nn.Module, path: Path) -> torch.jit.ScriptModule:
+    """Traces `module` on the recipe's example inputs, checks the trace at other shapes and saves it to `path`."""
+    example = tuple(torch.from_numpy(array) for array in recipe.example_inputs())
+    check_inputs = [example] + [
+        tuple(torch.from_numpy(array) for array in inputs) for inputs in recipe.trace_check_inputs()
+    ]
+    started = time.perf_counter()
+    with warnings.catch_warnings(), torch.no_grad():
+        # TracerWarnings flag Python-side shape arithmetic; the parity check at other shapes is the real test.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(module, example, check_inputs=check_inputs, check_tolerance=1e-5, strict=False)
+    replaced = make_device_portable(traced)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(path))
+    logger.info(
+        "TorchScript: traced and saved %s in %.1f s (%d device constant(s) made portable)",
+        path.name,
+        time.perf_counter() - started,
+        replaced,
+    )
+    return torch.jit.load(str(path))
+
+
+def torchscript_runner(path: Path):
+    """A callable numpy inputs -> numpy outputs running the saved TorchScript model on the CPU."""
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(*inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        with torch.no_grad():
+            outputs = module(*(torch.from_numpy(array) for array in inputs))
+        return tuple(output.numpy() for output in outputs)
+
+    return run

@@ -1,0 +1,372 @@
+"""perf_analyzer sweeps over every model of a repository: concurrency and request-rate, HTTP and gRPC.
+
+    python -m loadtest.perf_sweep --start-local-server --model-repository model_repository
+    python -m loadtest.perf_sweep --http-url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001 --models esm2,esm2_onnx
+
+For each model it writes valid `--input-data` JSON built from the model config (BYTES sequences for models with a
+BYTES input such as the `esm2` ensemble and `esm2_tokenizer`; bucket-padded token ids from the ESM alphabet for the
+raw `esm2_onnx` / `esm2_torchscript`), runs perf_analyzer once per sweep point with `-f <csv>`, then merges the CSVs
+into `reports/perf_sweep.md` (+ `perf_sweep.csv`) and one throughput-vs-p99 plot per model
+(`reports/perf_sweep_<model>.png`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loadtest.perf_analyzer import run_perf_analyzer
+from loadtest.workload import (
+    ModelTarget,
+    buckets_from_repository,
+    generate_sequences,
+    length_mix,
+    repository_targets,
+    tokenize,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REPORT_DIR = PROJECT_ROOT / "reports"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --input-data JSON
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_input_data(target: ModelTarget, sequences: Sequence[str], buckets: Sequence[int]) -> dict:
+    """perf_analyzer `--input-data` JSON: one data step per sequence, shapes without the batch dimension."""
+    steps = []
+    for sequence in sequences:
+        if target.takes_sequences:
+            steps.append({target.sequence_input: {"content": [sequence], "shape": [1]}})
+            continue
+        input_ids, attention_mask = tokenize(sequence, buckets)
+        steps.append({
+            target.ids_input: {"content": input_ids.tolist(), "shape": [int(input_ids.shape[0])]},
+            target.mask_input: {"content": attention_mask.tolist(), "shape": [int(attention_mask.shape[0])]},
+        })  # fmt: skip
+    return {"data": steps}
+
+
+def write_input_data(target: ModelTarget, sequences: Sequence[str], buckets: Sequence[int], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(build_input_data(target, sequences, buckets)))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# perf_analyzer -f CSV
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerfPoint:
+    """One perf_analyzer measurement (latencies in microseconds, as perf_analyzer writes them)."""
+
+    model: str
+    protocol: str
+    mode: str  # "concurrency" | "request_rate"
+    load: float  # concurrency or requests/s asked for
+    throughput: float  # inferences/s
+    p50_us: float
+    p90_us: float
+    p95_us: float
+    p99_us: float
+    client_send_us: float = 0.0
+    network_server_us: float = 0.0
+    server_queue_us: float = 0.0
+    server_compute_input_us: float = 0.0
+    server_compute_infer_us: float = 0.0
+    server_compute_output_us: float = 0.0
+    client_recv_us: float = 0.0
+
+
+_COLUMN_FIELDS = {
+    "Client Send": "client_send_us",
+    "Network+Server Send/Recv": "network_server_us",
+    "Server Queue": "server_queue_us",
+    "Server Compute Input": "server_compute_input_us",
+    "Server Compute Infer": "server_compute_infer_us",
+    "Server Compute Output": "server_compute_output_us",
+    "Client Recv": "client_recv_us",
+}
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def parse_perf_csv(text: str, model: str, protocol: str) -> list[PerfPoint]:
+    """Parse perf_analyzer's `-f` CSV (first table only; `--collect-metrics` GPU columns are ignored)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = [name.strip() for name in next(csv.reader([lines[0]]))]
+    if "Inferences/Second" not in header:
+        raise ValueError(f"not a perf_analyzer CSV (no Inferences/Second column): {lines[0][:200]}")
+    mode, load_column = ("request_rate", "Request Rate") if "Request Rate" in header else ("concurrency", "Concurrency")
+    points = []
+    for row_values in csv.reader(lines[1:]):
+        if len(row_values) < len(header) or not row_values[0].strip():
+            break  # a blank line or a second table (e.g. per-model metrics) ends the first one
+        row = dict(zip(header, (value.strip() for value in row_values)))
+        load = _number(row.get(load_column))
+        if math.isnan(load):
+            break
+        extras = {attr: _number(row.get(column)) for column, attr in _COLUMN_FIELDS.items() if column in row}
+        points.append(
+            PerfPoint(
+                model=model,
+                protocol=protocol,
+                mode=mode,
+                load=load,
+                throughput=_number(row.get("Inferences/Second")),
+                p50_us=_number(row.get("p50 latency")),
+                p90_us=_number(row.get("p90 latency")),
+                p95_us=_number(row.get("p95 latency")),
+                p99_us=_number(row.get("p99 latency")),
+                **extras,
+            )
+        )
+    return points
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sweeps
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    http_url: str
+    grpc_url: str
+    models: tuple[str, ...]
+    protocols: tuple[str, ...] = ("http", "grpc")
+    concurrencies: tuple[int, ...] = (1, 2, 4, 8)
+    request_rates: tuple[float, ...] = ()  # empty: derived from the best concurrency throughput
+    request_rate_fractions: tuple[float, ...] = (0.5, 0.9, 1.2)
+    measurement_interval_ms: int = 3000
+    stability_percentage: int = 30
+    max_trials: int = 5
+    length_mix: str = "swissprot"
+    sequences: int = 64
+    report_dir: Path = DEFAULT_REPORT_DIR
+    point_timeout_s: float = 300.0
+
+
+@dataclass
+class SweepResult:
+    points: list[PerfPoint] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def perf_analyzer_args(config: SweepConfig, model: str, protocol: str, input_data: Path, csv_path: Path,
+                       mode: str, load: float) -> list[str]:  # fmt: skip
+    url = config.http_url if protocol == "http" else config.grpc_url
+    args = [
+        "-m", model, "-u", url.split("://", 1)[-1], "-i", protocol, "--input-data", str(input_data),
+        "-f", str(csv_path), "--measurement-interval", str(config.measurement_interval_ms),
+        "-s", str(config.stability_percentage), "--max-trials", str(config.max_trials),
+    ]  # fmt: skip
+    if mode == "concurrency":
+        args += ["--concurrency-range", str(int(load))]
+    else:
+        args += ["--request-rate-range", f"{load:g}", "--request-distribution", "poisson"]
+    return args
+
+
+def run_point(config: SweepConfig, model: str, protocol: str, input_data: Path, mode: str, load: float,
+              result: SweepResult) -> list[PerfPoint]:  # fmt: skip
+    raw_dir = config.report_dir / "perf"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = raw_dir / f"{model}_{protocol}_{mode}_{load:g}.csv"
+    csv_path.unlink(missing_ok=True)
+    args = perf_analyzer_args(config, model, protocol, input_data, csv_path, mode, load)
+    print(f"perf_analyzer {' '.join(args)}", flush=True)
+    try:
+        completed = run_perf_analyzer(args, timeout=config.point_timeout_s)
+    except Exception as error:  # noqa: BLE001 - a failed point is reported and the sweep goes on
+        result.failures.append(f"{model} {protocol} {mode}={load:g}: {error}")
+        return []
+    (raw_dir / f"{csv_path.stem}.log").write_text(completed.stdout + completed.stderr)
+    if completed.returncode != 0 or not csv_path.is_file():
+        last = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
+        result.failures.append(f"{model} {protocol} {mode}={load:g}: exit {completed.returncode}: {' | '.join(last)}")
+        return []
+    points = parse_perf_csv(csv_path.read_text(), model, protocol)
+    result.points.extend(points)
+    return points
+
+
+def run_sweep(config: SweepConfig, targets: dict[str, ModelTarget], buckets: Sequence[int]) -> SweepResult:
+    result = SweepResult()
+    sequences = generate_sequences(config.sequences, length_mix(config.length_mix))
+    for model in config.models:
+        input_data = write_input_data(targets[model], sequences, buckets, config.report_dir / "perf" / f"{model}.json")
+        for protocol in config.protocols:
+            best = 0.0
+            for concurrency in config.concurrencies:
+                for point in run_point(config, model, protocol, input_data, "concurrency", concurrency, result):
+                    best = max(best, point.throughput)
+            rates = config.request_rates or tuple(
+                round(best * fraction, 2) for fraction in config.request_rate_fractions if best > 0
+            )
+            for rate in rates:
+                if rate > 0:
+                    run_point(config, model, protocol, input_data, "request_rate", rate, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def markdown_table(points: Sequence[PerfPoint]) -> str:
+    header = (
+        "| model | protocol | mode | load | infer/s | p50 ms | p99 ms | queue ms | compute infer ms | overhead ms |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for p in sorted(points, key=lambda p: (p.model, p.protocol, p.mode, p.load)):
+        compute = p.server_compute_input_us + p.server_compute_infer_us + p.server_compute_output_us
+        overhead = p.client_send_us + p.network_server_us + p.client_recv_us  # what is neither queue nor compute
+        rows.append(
+            f"| {p.model} | {p.protocol} | {p.mode} | {p.load:g} | {p.throughput:.1f} | {p.p50_us / 1e3:.2f} | "
+            f"{p.p99_us / 1e3:.2f} | {p.server_queue_us / 1e3:.2f} | {compute / 1e3:.2f} | {overhead / 1e3:.2f} |"
+        )
+    return header + "\n".join(rows) + "\n"
+
+
+def plot_points(points: Sequence[PerfPoint], report_dir: Path) -> list[Path]:
+    """One PNG per model: throughput (x) vs p99 latency (y), a line per protocol and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for model in sorted({p.model for p in points}):
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for protocol in ("http", "grpc"):
+            for mode, marker in (("concurrency", "o-"), ("request_rate", "s--")):
+                series = sorted((p for p in points if (p.model, p.protocol, p.mode) == (model, protocol, mode)),
+                                key=lambda p: p.load)  # fmt: skip
+                if series:
+                    axes.plot([p.throughput for p in series], [p.p99_us / 1e3 for p in series], marker,
+                              label=f"{protocol} {mode.replace('_', ' ')}")  # fmt: skip
+                    for p in series:
+                        axes.annotate(f"{p.load:g}", (p.throughput, p.p99_us / 1e3), fontsize=7,
+                                      textcoords="offset points", xytext=(3, 3))  # fmt: skip
+        axes.set_xlabel("throughput (inferences/s)")
+        axes.set_ylabel("p99 latency (ms)")
+        axes.set_title(f"perf_analyzer: {model} (labels: concurrency or requests/s)")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+        figure.tight_layout()
+        path = report_dir / f"perf_sweep_{model}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def write_reports(result: SweepResult, config: SweepConfig, command: str) -> Path:
+    config.report_dir.mkdir(parents=True, exist_ok=True)
+    with (config.report_dir / "perf_sweep.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(PerfPoint.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(point) for point in result.points)
+    plots = plot_points(result.points, config.report_dir) if result.points else []
+    failures = "\n".join(f"- {failure}" for failure in result.failures) or "- none"
+    text = (
+        "# perf_analyzer sweep\n\n"
+        f"Command: `{command}`\n\n"
+        f"Length mix `{config.length_mix}` ({config.sequences} sequences), one sequence per request, "
+        f"measurement interval {config.measurement_interval_ms} ms.\n"
+        "`overhead` = client send + network/server send-recv + client recv (neither queue nor compute).\n\n"
+        + markdown_table(result.points)
+        + "\nPlots: " + ", ".join(f"`{path.name}`" for path in plots) + "\n\nFailed points:\n" + failures + "\n"
+    )  # fmt: skip
+    path = config.report_dir / "perf_sweep.md"
+    path.write_text(text)
+    return path
+
+
+@contextlib.contextmanager
+def _server(args) -> Iterator[tuple[str, str]]:
+    if not args.start_local_server:
+        yield args.http_url, args.grpc_url
+        return
+    from deploy.local import LocalTritonServer, ServerOptions
+
+    options = ServerOptions(model_repository=args.model_repository, http_port=0, grpc_port=0, metrics_port=0)
+    with LocalTritonServer(options) as server:
+        yield server.http_url, server.grpc_url
+
+
+def _csv_list(text: str, cast=str) -> tuple:
+    return tuple(cast(part) for part in text.split(",") if part.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.perf_sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-repository", type=Path, default=PROJECT_ROOT / "model_repository")
+    parser.add_argument("--start-local-server", action="store_true", help="serve --model-repository for the sweep")
+    parser.add_argument("--http-url", default="127.0.0.1:8000")
+    parser.add_argument("--grpc-url", default="127.0.0.1:8001")
+    parser.add_argument("--models", default="", help="comma-separated; default: every model in the repository")
+    parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated concurrency points")
+    parser.add_argument("--request-rates", default="", help="comma-separated req/s; default: from concurrency")
+    parser.add_argument("--measurement-interval-ms", type=int, default=3000)
+    parser.add_argument("--max-trials", type=int, default=5)
+    parser.add_argument("--length-mix", default="swissprot")
+    parser.add_argument("--sequences", type=int, default=64, help="distinct sequences in the input data")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: concurrency 1 only, short windows")
+    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
+    args = parser.parse_args(argv)
+
+    targets = repository_targets(args.model_repository)
+    if not targets:
+        parser.error(f"no models (*/config.pbtxt) in {args.model_repository}")
+    models = _csv_list(args.models) or tuple(targets)
+    unknown = [model for model in models if model not in targets]
+    if unknown:
+        parser.error(f"models not in the repository: {unknown}")
+    quick = args.quick
+    with _server(args) as (http_url, grpc_url):
+        config = SweepConfig(
+            http_url=http_url,
+            grpc_url=grpc_url,
+            models=models,
+            protocols=_csv_list(args.protocols),
+            concurrencies=(1,) if quick else _csv_list(args.concurrency, int),
+            request_rates=(1.0,) if quick else _csv_list(args.request_rates, float),
+            measurement_interval_ms=1000 if quick else args.measurement_interval_ms,
+            stability_percentage=100 if quick else 30,
+            max_trials=3 if quick else args.max_trials,
+            length_mix="short" if quick else args.length_mix,
+            sequences=8 if quick else args.sequences,
+            report_dir=args.report_dir,
+        )
+        result = run_sweep(config, targets, buckets_from_repository(args.model_repository))
+    command = "python -m loadtest.perf_sweep " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = write_reports(result, config, command)
+    print(report.read_text())
+    return 0 if result.points and not result.failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Service-level objectives for a load-test run: p99 latency of served requests, error ratio, rejection ratio.
+
+Rejections (HTTP 503 / gRPC UNAVAILABLE: Triton's queue said no) are back-pressure, not bugs, so they have their own
+budget; errors are every other failure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SloPolicy:
+    """Limits a run must stay within. `max_rejection_ratio=1.0` means rejections are reported but not judged."""
+
+    p99_latency_ms: float = 2000.0
+    max_failure_ratio: float = 0.01
+    max_rejection_ratio: float = 1.0
+    min_successes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.p99_latency_ms <= 0:
+            raise ValueError("p99 latency objective must be > 0 ms")
+        for name in ("max_failure_ratio", "max_rejection_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+
+
+@dataclass(frozen=True)
+class SloReport:
+    requests: int
+    successes: int
+    errors: int
+    rejections: int
+    p99_latency_ms: float
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def rejection_ratio(self) -> float:
+        return self.rejections / self.requests if self.requests else 0.0
+
+
+def evaluate_slo(summary: dict, policy: SloPolicy) -> SloReport:
+    """Judge a run summary (the locustfile's --summary-json: requests, successes, errors, rejections, latency_ms)."""
+    requests = int(summary.get("requests", 0))
+    successes = int(summary.get("successes", 0))
+    errors = int(summary.get("errors", 0))
+    rejections = int(summary.get("rejections", 0))
+    p99 = float(summary.get("latency_ms", {}).get("p99", math.nan))
+    report = SloReport(requests, successes, errors, rejections, p99)
+    violations = report.violations
+    if successes < policy.min_successes:
+        violations.append(f"only {successes} successful requests (need >= {policy.min_successes})")
+    if not math.isnan(p99) and p99 > policy.p99_latency_ms:
+        violations.append(f"p99 latency {p99:.1f} ms > objective {policy.p99_latency_ms:.1f} ms")
+    if report.failure_ratio > policy.max_failure_ratio:
+        violations.append(
+            f"failure ratio {report.failure_ratio:.4f} ({errors}/{requests}) > objective {policy.max_failure_ratio:.4f}"
+        )
+    if report.rejection_ratio > policy.max_rejection_ratio:
+        violations.append(
+            f"rejection ratio {report.rejection_ratio:.4f} ({rejections}/{requests}) > objective "
+            f"{policy.max_rejection_ratio:.4f}"
+        )
+    return report
