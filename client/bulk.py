@@ -133,7 +133,7 @@ async def embed_fasta(
     summary_args = {"output": output, "rejected_path": rejected_path_for(output)}
     if output.exists() and not options.overwrite:
         existing = read_output_manifest(output, options.output_format)
-        if existing == manifest:
+        if existing is not None and _result_identity(existing) == _result_identity(manifest):
             Journal(parts_dir, manifest).remove()  # a crash between assembly and clean-up leaves it behind
             if on_progress:
                 on_progress(len(records), len(records))
@@ -178,6 +178,11 @@ async def embed_fasta(
 
     embedded, rejected = assemble(journal, n_chunks, len(records), output, options.output_format, embedding_dim)
     return BulkSummary(len(records), embedded, rejected, len(done), False, **summary_args)
+
+
+def _result_identity(manifest: dict[str, object]) -> dict[str, object]:
+    """The manifest without settings that only shape the journal (a finished output is the same without them)."""
+    return {key: value for key, value in manifest.items() if key != "chunk_size"}
 
 
 def _chunk_records(records: Sequence[FastaRecord], index: int, chunk_size: int) -> Sequence[FastaRecord]:

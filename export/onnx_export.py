@@ -38,6 +38,7 @@ def export_onnx(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
         if exporter == "dynamo":
             dims: dict[str, torch.export.Dim] = {}
             dynamic_shapes = tuple(

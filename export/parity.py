@@ -42,7 +42,8 @@ class ParityResult:
     def describe(self) -> str:
         diffs = ", ".join(f"{name} {diff:.2e}" for name, diff in self.max_abs_diff.items())
         verdict = "OK" if self.passed else "FAIL"
-        return f"parity {self.variant}: max abs diff {diffs} over {self.cases} cases (tolerance {self.tolerance:g}) {verdict}"
+        cases = f"{self.cases} cases (tolerance {self.tolerance:g})"
+        return f"parity {self.variant}: max abs diff {diffs} over {cases} {verdict}"
 
 
 def check_parity(
@@ -93,10 +94,3 @@ def eager_runner(module) -> Runner:
         return tuple(output.numpy() for output in outputs)
 
     return run
-
-
-def parity_supported(variant: str, dtype: str) -> tuple[bool, str]:
-    """Whether this machine can run the parity check of a variant at a dtype (fp16 needs kernels ORT CPU lacks)."""
-    if dtype == "float32":
-        return True, ""
-    return True, ""

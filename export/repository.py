@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from export.esm2.recipe import Esm2Recipe
@@ -58,7 +56,7 @@ TOKENIZER_SOURCES = {"model.py": "triton_tokenizer.py", "tokenizer.py": "tokeniz
 # Human ubiquitin (UniProt P0CG48, first 76 residues): a real protein for warmup requests.
 WARMUP_PROTEIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
 # (token length, batch size) of the warmup samples of the exported networks.
-NETWORK_WARMUPS: tuple[tuple[int, int], ...] = ((64, 1), (256, 8))
+NETWORK_WARMUPS: tuple[tuple[int, int], ...] = ((128, 1), (384, 8))
 
 EnsembleTarget = Literal["onnx", "torchscript"]
 Format = Literal["onnx", "torchscript"]
@@ -173,9 +171,7 @@ def build_configs(recipe: Esm2Recipe, options: RepositoryOptions) -> dict[str, M
         target_inputs = {spec.name: spec.name.lower() for spec in recipe.inputs}
         target_outputs = {spec.name: spec.name for spec in recipe.outputs}
     else:
-        target_inputs = {
-            torchscript_name(spec, index): spec.name.lower() for index, spec in enumerate(recipe.inputs)
-        }
+        target_inputs = {torchscript_name(spec, index): spec.name.lower() for index, spec in enumerate(recipe.inputs)}
         target_outputs = {torchscript_name(spec, index): spec.name for index, spec in enumerate(recipe.outputs)}
     steps = [
         EnsembleStep(
@@ -202,8 +198,10 @@ def _write_bytes_atomically(path: Path, data: bytes) -> None:
 
 
 def write_support_files(output: Path, options: RepositoryOptions) -> list[Path]:
-    """Tokenizer code copies and warmup input files (all deterministic)."""
+    """Tokenizer code copies, warmup input files and the ensemble's empty version directory (all deterministic)."""
     written = []
+    ensemble_version = output / ENSEMBLE_MODEL / MODEL_VERSION  # Triton needs a version dir, even for an ensemble
+    ensemble_version.mkdir(parents=True, exist_ok=True)
     version_dir = output / TOKENIZER_MODEL / MODEL_VERSION
     for target_name, source_name in TOKENIZER_SOURCES.items():
         _write_bytes_atomically(version_dir / target_name, (ESM2_PACKAGE_DIR / source_name).read_bytes())
@@ -276,14 +274,10 @@ def _export_networks(recipe: Esm2Recipe, options: RepositoryOptions, report: Exp
 
 
 def _parity(variant, recipe, reference, make_candidate, cases, report: ExportReport) -> None:
-    from export.parity import check_parity, parity_supported
+    from export.parity import check_parity
 
     if not cases:
         logger.warning("parity check for %s skipped (--parity-samples 0)", variant)
-        return
-    supported, reason = parity_supported(variant, recipe.output_dtype)
-    if not supported:
-        logger.warning("parity check for %s skipped: %s", variant, reason)
         return
     started = time.perf_counter()
     result = check_parity(variant, reference, make_candidate(), cases, recipe.outputs)
@@ -296,16 +290,3 @@ def output_path(output: Path, model: str, filename: str) -> Path:
     path = output / model / MODEL_VERSION / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def remove_generated(output: Path) -> None:
-    """Deletes the generated (gitignored) parts of a repository, keeping config.pbtxt files."""
-    for model in (ENSEMBLE_MODEL, TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL):
-        for child in (output / model).glob("*"):
-            if child.is_dir():
-                shutil.rmtree(child)
-
-
-def warmup_array(path: Path) -> np.ndarray:
-    """Reads an INT64 warmup file back (tests)."""
-    return np.frombuffer(path.read_bytes(), dtype="<i8")

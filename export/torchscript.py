@@ -64,6 +64,7 @@ def export_torchscript(recipe: ModelRecipe, module: torch.nn.Module, path: Path)
     with warnings.catch_warnings(), torch.no_grad():
         # TracerWarnings flag Python-side shape arithmetic; the parity check at other shapes is the real test.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, example, check_inputs=check_inputs, check_tolerance=1e-5, strict=False)
     replaced = make_device_portable(traced)
     path.parent.mkdir(parents=True, exist_ok=True)

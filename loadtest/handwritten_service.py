@@ -20,10 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from loadtest.devices import select_devices
 
 MAX_SEQUENCES_PER_REQUEST = 64
+
+
+class EmbedRequest(BaseModel):
+    """The batch endpoint's body: 1 to 64 protein sequences."""
+
+    sequences: list[str] = Field(min_length=1, max_length=MAX_SEQUENCES_PER_REQUEST)
 
 
 @dataclass
@@ -77,7 +84,6 @@ class RoundRobin:
 def create_app(size: str = "8M", devices_spec: str = "auto", precision: str = "fp32", threads: int = 0):
     import torch
     from fastapi import FastAPI, HTTPException
-    from pydantic import BaseModel, Field
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -88,9 +94,6 @@ def create_app(size: str = "8M", devices_spec: str = "auto", precision: str = "f
     executors = {id(replica): ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{replica.device}")
                  for replica in replicas}  # fmt: skip
     app = FastAPI(title="hand-written ESM-2 embedding service (baseline)")
-
-    class EmbedRequest(BaseModel):
-        sequences: list[str] = Field(min_length=1, max_length=MAX_SEQUENCES_PER_REQUEST)
 
     @app.get("/health")
     def health() -> dict:

@@ -34,6 +34,7 @@ from loadtest.workload import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPORT_DIR = PROJECT_ROOT / "reports"
+UNSTABLE_EXIT_CODE = 2  # perf_analyzer: "Failed to obtain stable measurement"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,6 +164,8 @@ class SweepConfig:
     sequences: int = 64
     report_dir: Path = DEFAULT_REPORT_DIR
     point_timeout_s: float = 300.0
+    request_count: int = 0  # > 0: measure exactly this many requests instead of stabilising windows
+    warmup_requests: int = 2
 
 
 @dataclass
@@ -172,13 +175,17 @@ class SweepResult:
 
 
 def perf_analyzer_args(config: SweepConfig, model: str, protocol: str, input_data: Path, csv_path: Path,
-                       mode: str, load: float) -> list[str]:  # fmt: skip
+                       mode: str, load: float, request_count: int = 0) -> list[str]:  # fmt: skip
     url = config.http_url if protocol == "http" else config.grpc_url
     args = [
         "-m", model, "-u", url.split("://", 1)[-1], "-i", protocol, "--input-data", str(input_data),
-        "-f", str(csv_path), "--measurement-interval", str(config.measurement_interval_ms),
-        "-s", str(config.stability_percentage), "--max-trials", str(config.max_trials),
+        "-f", str(csv_path), "--warmup-request-count", str(config.warmup_requests),
     ]  # fmt: skip
+    if request_count > 0:
+        args += ["--request-count", str(request_count)]
+    else:
+        args += ["--measurement-interval", str(config.measurement_interval_ms), "-s", str(config.stability_percentage),
+                 "--max-trials", str(config.max_trials)]  # fmt: skip
     if mode == "concurrency":
         args += ["--concurrency-range", str(int(load))]
     else:
@@ -192,10 +199,16 @@ def run_point(config: SweepConfig, model: str, protocol: str, input_data: Path, 
     raw_dir.mkdir(parents=True, exist_ok=True)
     csv_path = raw_dir / f"{model}_{protocol}_{mode}_{load:g}.csv"
     csv_path.unlink(missing_ok=True)
-    args = perf_analyzer_args(config, model, protocol, input_data, csv_path, mode, load)
+    args = perf_analyzer_args(config, model, protocol, input_data, csv_path, mode, load, config.request_count)
     print(f"perf_analyzer {' '.join(args)}", flush=True)
     try:
         completed = run_perf_analyzer(args, timeout=config.point_timeout_s)
+        if completed.returncode == UNSTABLE_EXIT_CODE and config.request_count == 0:
+            # Noisy (shared) CPU: fall back to a fixed number of requests rather than losing the point.
+            fallback = max(16, round(load * 8))
+            print(f"  unstable; measuring a fixed {fallback} requests instead", flush=True)
+            args = perf_analyzer_args(config, model, protocol, input_data, csv_path, mode, load, fallback)
+            completed = run_perf_analyzer(args, timeout=config.point_timeout_s)
     except Exception as error:  # noqa: BLE001 - a failed point is reported and the sweep goes on
         result.failures.append(f"{model} {protocol} {mode}={load:g}: {error}")
         return []
@@ -353,13 +366,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             models=models,
             protocols=_csv_list(args.protocols),
             concurrencies=(1,) if quick else _csv_list(args.concurrency, int),
-            request_rates=(1.0,) if quick else _csv_list(args.request_rates, float),
-            measurement_interval_ms=1000 if quick else args.measurement_interval_ms,
-            stability_percentage=100 if quick else 30,
-            max_trials=3 if quick else args.max_trials,
+            request_rates=_csv_list(args.request_rates, float),
+            request_rate_fractions=() if quick else SweepConfig.request_rate_fractions,
+            measurement_interval_ms=args.measurement_interval_ms,
+            max_trials=args.max_trials,
             length_mix="short" if quick else args.length_mix,
             sequences=8 if quick else args.sequences,
             report_dir=args.report_dir,
+            request_count=8 if quick else 0,
         )
         result = run_sweep(config, targets, buckets_from_repository(args.model_repository))
     command = "python -m loadtest.perf_sweep " + " ".join(argv if argv is not None else sys.argv[1:])

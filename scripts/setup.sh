@@ -15,4 +15,13 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q "$TORCH_SPEC"
 "${PIP[@]}" install -q -e ".[${ORT_EXTRA},dev,bench]"
 "$VENV/bin/python" -m loadtest.perf_analyzer install
+# promtool validates deploy/monitoring rules in the tests; Debian's `prometheus` package ships it.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+      >/dev/null) || echo "warning: could not install promtool; its tests will skip"
+  else
+    echo "note: promtool not installed (needs root for apt-get install prometheus); its tests will skip"
+  fi
+fi
 echo "setup complete: $VENV"

@@ -1,0 +1,1 @@
+"""Kubernetes manifests (kustomize base, components, overlays) and the offline renderer used to validate them."""

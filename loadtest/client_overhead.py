@@ -1,0 +1,190 @@
+"""Benchmark (not a test): our client's per-call overhead against bare tritonclient at concurrency 1.
+
+    python -m loadtest.client_overhead --http-url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001
+    python -m loadtest.client_overhead ... --shm          # also: HTTP binary vs system shared memory, large batch
+
+Both sides send the identical request (same sequences, same model, only the EMBEDDING output, binary tensors on
+HTTP) one at a time; calls alternate between the two so drift on a shared machine hits both equally. The reported
+ratio is median(ours) / median(bare) from this one run; the target is <= 1.05.
+
+`--shm` compares, for one large local request (default 64 sequences of 1000 residues, RESIDUE_EMBEDDINGS out), bare
+tritonclient HTTP with binary tensors against the same call with input and output in system shared memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpc_client
+import tritonclient.http as http_client
+from tritonclient.utils import np_to_triton_dtype
+
+from client import ClientConfig, EmbeddingClient
+from export.esm2.recipe import random_proteins
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latencies of one side, in milliseconds."""
+
+    samples_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def p90_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 90))
+
+
+def sequence_tensor(sequences: list[str]) -> np.ndarray:
+    array = np.empty((len(sequences), 1), dtype=np.object_)
+    for row, sequence in enumerate(sequences):
+        array[row, 0] = sequence.encode("ascii")
+    return array
+
+
+def bare_call(protocol: str, url: str, model: str, sequences: list[str]) -> tuple[Callable[[], np.ndarray], object]:
+    """The request built the tritonclient way, as a user of the bare library would write it."""
+    module = http_client if protocol == "http" else grpc_client
+    triton = module.InferenceServerClient(url)
+    array = sequence_tensor(sequences)
+
+    def call() -> np.ndarray:
+        infer_input = module.InferInput("SEQUENCE", list(array.shape), np_to_triton_dtype(array.dtype))
+        if protocol == "http":
+            infer_input.set_data_from_numpy(array, binary_data=True)
+            outputs = [http_client.InferRequestedOutput("EMBEDDING", binary_data=True)]
+        else:
+            infer_input.set_data_from_numpy(array)
+            outputs = [grpc_client.InferRequestedOutput("EMBEDDING")]
+        return triton.infer(model, [infer_input], outputs=outputs).as_numpy("EMBEDDING")
+
+    return call, triton
+
+
+def interleaved(first: Callable[[], object], second: Callable[[], object], iterations: int) -> tuple[Timing, Timing]:
+    a, b = [], []
+    for index in range(iterations):
+        order = ((first, a), (second, b)) if index % 2 == 0 else ((second, b), (first, a))
+        for function, samples in order:
+            started = time.perf_counter()
+            function()
+            samples.append((time.perf_counter() - started) * 1e3)
+    return Timing(a), Timing(b)
+
+
+def measure_overhead(args: argparse.Namespace, protocol: str, url: str, sequences: list[str]) -> dict[str, object]:
+    bare, triton = bare_call(protocol, url, args.model, sequences)
+    ours_client = EmbeddingClient(ClientConfig(url=url, protocol=protocol, model=args.model, max_in_flight=1))
+    try:
+        ours = lambda: ours_client.embed(sequences)  # noqa: E731
+        np.testing.assert_array_equal(ours(), bare())  # same request, same answer
+        interleaved(bare, ours, args.warmup)
+        bare_timing, ours_timing = interleaved(bare, ours, args.iterations)
+    finally:
+        ours_client.close()
+        triton.close()
+    return {
+        "protocol": protocol,
+        "bare_median_ms": round(bare_timing.median_ms, 3),
+        "ours_median_ms": round(ours_timing.median_ms, 3),
+        "bare_p90_ms": round(bare_timing.p90_ms, 3),
+        "ours_p90_ms": round(ours_timing.p90_ms, 3),
+        "ratio": round(ours_timing.median_ms / bare_timing.median_ms, 4),
+    }
+
+
+def measure_shared_memory(args: argparse.Namespace) -> dict[str, object]:
+    """Bare HTTP, binary tensors vs system shared memory, for one large request."""
+    import tritonclient.utils.shared_memory as shm
+
+    sequences = random_proteins(args.shm_batch, np.random.default_rng(1), args.shm_length, args.shm_length)
+    array = sequence_tensor(sequences)
+    triton = http_client.InferenceServerClient(args.http_url, network_timeout=600, connection_timeout=600)
+
+    def binary() -> np.ndarray:
+        infer_input = http_client.InferInput("SEQUENCE", list(array.shape), "BYTES")
+        infer_input.set_data_from_numpy(array, binary_data=True)
+        output = http_client.InferRequestedOutput("RESIDUE_EMBEDDINGS", binary_data=True)
+        return triton.infer(args.model, [infer_input], outputs=[output]).as_numpy("RESIDUE_EMBEDDINGS")
+
+    reference = binary()
+    input_bytes = sum(len(item) + 4 for item in array.ravel())  # BYTES are length-prefixed
+    output_bytes = reference.nbytes
+    key = f"/tritonfleet_overhead_{time.monotonic_ns()}"
+    input_region = shm.create_shared_memory_region("tf_in", key + "_in", input_bytes)
+    output_region = shm.create_shared_memory_region("tf_out", key + "_out", output_bytes)
+    try:
+        shm.set_shared_memory_region(input_region, [array])
+        triton.register_system_shared_memory("tf_in", key + "_in", input_bytes)
+        triton.register_system_shared_memory("tf_out", key + "_out", output_bytes)
+
+        def shared() -> np.ndarray:
+            infer_input = http_client.InferInput("SEQUENCE", list(array.shape), "BYTES")
+            infer_input.set_shared_memory("tf_in", input_bytes)
+            output = http_client.InferRequestedOutput("RESIDUE_EMBEDDINGS", binary_data=True)
+            output.set_shared_memory("tf_out", output_bytes)
+            result = triton.infer(args.model, [infer_input], outputs=[output])
+            meta = result.get_output("RESIDUE_EMBEDDINGS")
+            return shm.get_contents_as_numpy(output_region, np.float32, meta["shape"]).copy()
+
+        np.testing.assert_array_equal(shared(), reference)
+        binary_timing, shared_timing = interleaved(binary, shared, args.shm_iterations)
+    finally:
+        for name in ("tf_in", "tf_out"):  # only our regions: the server may serve others
+            _unregister_quietly(triton, name)
+        shm.destroy_shared_memory_region(input_region)
+        shm.destroy_shared_memory_region(output_region)
+        triton.close()
+    return {
+        "batch": args.shm_batch,
+        "residues": args.shm_length,
+        "output_mib": round(output_bytes / 2**20, 1),
+        "binary_median_ms": round(binary_timing.median_ms, 2),
+        "shm_median_ms": round(shared_timing.median_ms, 2),
+        "shm_speedup": round(binary_timing.median_ms / shared_timing.median_ms, 3),
+    }
+
+
+def _unregister_quietly(triton: http_client.InferenceServerClient, name: str) -> None:
+    with contextlib.suppress(Exception):  # best-effort clean-up of a benchmark
+        triton.unregister_system_shared_memory(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--http-url", default="127.0.0.1:8000")
+    parser.add_argument("--grpc-url", default="127.0.0.1:8001")
+    parser.add_argument("--model", default="esm2")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per request")
+    parser.add_argument("--length", type=int, default=100, help="residues per sequence")
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--shm", action="store_true", help="also measure system shared memory vs binary HTTP")
+    parser.add_argument("--shm-batch", type=int, default=64)
+    parser.add_argument("--shm-length", type=int, default=1000)
+    parser.add_argument("--shm-iterations", type=int, default=10)
+    args = parser.parse_args()
+
+    sequences = random_proteins(args.batch, np.random.default_rng(0), args.length, args.length)
+    report: dict[str, object] = {"batch": args.batch, "length": args.length, "iterations": args.iterations}
+    report["overhead"] = [
+        measure_overhead(args, "http", args.http_url, sequences),
+        measure_overhead(args, "grpc", args.grpc_url, sequences),
+    ]
+    if args.shm:
+        report["shared_memory"] = measure_shared_memory(args)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

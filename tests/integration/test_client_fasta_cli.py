@@ -1,0 +1,229 @@
+"""`python -m client embed-fasta` against a real local tritonserver: complete, resumable, restart-proof.
+
+Every subprocess and loop here is bounded in time; servers bind 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client import ClientConfig, EmbeddingClient
+from client.journal import load_output, parts_dir_for, rejected_path_for
+from deploy.local import PortInUseError
+from export.esm2.recipe import random_proteins
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CLI_TIMEOUT_S = 600
+
+
+def write_fasta(path: Path, records: list[tuple[str, str]], width: int = 60) -> Path:
+    with path.open("w") as handle:
+        for record_id, sequence in records:
+            handle.write(f">{record_id} test record\n")
+            for start in range(0, max(len(sequence), 1), width):
+                handle.write(sequence[start : start + width] + "\n")
+    return path
+
+
+def run_cli(args: list[str], timeout_s: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def start_cli(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "client", *args],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_chunks(parts_dir: Path, count: int, process: subprocess.Popen[str], timeout_s: float = 300) -> int:
+    """Waits until `count` journal chunks exist (or the process ended); returns how many exist."""
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        done = len(list(parts_dir.glob("chunk-*.npz"))) if parts_dir.exists() else 0
+        if done >= count:
+            break
+        time.sleep(0.05)
+    return done
+
+
+@pytest.fixture(scope="module")
+def mixed_fasta(tmp_path_factory) -> tuple[Path, list[tuple[str, str]], dict[str, str]]:
+    """500 records: mostly valid proteins, plus empty, invalid-residue and too-long ones at known places."""
+    rng = np.random.default_rng(3)
+    sequences = random_proteins(500, rng, min_length=8, max_length=120)
+    records = [(f"prot_{index:04d}", sequence) for index, sequence in enumerate(sequences)]
+    bad = {
+        7: ("", "sequence is empty"),
+        123: ("MKTAYIAKQRJ", "invalid residue 'J' at position 11"),
+        250: ("A" * 1100, "sequence is too long: 1100 residues"),
+        251: ("MKT*", "invalid residue '*' at position 4"),
+        499: ("GSH-MLE", "invalid residue '-' at position 4"),
+    }
+    for position, (sequence, _) in bad.items():
+        records[position] = (records[position][0], sequence)
+    path = write_fasta(tmp_path_factory.mktemp("fasta") / "mixed.fasta", records)
+    return path, records, {records[position][0]: reason for position, (_, reason) in bad.items()}
+
+
+@pytest.fixture(scope="module")
+def reference_output(esm2_server, mixed_fasta, tmp_path_factory) -> Path:
+    """An uninterrupted run over the mixed FASTA."""
+    fasta, _, _ = mixed_fasta
+    output = tmp_path_factory.mktemp("reference") / "reference.npz"
+    result = run_cli(
+        ["embed-fasta", str(fasta), "--out", str(output), "--url", esm2_server.grpc_url, "--protocol", "grpc"]
+        + ["--chunk-size", "32", "--concurrency", "2", "--no-progress"]
+    )
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+def test_every_record_is_embedded_or_rejected_with_a_reason(esm2_server, mixed_fasta, reference_output) -> None:
+    _, records, bad_reasons = mixed_fasta
+    ids, embeddings, windows = load_output(reference_output)
+    expected_ids = [record_id for record_id, _ in records if record_id not in bad_reasons]
+    assert ids == expected_ids
+    assert embeddings.shape == (len(expected_ids), embeddings.shape[1]) and np.isfinite(embeddings).all()
+    assert windows.tolist() == [1] * len(expected_ids)
+    rejected_lines = rejected_path_for(reference_output).read_text().splitlines()
+    assert rejected_lines[0] == "position\tid\tlength\treason"
+    rejected = {line.split("\t")[1]: line.split("\t")[3] for line in rejected_lines[1:]}
+    assert rejected.keys() == bad_reasons.keys()
+    for record_id, reason in bad_reasons.items():
+        assert reason in rejected[record_id]
+    assert not parts_dir_for(reference_output).exists()
+    # Spot-check against direct client calls (batch composition differs, so compare to float tolerance).
+    by_id = dict(records)
+    sample = expected_ids[::97]
+    with EmbeddingClient(ClientConfig(url=esm2_server.http_url)) as client:
+        direct = client.embed([by_id[record_id] for record_id in sample])
+    np.testing.assert_allclose(embeddings[[ids.index(r) for r in sample]], direct, atol=1e-5)
+
+
+def test_re_running_a_finished_job_does_nothing(esm2_server, mixed_fasta, reference_output) -> None:
+    fasta, _, _ = mixed_fasta
+    before = reference_output.read_bytes()
+    result = run_cli(["embed-fasta", str(fasta), "--out", str(reference_output), "--url", esm2_server.http_url])
+    assert result.returncode == 0, result.stderr
+    assert "already complete" in result.stdout
+    assert reference_output.read_bytes() == before
+
+
+def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(
+    esm2_server, mixed_fasta, reference_output, tmp_path
+) -> None:
+    fasta, _, _ = mixed_fasta
+    output = tmp_path / "resumed.npz"
+    args = ["embed-fasta", str(fasta), "--out", str(output), "--url", esm2_server.grpc_url, "--protocol", "grpc"]
+    args += ["--chunk-size", "32", "--concurrency", "2", "--no-progress"]
+    process = start_cli(args)
+    try:
+        done = wait_for_chunks(parts_dir_for(output), 4, process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert done >= 4, "the run ended before it could be interrupted"
+    assert not output.exists()
+    chunks_before = len(list(parts_dir_for(output).glob("chunk-*.npz")))
+    assert chunks_before < 16, "the run finished before the kill; nothing was interrupted"
+
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr
+    assert f"resumed: {chunks_before} chunks were already done" in result.stdout
+    assert_same_output(output, reference_output)
+
+
+def test_long_sequences_can_be_embedded_by_windows(esm2_server, tmp_path) -> None:
+    rng = np.random.default_rng(9)
+    long_protein, short_protein = random_proteins(2, rng, min_length=1500, max_length=1500)[0], "MKTAYIAKQR"
+    fasta = write_fasta(tmp_path / "long.fasta", [("long", long_protein), ("short", short_protein)])
+    output = tmp_path / "long.npz"
+    result = run_cli(
+        ["embed-fasta", str(fasta), "--out", str(output), "--url", esm2_server.http_url, "--no-progress"]
+        + ["--long-sequences", "chunk", "--window-overlap", "200"]
+    )
+    assert result.returncode == 0, result.stderr
+    ids, embeddings, windows = load_output(output)
+    assert ids == ["long", "short"] and windows.tolist() == [2, 1]
+    with EmbeddingClient(ClientConfig(url=esm2_server.http_url)) as client:
+        window_vectors = client.embed([long_protein[:1022], long_protein[-1022:]])
+        short_vector = client.embed([short_protein])[0]
+    np.testing.assert_allclose(embeddings[0], window_vectors.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(embeddings[1], short_vector, atol=1e-5)
+
+
+def test_duplicate_ids_are_refused_before_any_work(tmp_path) -> None:
+    fasta = write_fasta(tmp_path / "dup.fasta", [("a", "MKT"), ("b", "MKT"), ("a", "GSH")])
+    result = run_cli(["embed-fasta", str(fasta), "--out", str(tmp_path / "o.npz"), "--url", "127.0.0.1:1"])
+    assert result.returncode == 2
+    assert "duplicate FASTA id" in result.stderr and "'a' at lines 1, 5" in result.stderr
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_a_server_restart_during_the_run_is_survived_by_retries(
+    esm2_repository, triton_server_factory, mixed_fasta, reference_output, tmp_path
+) -> None:
+    fasta, _, _ = mixed_fasta
+    server = triton_server_factory(esm2_repository, http_port=0, grpc_port=0, metrics_port=0)
+    ports = {name: getattr(server.options, name) for name in ("http_port", "grpc_port", "metrics_port")}
+    output = tmp_path / "restarted.npz"
+    args = ["embed-fasta", str(fasta), "--out", str(output), "--url", server.http_url, "--no-progress"]
+    args += ["--chunk-size", "16", "--concurrency", "2", "--retries", "100", "--retry-budget", "400"]
+    process = start_cli(args)
+    try:
+        assert wait_for_chunks(parts_dir_for(output), 3, process) >= 3, "the run ended before the restart"
+        server.stop()
+        chunks_at_stop = len(list(parts_dir_for(output).glob("chunk-*.npz")))
+        restarted = start_with_same_ports(triton_server_factory, esm2_repository, ports)
+        stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+    assert restarted.is_running()
+    assert process.returncode == 0, stderr
+    assert chunks_at_stop < 32, "all 32 chunks were done before the server stopped; nothing was tested"
+    ids, embeddings, _ = load_output(output)
+    reference_ids, reference_embeddings, _ = load_output(reference_output)
+    assert ids == reference_ids
+    # Chunking differs from the reference run (16 vs 32 records), so batches pad differently: float tolerance.
+    np.testing.assert_allclose(embeddings, reference_embeddings, atol=1e-5)
+
+
+def start_with_same_ports(factory, repository: Path, ports: dict[str, int], timeout_s: float = 120):
+    """Starts a server on the previous server's ports, waiting (bounded) for the kernel to release them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return factory(repository, **ports)
+        except PortInUseError:  # noqa: PERF203 - retrying is the point
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def assert_same_output(got: Path, want: Path) -> None:
+    got_ids, got_embeddings, got_windows = load_output(got)
+    want_ids, want_embeddings, want_windows = load_output(want)
+    assert got_ids == want_ids
+    np.testing.assert_array_equal(got_windows, want_windows)
+    np.testing.assert_array_equal(got_embeddings, want_embeddings)
+    assert rejected_path_for(got).read_text() == rejected_path_for(want).read_text()

@@ -1,0 +1,214 @@
+"""Generated configs: they parse into ModelConfig, obey Triton's rules, and match the committed repository."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.__main__ import main
+from export.model_config import CONFIG_FILENAME, WARMUP_DIRNAME, read_config
+from export.repository import (
+    CANONICAL_ARGS,
+    ENSEMBLE_MODEL,
+    MODEL_VERSION,
+    ONNX_MODEL,
+    TOKENIZER_MODEL,
+    TORCHSCRIPT_MODEL,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+COMMITTED_REPOSITORY = PROJECT_ROOT / "model_repository"
+ELEMENT_BYTES = {mc.TYPE_INT64: 8, mc.TYPE_FP32: 4, mc.TYPE_FP16: 2}
+
+
+def export_configs(output: Path, *extra: str) -> dict[str, mc.ModelConfig]:
+    """Runs the CLI in --configs-only mode (the same config code path as a full export)."""
+    args = [*CANONICAL_ARGS[: CANONICAL_ARGS.index("--output")], "--output", str(output), "--configs-only", *extra]
+    assert main(args) == 0
+    return {path.parent.name: read_config(path) for path in sorted(output.glob(f"*/{CONFIG_FILENAME}"))}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Path, dict[str, mc.ModelConfig]]:
+    output = tmp_path_factory.mktemp("configs")
+    return output, export_configs(output)
+
+
+def tensors(config: mc.ModelConfig, kind: str) -> dict[str, mc.ModelInput]:
+    return {tensor.name: tensor for tensor in getattr(config, kind)}
+
+
+def test_four_models_with_the_contract_names(generated):
+    _, configs = generated
+    assert set(configs) == {ENSEMBLE_MODEL, TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL}
+    assert configs[ONNX_MODEL].platform == "onnxruntime_onnx"
+    assert configs[TORCHSCRIPT_MODEL].platform == "pytorch_libtorch"
+    assert configs[TOKENIZER_MODEL].backend == "python"
+    assert configs[ENSEMBLE_MODEL].platform == "ensemble"
+    assert list(tensors(configs[ONNX_MODEL], "input")) == ["INPUT_IDS", "ATTENTION_MASK"]
+    assert list(tensors(configs[ONNX_MODEL], "output")) == ["EMBEDDING", "RESIDUE_EMBEDDINGS"]
+    assert list(tensors(configs[TORCHSCRIPT_MODEL], "input")) == ["INPUT_IDS__0", "ATTENTION_MASK__1"]
+    assert list(tensors(configs[TORCHSCRIPT_MODEL], "output")) == ["EMBEDDING__0", "RESIDUE_EMBEDDINGS__1"]
+    assert list(tensors(configs[ENSEMBLE_MODEL], "input")) == ["SEQUENCE"]
+    assert list(tensors(configs[ENSEMBLE_MODEL], "output")) == ["EMBEDDING", "RESIDUE_EMBEDDINGS"]
+
+
+def test_batching_models_leave_the_batch_dim_out_of_dims(generated):
+    _, configs = generated
+    hidden = int(configs[ONNX_MODEL].parameters["hidden_size"].string_value)
+    for name in (ONNX_MODEL, TORCHSCRIPT_MODEL, ENSEMBLE_MODEL):
+        config = configs[name]
+        assert config.max_batch_size == 64
+        outputs = list(tensors(config, "output").values())
+        assert [list(t.dims) for t in outputs] == [[hidden], [-1, hidden]]
+        assert all(t.data_type == mc.TYPE_FP32 for t in outputs)
+    for name in (ONNX_MODEL, TORCHSCRIPT_MODEL):
+        assert all(list(t.dims) == [-1] and t.data_type == mc.TYPE_INT64 for t in configs[name].input)
+    assert [list(t.dims) for t in configs[ENSEMBLE_MODEL].input] == [[1]]
+    assert configs[ENSEMBLE_MODEL].input[0].data_type == mc.TYPE_STRING
+
+
+def test_dynamic_batching_with_a_bounded_rejecting_queue(generated):
+    _, configs = generated
+    for name in (TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL):
+        batching = configs[name].dynamic_batching
+        assert batching.preferred_batch_size and max(batching.preferred_batch_size) <= configs[name].max_batch_size
+        assert batching.max_queue_delay_microseconds > 0
+        assert batching.default_queue_policy.max_queue_size > 0
+        assert batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+        assert configs[name].max_batch_size >= configs[ENSEMBLE_MODEL].max_batch_size
+
+
+def test_ensemble_wiring_is_consistent(generated):
+    _, configs = generated
+    ensemble = configs[ENSEMBLE_MODEL]
+    assert not ensemble.instance_group and not ensemble.model_warmup and not ensemble.HasField("dynamic_batching")
+    produced = set(tensors(ensemble, "input"))
+    for step in ensemble.ensemble_scheduling.step:
+        step_config = configs[step.model_name]
+        step_inputs, step_outputs = tensors(step_config, "input"), tensors(step_config, "output")
+        assert set(step.input_map) == set(step_inputs), step.model_name
+        assert set(step.input_map.values()) <= produced, f"{step.model_name} consumes a tensor nobody produced"
+        assert set(step.output_map) <= set(step_outputs)
+        produced |= set(step.output_map.values())
+    assert set(tensors(ensemble, "output")) <= produced
+    tokenizer_outputs = tensors(configs[TOKENIZER_MODEL], "output")
+    onnx_inputs = tensors(configs[ONNX_MODEL], "input")
+    for name, tensor in tokenizer_outputs.items():
+        assert (tensor.data_type, list(tensor.dims)) == (onnx_inputs[name].data_type, list(onnx_inputs[name].dims))
+
+
+def test_warmup_files_exist_and_have_the_declared_size(generated):
+    output, configs = generated
+    for name in (TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL):
+        config = configs[name]
+        assert config.model_warmup, name
+        for sample in config.model_warmup:
+            assert set(sample.inputs) == set(tensors(config, "input"))
+            for entry in sample.inputs.values():
+                assert all(dim > 0 for dim in entry.dims)
+                data = (output / name / WARMUP_DIRNAME / entry.input_data_file).read_bytes()
+                if entry.data_type == mc.TYPE_STRING:
+                    assert int.from_bytes(data[:4], "little") == len(data) - 4
+                else:
+                    assert len(data) == math.prod(entry.dims) * ELEMENT_BYTES[entry.data_type]
+
+
+def test_tokenizer_code_is_copied_and_ensemble_has_a_version_dir(generated):
+    output, configs = generated
+    buckets = configs[TOKENIZER_MODEL].parameters["length_buckets"].string_value
+    assert re.fullmatch(r"\d+(,\d+)*", buckets)
+    version_dir = output / TOKENIZER_MODEL / MODEL_VERSION
+    assert (version_dir / "model.py").read_text().startswith('"""Triton python-backend model `esm2_tokenizer`')
+    assert "def encode_batch" in (version_dir / "tokenizer.py").read_text()
+    assert (output / ENSEMBLE_MODEL / MODEL_VERSION).is_dir()
+
+
+def test_configs_say_the_weights_are_random_and_carry_no_paths_or_times(generated):
+    output, configs = generated
+    for name, config in configs.items():
+        text = (output / name / CONFIG_FILENAME).read_text()
+        assert text_format.Parse(text, mc.ModelConfig()) == config
+        assert str(output) not in text and "/home/" not in text and "/tmp" not in text
+        assert not re.search(r"20\d\d-\d\d-\d\d", text)
+        if name != TOKENIZER_MODEL:
+            assert "RANDOM WEIGHTS" in config.parameters["weights_source"].string_value
+
+
+def test_generation_is_deterministic(generated, tmp_path):
+    output, _ = generated
+    export_configs(tmp_path)
+    for path in output.glob(f"*/{CONFIG_FILENAME}"):
+        assert (tmp_path / path.parent.name / CONFIG_FILENAME).read_bytes() == path.read_bytes()
+
+
+def test_committed_configs_equal_a_fresh_canonical_export(generated):
+    output, configs = generated
+    committed = sorted(path.parent.name for path in COMMITTED_REPOSITORY.glob(f"*/{CONFIG_FILENAME}"))
+    assert committed == sorted(configs), "regenerate with export.repository.CANONICAL_COMMAND"
+    for name in committed:
+        fresh = (output / name / CONFIG_FILENAME).read_text()
+        assert (COMMITTED_REPOSITORY / name / CONFIG_FILENAME).read_text() == fresh, (
+            f"model_repository/{name}/config.pbtxt is stale; regenerate with the canonical command"
+        )
+
+
+def test_committed_configs_are_tracked_and_generated_files_ignored():
+    files = [
+        "model_repository/esm2_onnx/config.pbtxt",
+        "model_repository/esm2_onnx/1/model.onnx",
+        "model_repository/esm2_onnx/warmup/input_ids_128",
+        "model_repository/esm2_tokenizer/1/model.py",
+        "model_repository/esm2_tokenizer/1/tokenizer.py",
+    ]
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", *files], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+    )
+    if result.returncode == 128:
+        pytest.skip(f"not a git checkout: {result.stderr.strip()}")
+    ignored = set(result.stdout.split())
+    assert ignored == set(files[1:])
+
+
+def test_cli_options_reach_the_configs(tmp_path):
+    configs = export_configs(
+        tmp_path,
+        "--max-batch-size",
+        "32",
+        "--max-queue-size",
+        "7",
+        "--length-buckets",
+        "64,256,1024",
+        "--ensemble-target",
+        "torchscript",
+    )
+    assert configs[ONNX_MODEL].max_batch_size == 32
+    assert max(configs[ONNX_MODEL].dynamic_batching.preferred_batch_size) <= 32
+    assert configs[TOKENIZER_MODEL].dynamic_batching.default_queue_policy.max_queue_size == 7
+    assert configs[TOKENIZER_MODEL].parameters["length_buckets"].string_value == "64,256,1024"
+    assert configs[ENSEMBLE_MODEL].ensemble_scheduling.step[1].model_name == TORCHSCRIPT_MODEL
+
+
+def test_cli_requires_a_weights_source(capsys):
+    with pytest.raises(SystemExit):
+        main(["esm2", "--output", "x"])
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_module_runs_as_a_script(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "export", "esm2", "--random-init", "8M", "--output", str(tmp_path), "--configs-only"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "RANDOM WEIGHTS" in result.stdout
+    assert (tmp_path / ONNX_MODEL / CONFIG_FILENAME).exists()

@@ -1,0 +1,144 @@
+"""The numpy-only ESM-2 tokenizer: alphabet ids, validation messages, length buckets, padding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.esm2 import tokenizer
+from export.esm2.tokenizer import (
+    DEFAULT_BUCKETS,
+    MAX_RESIDUES,
+    InvalidSequenceError,
+    bucket_for,
+    encode_batch,
+    parse_buckets,
+    validate_sequence,
+)
+
+# fair-esm `Alphabet.from_architecture("ESM-1b")` (esm/data.py + esm/constants.py): prepend_toks, proteinseq_toks,
+# `<null_1>` padding to a multiple of 8, append_toks. Written out from the source, independently of the module.
+FAIR_ESM_PREPEND = ["<cls>", "<pad>", "<eos>", "<unk>"]
+FAIR_ESM_PROTEINSEQ = [
+    "L",
+    "A",
+    "G",
+    "V",
+    "S",
+    "E",
+    "R",
+    "T",
+    "I",
+    "D",
+    "P",
+    "K",
+    "Q",
+    "N",
+    "F",
+    "Y",
+    "M",
+    "H",
+    "W",
+    "C",
+]
+FAIR_ESM_PROTEINSEQ += ["X", "B", "U", "Z", "O", ".", "-"]
+
+
+def fair_esm_alphabet() -> list[str]:
+    tokens = FAIR_ESM_PREPEND + FAIR_ESM_PROTEINSEQ
+    index = 1
+    while len(tokens) % 8:
+        tokens.append(f"<null_{index}>")
+        index += 1
+    return [*tokens, "<mask>"]
+
+
+def test_alphabet_ids_match_fair_esm_and_hf():
+    assert list(tokenizer.ALPHABET) == fair_esm_alphabet()
+    assert tokenizer.VOCAB_SIZE == 33
+    assert (tokenizer.CLS_ID, tokenizer.PAD_ID, tokenizer.EOS_ID, tokenizer.UNK_ID) == (0, 1, 2, 3)
+    assert tokenizer.MASK_ID == 32
+    assert tokenizer.TOKEN_TO_ID["L"] == 4
+    assert tokenizer.TOKEN_TO_ID["C"] == 23
+
+
+def test_encode_adds_cls_eos_and_maps_residues():
+    input_ids, attention_mask = encode_batch(["MKT"], buckets=None)
+    expected = [tokenizer.CLS_ID, *(tokenizer.TOKEN_TO_ID[c] for c in "MKT"), tokenizer.EOS_ID]
+    assert input_ids.tolist() == [expected]
+    assert attention_mask.tolist() == [[1, 1, 1, 1, 1]]
+    assert input_ids.dtype == np.int64 and attention_mask.dtype == np.int64
+
+
+def test_encode_pads_every_row_to_the_bucket_of_the_longest():
+    input_ids, attention_mask = encode_batch(["ACDE", "M" * 40, b"kw"])
+    assert input_ids.shape == attention_mask.shape == (3, bucket_for(42))
+    assert attention_mask.sum(axis=1).tolist() == [6, 42, 4]
+    # Padding is <pad> exactly where the mask is 0; the lower-case bytes row was upper-cased.
+    assert np.all((input_ids == tokenizer.PAD_ID) == (attention_mask == 0))
+    assert input_ids[2, 1:3].tolist() == [tokenizer.TOKEN_TO_ID["K"], tokenizer.TOKEN_TO_ID["W"]]
+
+
+@pytest.mark.parametrize(
+    ("sequence", "fragment"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("MKT1AY", "'1' at position 4"),
+        ("MKTAY-", "'-' at position 6"),
+        ("MK*", "'*' at position 3"),
+        ("A" * (MAX_RESIDUES + 1), f"{MAX_RESIDUES + 1} residues, the limit is {MAX_RESIDUES}"),
+    ],
+)
+def test_invalid_sequences_name_the_problem(sequence, fragment):
+    with pytest.raises(InvalidSequenceError) as error:
+        validate_sequence(sequence)
+    assert fragment in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_longest_allowed_sequence_fits_the_last_bucket():
+    assert validate_sequence("a" * MAX_RESIDUES) == "A" * MAX_RESIDUES
+    input_ids, _ = encode_batch(["A" * MAX_RESIDUES])
+    assert input_ids.shape == (1, MAX_RESIDUES + 2) == (1, DEFAULT_BUCKETS[-1])
+
+
+def test_batch_error_says_which_sequence():
+    with pytest.raises(InvalidSequenceError, match=r"sequence 1: invalid residue 'J'"):
+        encode_batch(["MKT", "MJK"])
+
+
+def test_bucket_for_picks_the_smallest_bucket_that_fits():
+    for length in range(3, DEFAULT_BUCKETS[-1] + 1):
+        bucket = bucket_for(length)
+        assert bucket >= length
+        smaller = [b for b in DEFAULT_BUCKETS if b < bucket]
+        assert not smaller or smaller[-1] < length
+    with pytest.raises(ValueError, match="exceed"):
+        bucket_for(DEFAULT_BUCKETS[-1] + 1)
+
+
+def test_bucket_parsing_round_trips_and_rejects_bad_lists():
+    assert parse_buckets(tokenizer.format_buckets(DEFAULT_BUCKETS)) == DEFAULT_BUCKETS
+    assert parse_buckets("1024, 64,128") == (64, 128, 1024)
+    for bad in ("", "64,abc", "64,64,1024", "64,512"):
+        with pytest.raises(ValueError):
+            parse_buckets(bad)
+
+
+def test_importing_tokenizer_and_packages_does_not_import_torch():
+    code = (
+        "import sys, export, export.esm2, export.esm2.tokenizer, export.recipe, export.gpus;"
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_tokenizer_module_imports_only_numpy_and_stdlib():
+    source = Path(tokenizer.__file__).read_text(encoding="utf-8")
+    imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"__future__", "bisect", "collections", "numpy"}

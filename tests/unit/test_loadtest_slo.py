@@ -1,0 +1,83 @@
+"""SLO verdicts, load shapes and the Locust command line (no server)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from loadtest.run import LoadRunConfig, locust_command, parse_duration
+from loadtest.shapes import ShapeSettings, users_at
+from loadtest.slo import SloPolicy, evaluate_slo
+
+
+def summary(requests=100, successes=100, errors=0, rejections=0, p99=50.0) -> dict:
+    return {"requests": requests, "successes": successes, "errors": errors, "rejections": rejections,
+            "latency_ms": {"p50": p99 / 2, "p99": p99}}  # fmt: skip
+
+
+def test_a_clean_run_meets_the_slo() -> None:
+    report = evaluate_slo(summary(), SloPolicy(p99_latency_ms=100))
+    assert report.passed and report.failure_ratio == 0.0
+
+
+def test_slow_p99_breaks_the_slo() -> None:
+    report = evaluate_slo(summary(p99=250.0), SloPolicy(p99_latency_ms=100))
+    assert not report.passed and "p99 latency 250.0 ms > objective 100.0 ms" in report.violations[0]
+
+
+def test_errors_and_rejections_have_separate_budgets() -> None:
+    policy = SloPolicy(p99_latency_ms=100, max_failure_ratio=0.05, max_rejection_ratio=0.10)
+    rejected = evaluate_slo(summary(successes=92, rejections=8), policy)
+    assert rejected.passed and rejected.rejection_ratio == pytest.approx(0.08) and rejected.failure_ratio == 0
+    errored = evaluate_slo(summary(successes=92, errors=8), policy)
+    assert not errored.passed and "failure ratio 0.0800 (8/100)" in errored.violations[0]
+    flooded = evaluate_slo(summary(successes=80, rejections=20), policy)
+    assert not flooded.passed and "rejection ratio" in flooded.violations[0]
+
+
+def test_no_successful_request_is_a_violation_even_without_latency() -> None:
+    report = evaluate_slo(summary(requests=5, successes=0, errors=5, p99=math.nan), SloPolicy())
+    assert not report.passed and any("only 0 successful" in v for v in report.violations)
+
+
+def test_policy_validation() -> None:
+    with pytest.raises(ValueError):
+        SloPolicy(p99_latency_ms=0)
+    with pytest.raises(ValueError):
+        SloPolicy(max_failure_ratio=1.5)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("20", 20), ("20s", 20), ("2m", 120), ("1h30m", 5400), ("1m5s", 65)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        parse_duration("5 minutes")
+
+
+def test_locust_command_selects_the_protocol_users(tmp_path: Path) -> None:
+    config = LoadRunConfig(http_url="127.0.0.1:8000", grpc_url="grpc://127.0.0.1:8001", protocols=("grpc",),
+                           run_time_s=20, report_dir=tmp_path)  # fmt: skip
+    command = locust_command(config)
+    assert command[-1] == "TritonGrpcEmbedUser" and "TritonHttpEmbedUser" not in command
+    assert command[command.index("-H") + 1] == "http://127.0.0.1:8000"
+    assert command[command.index("--triton-grpc-url") + 1] == "127.0.0.1:8001"
+    assert command[command.index("--csv") + 1] == str(tmp_path / "locust")
+    assert command[command.index("--exit-code-on-error") + 1] == "0"  # the SLO decides the exit code
+
+
+def test_shapes() -> None:
+    ramp = ShapeSettings("ramp", 100, 9, 1)
+    assert users_at(ramp, 0)[0] == 1 and users_at(ramp, 40)[0] == 5 and users_at(ramp, 90)[0] == 9
+    assert users_at(ramp, 100) is None
+    spike = ShapeSettings("spike", 100, 20, 1)
+    assert [users_at(spike, t)[0] for t in (10, 45, 70)] == [5, 20, 5]
+    soak = ShapeSettings("soak", 1000, 8, 1)
+    assert users_at(soak, 50)[0] == 4 and users_at(soak, 500)[0] == 8
+    assert users_at(ShapeSettings("none", 10, 3, 2), 5) == (3, 2)
+    with pytest.raises(ValueError, match="unknown load shape"):
+        ShapeSettings("sawtooth", 10, 1, 1)
