@@ -1,6 +1,10 @@
 """Bulk FASTA embedding that loses nothing: validate, embed chunk by chunk through the asyncio client, journal
 every finished chunk (see `client.journal`), assemble at the end.
 
+Chunks are cut from the input sorted by sequence length (stable, so deterministic for a given file): requests then
+carry sequences of similar length and pad little. Chunk k is records `order[k * chunk_size : (k + 1) * chunk_size]`;
+the output is put back in input order at assembly.
+
 Every record ends up in exactly one place: the output (keyed by id, input order) or `OUT.rejected.tsv` with the
 reason. Records the server rejects although local validation passed are isolated by embedding that chunk's records
 one at a time, so one bad record cannot take its neighbours down with it.
@@ -97,6 +101,7 @@ def manifest_for(options: BulkOptions, config: ClientConfig, n_records: int) -> 
         "long_sequences": options.long_sequences,
         "window_overlap": options.window_overlap if options.long_sequences == "chunk" else None,
         "chunk_size": options.chunk_size,
+        "chunk_order": "length",
     }
 
 
@@ -146,10 +151,10 @@ async def embed_fasta(
     if options.overwrite:
         Journal(parts_dir, manifest).remove()
     journal = Journal.open(parts_dir, manifest)
-    n_chunks = (len(records) + options.chunk_size - 1) // options.chunk_size
-    done = journal.completed_chunks() & set(range(n_chunks))
-    pending = [index for index in range(n_chunks) if index not in done]
-    records_done = sum(len(_chunk_records(records, index, options.chunk_size)) for index in done)
+    chunks = plan_chunks(records, options.chunk_size)
+    done = journal.completed_chunks() & set(range(len(chunks)))
+    pending = [index for index in range(len(chunks)) if index not in done]
+    records_done = sum(len(chunks[index]) for index in done)
     if on_progress:
         on_progress(records_done, len(records))
 
@@ -161,7 +166,7 @@ async def embed_fasta(
         async def run_chunk(index: int) -> None:
             nonlocal records_done
             async with chunk_slots:
-                chunk_records = _chunk_records(records, index, options.chunk_size)
+                chunk_records = chunks[index]
                 result = await _embed_chunk(client, index, chunk_records, options)
                 await asyncio.to_thread(journal.write_chunk, result, embedding_dim)
             records_done += len(chunk_records)
@@ -176,7 +181,7 @@ async def embed_fasta(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    embedded, rejected = assemble(journal, n_chunks, len(records), output, options.output_format, embedding_dim)
+    embedded, rejected = assemble(journal, len(chunks), len(records), output, options.output_format, embedding_dim)
     return BulkSummary(len(records), embedded, rejected, len(done), False, **summary_args)
 
 
@@ -185,8 +190,10 @@ def _result_identity(manifest: dict[str, object]) -> dict[str, object]:
     return {key: value for key, value in manifest.items() if key != "chunk_size"}
 
 
-def _chunk_records(records: Sequence[FastaRecord], index: int, chunk_size: int) -> Sequence[FastaRecord]:
-    return records[index * chunk_size : (index + 1) * chunk_size]
+def plan_chunks(records: Sequence[FastaRecord], chunk_size: int) -> list[list[FastaRecord]]:
+    """Journal chunks: the records sorted by length (stable), cut every `chunk_size`."""
+    by_length = sorted(records, key=lambda record: len(record.sequence))
+    return [by_length[start : start + chunk_size] for start in range(0, len(by_length), chunk_size)]
 
 
 async def _embed_chunk(

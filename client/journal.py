@@ -3,11 +3,11 @@
 Layout next to the output `OUT`:
 
     OUT.parts/manifest.json      what is being computed (input checksum, model, options); resume refuses a mismatch
-    OUT.parts/chunk-000012.npz   results of records [12 * chunk_size, 13 * chunk_size): embedded and rejected
+    OUT.parts/chunk-000012.npz   results of chunk 12 (a fixed set of records, see client.bulk): embedded and rejected
 
 Every file is written to a temporary name, fsynced, then renamed into place (atomic on POSIX), and the directory is
 fsynced; a SIGKILL can only leave a `*.tmp` file behind, which is removed on the next start. A chunk covers a fixed
-slice of the input, so re-running rewrites exactly the missing slices: nothing is lost and nothing duplicated.
+set of records, so re-running rewrites exactly the missing chunks: nothing is lost and nothing duplicated.
 `assemble` writes `OUT` (npz or parquet, rows keyed by FASTA id in input order) and `OUT.rejected.tsv` the same
 way, then removes the parts directory. `OUT` carries the manifest, so a re-run of a finished job is a no-op.
 """
@@ -43,7 +43,7 @@ class ChunkResult:
 
     Attributes:
         index: chunk number.
-        positions: input positions of embedded records, ascending.
+        positions: input positions of embedded records.
         ids: their FASTA ids.
         embeddings: float32 [len(positions), D].
         windows: how many windows each embedding averages (1 unless --long-sequences chunk applied).
@@ -181,12 +181,14 @@ def assemble(
             f"journal {journal.directory} does not account for every record exactly once "
             f"({len(accounted)} entries for {n_records} records); remove it and re-run"
         )
-    ids = [record_id for chunk in chunks for record_id in chunk.ids]
-    windows = np.asarray([w for chunk in chunks for w in chunk.windows], dtype=np.int32)
+    input_order = np.argsort(np.asarray(positions, dtype=np.int64), kind="stable")
+    all_ids = [record_id for chunk in chunks for record_id in chunk.ids]
+    ids = [all_ids[i] for i in input_order]
+    windows = np.asarray([w for chunk in chunks for w in chunk.windows], dtype=np.int32)[input_order]
     embeddings = np.concatenate(
         [np.empty((0, embedding_dim), np.float32)]
         + [chunk.embeddings for chunk in chunks if chunk.embeddings is not None]
-    )
+    )[input_order]
     manifest_text = json.dumps(journal.manifest, sort_keys=True)
     write_rejected(rejected_path_for(output), sorted(rejected))
     if output_format == "parquet":

@@ -75,7 +75,7 @@ def export_torchscript(recipe: ModelRecipe, module: torch.nn.Module, path: Path)
         time.perf_counter() - started,
         replaced,
     )
-    return torch.jit.load(str(path))
+    return traced
 
 
 def torchscript_runner(path: Path):

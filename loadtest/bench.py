@@ -607,8 +607,9 @@ def handwritten_results(config: BenchConfig, sequences: Sequence[str], threads: 
 
 
 def best(results: Sequence[ScenarioResult], group: str, engine: str | None = None, name_part: str = "") -> float:
+    """Best error-free throughput of a group; `name_part` matches a scenario name's end (": esm2" not esm2_onnx)."""
     values = [r.sequences_per_s for r in results
-              if r.group == group and (engine is None or r.engine == engine) and name_part in r.name
+              if r.group == group and (engine is None or r.engine == engine) and r.name.endswith(name_part)
               and r.errors == 0]  # fmt: skip
     return max(values) if values else math.nan
 
@@ -621,7 +622,7 @@ def compute_ratios(results: Sequence[ScenarioResult]) -> dict[str, float]:
     ratios["b/a ensemble (esm2) vs onnx ceiling"] = best(results, "b", name_part=": esm2") / best(results, "a", "onnx")
     for model in TRITON_MODELS:
         ratios[f"b/c {model}"] = best(results, "b", name_part=f": {model}") / best(results, "c", name_part=f": {model}")
-    one_per_request = best(results, "d", name_part="one sequence")
+    one_per_request = best(results, "d", name_part="one sequence per request")
     batched = best(results, "d", name_part="client batches")
     ensemble = best(results, "b", name_part=f": {TRITON_MODELS[-1]}")
     ratios["b/d ensemble vs FastAPI (same traffic: one sequence per request)"] = ensemble / one_per_request
@@ -794,13 +795,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sequences", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--duration", type=float, default=None, help="seconds per load point")
+    parser.add_argument("--batch-sizes", default=None, help="raw-engine batch sizes to try, e.g. 1,8,32,64")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:0,cuda:1 (PyTorch paths)")
     parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
     parser.add_argument("--prefix", default=None, help="report file prefix (default bench, bench_quick with --quick)")
     args = parser.parse_args(argv)
     overrides = {key: value for key, value in (
         ("length_mix", args.length_mix), ("sequences", args.sequences), ("concurrency", args.concurrency),
-        ("duration_s", args.duration)) if value is not None}  # fmt: skip
+        ("duration_s", args.duration),
+        ("batch_sizes", tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else None),
+    ) if value is not None}  # fmt: skip
     common = dict(model_size=args.model_size, model_repository=args.model_repository, report_dir=args.report_dir,
                   device=",".join(select_devices(args.device)))  # fmt: skip
     config = BenchConfig.quick_config(**common, **overrides) if args.quick else BenchConfig(**common, **overrides)

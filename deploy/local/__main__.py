@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from deploy.local.server import LOOPBACK, LocalTritonServer, ServerOptions, TritonStartError
+from deploy.local.supervisor import InferenceProbe, SupervisorHealthServer, SupervisorOptions
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -27,12 +28,35 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--exit-timeout-secs", type=int, default=30, help="grace period for in-flight requests")
     parser.add_argument("--startup-timeout-secs", type=float, default=300.0)
     parser.add_argument("--log-verbose", type=int, default=0)
+    heal = parser.add_argument_group("self-healing (docs/reliability.md)")
+    heal.add_argument(
+        "--self-heal",
+        action="store_true",
+        help="reload a model whose python-backend stub died or hangs (implies --model-control-mode explicit)",
+    )
+    heal.add_argument(
+        "--self-heal-probe",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="also run a real inference on MODEL (ESM-2 SEQUENCE input) every second to catch hung stubs",
+    )
+    heal.add_argument(
+        "--self-heal-port",
+        type=int,
+        default=None,
+        help="serve the supervisor's truthful /ready and /live on this port (0 picks a free one)",
+    )
     return parser.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args, extra = parse_args(argv)
+    if args.self_heal and args.model_control_mode != "explicit":
+        print("--self-heal: using --model-control-mode explicit (loads every model at start)", flush=True)
+        args.model_control_mode = "explicit"
+    probes = tuple(InferenceProbe.for_sequence_model(model) for model in args.self_heal_probe)
     server = LocalTritonServer(
         ServerOptions(
             model_repository=args.model_repository,
@@ -45,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             startup_timeout_s=args.startup_timeout_secs,
             log_verbose=args.log_verbose,
             extra_args=tuple(extra),
+            self_heal=args.self_heal,
+            supervisor=SupervisorOptions(probes=probes),
         )
     )
     stop_requested = threading.Event()
@@ -65,10 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         f"log: {server.log_path}",
         flush=True,
     )
-    while not stop_requested.wait(timeout=1.0):
-        if not server.is_running():
-            print("error: tritonserver exited unexpectedly:\n" + "\n".join(server.error_lines()), file=sys.stderr)
-            return 1
+    health = None
+    if server.supervisor is not None:
+        if args.self_heal_port is not None:
+            health = SupervisorHealthServer(server.supervisor, args.host, args.self_heal_port).start()
+        print("self-healing on" + (f" — truthful readiness {health.url}/ready" if health else ""), flush=True)
+    try:
+        while not stop_requested.wait(timeout=1.0):
+            if not server.is_running():
+                print("error: tritonserver exited unexpectedly:\n" + "\n".join(server.error_lines()), file=sys.stderr)
+                return 1
+    finally:
+        if health is not None:
+            health.stop()
     code = server.stop()
     return 0 if code in (0, None) else code
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.local.runtime import TritonRuntime, stub_python_path
+from deploy.local.supervisor import ModelSupervisor, SupervisorOptions
 
 LOGGER = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -39,7 +40,8 @@ class ServerOptions:
 
     Ports set to 0 are replaced by free ephemeral ports. `model_control_mode="explicit"` loads `load_models` at
     start-up (default `*`: all) and enables the repository API (load/unload), which the self-healing supervisor
-    uses to reload a broken model.
+    uses to reload a broken model. `self_heal=True` (explicit mode only) starts that supervisor
+    (`deploy.local.supervisor`, options in `supervisor`) once the server is ready and stops it before the server.
     """
 
     model_repository: Path
@@ -53,6 +55,8 @@ class ServerOptions:
     startup_timeout_s: float = 300.0
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    self_heal: bool = False
+    supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
 
 
 class LocalTritonServer:
@@ -64,11 +68,14 @@ class LocalTritonServer:
     """
 
     def __init__(self, options: ServerOptions, runtime: TritonRuntime | None = None) -> None:
+        if options.self_heal and options.model_control_mode != "explicit":
+            raise ValueError("self_heal needs model_control_mode='explicit' (it reloads models via the repository API)")
         self.options = _with_free_ports(options)
         self.runtime = runtime or TritonRuntime.discover()
         self._workdir = Path(tempfile.mkdtemp(prefix="tritonfleet-server-"))
         self.log_path = self._workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self.supervisor: ModelSupervisor | None = None
 
     # -- addresses -----------------------------------------------------------------------------------------------
     @property
@@ -147,6 +154,9 @@ class LocalTritonServer:
                 start_new_session=True,
             )
         self._wait_until_ready()
+        if self.options.self_heal:
+            assert self._process is not None
+            self.supervisor = ModelSupervisor(self.http_url, self._process.pid, self.options.supervisor).start()
         return self
 
     def stop(self, timeout_s: float | None = None) -> int | None:
@@ -154,6 +164,8 @@ class LocalTritonServer:
         process = self._process
         if process is None:
             return None
+        if self.supervisor is not None:
+            self.supervisor.stop()  # no repairs of models that are going away
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

@@ -58,7 +58,7 @@ class BucketStats:
     label: str
     buckets: tuple[int, ...]
     waste: float  # padded tokens / all tokens computed, each request padded to its own bucket
-    expected_batch: float  # mean batch size if `window` requests arrive together and batch by shape
+    expected_batch: float  # mean batch size Triton forms from `window` queued requests in random order
 
     @property
     def count(self) -> int:
@@ -66,16 +66,26 @@ class BucketStats:
 
 
 def analyse(label: str, buckets: Sequence[int], lengths: np.ndarray, window: int, max_batch: int = 64) -> BucketStats:
-    """Padding waste per request, and the mean batch size over windows of `window` simultaneous requests."""
+    """Padding waste per request, and the mean batch size Triton's dynamic batcher forms from queues of `window`.
+
+    Triton's batcher takes queued requests in arrival order and closes a batch at the first request whose shape
+    differs, so a batch is a run of consecutive same-bucket requests (capped at `max_batch`).
+    """
     tokens = lengths + SPECIAL_TOKENS_PER_SEQUENCE
     padded = padded_lengths(tokens, buckets)
     waste = float((padded - tokens).sum() / padded.sum())
-    usable = (len(padded) // window) * window
+    return BucketStats(label, tuple(buckets), waste, mean_run_batch(padded, window, max_batch))
+
+
+def mean_run_batch(shapes: np.ndarray, window: int, max_batch: int = 64) -> float:
+    """Mean batch size when each window of queued requests is cut into runs of equal consecutive shapes."""
+    usable = (len(shapes) // window) * window
     batches = 0
-    for group in padded[:usable].reshape(-1, window):
-        _, counts = np.unique(group, return_counts=True)
-        batches += int(np.ceil(counts / max_batch).sum())
-    return BucketStats(label, tuple(buckets), waste, usable / batches)
+    for group in shapes[:usable].reshape(-1, window):
+        run_starts = np.flatnonzero(np.diff(group) != 0) + 1
+        run_lengths = np.diff(np.concatenate([[0], run_starts, [window]]))
+        batches += int(np.ceil(run_lengths / max_batch).sum())
+    return usable / batches
 
 
 def optimal_buckets(lengths: np.ndarray, count: int, step: int = 16) -> tuple[int, ...]:
@@ -111,14 +121,18 @@ def optimal_buckets(lengths: np.ndarray, count: int, step: int = 16) -> tuple[in
 @dataclass(frozen=True)
 class LiveStats:
     label: str
+    order: str
     requests: int
     seconds: float
     mean_batch: float
     executions: int
 
 
-def measure_live(repository: Path, buckets: Sequence[int], lengths: np.ndarray, concurrency: int, label: str):
-    """Serves a copy of `repository` with the given tokenizer buckets and reports the batches Triton formed."""
+def measure_live(
+    repository: Path, buckets: Sequence[int], lengths: np.ndarray, concurrency: int, label: str
+) -> list[LiveStats]:
+    """Serves a copy of `repository` with the given tokenizer buckets; sends the sequences in random order, then
+    sorted by length (what a bulk client can do), and reports the batches the network model formed each time."""
     import tritonclient.grpc as grpcclient
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
@@ -129,6 +143,7 @@ def measure_live(repository: Path, buckets: Sequence[int], lengths: np.ndarray, 
     rng = np.random.default_rng(1)
     letters = np.array(list(STANDARD_RESIDUES))
     sequences = ["".join(rng.choice(letters, size=int(length))) for length in lengths]
+    results = []
     with tempfile.TemporaryDirectory(prefix="bucket-report-") as workdir:
         copy = Path(workdir) / "repository"
         shutil.copytree(repository, copy)
@@ -136,18 +151,12 @@ def measure_live(repository: Path, buckets: Sequence[int], lengths: np.ndarray, 
         config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
         config.parameters["length_buckets"].string_value = ",".join(map(str, buckets))
         write_config(config, config_path.parent)
+        ensemble = text_format.Parse((copy / "esm2" / CONFIG_FILENAME).read_text(), mc.ModelConfig())
+        target = ensemble.ensemble_scheduling.step[-1].model_name
         server = LocalTritonServer(ServerOptions(model_repository=copy, http_port=0, grpc_port=0, metrics_port=0))
         server.start()
         try:
             url = server.grpc_url.removeprefix("grpc://")
-            target = next(
-                step.model_name
-                for step in text_format.Parse(
-                    (copy / "esm2" / CONFIG_FILENAME).read_text(), mc.ModelConfig()
-                ).ensemble_scheduling.step
-                if step.model_name != "esm2_tokenizer"
-            )
-            before = _counts(grpcclient.InferenceServerClient(url), target)
 
             def send(sequence: str) -> None:
                 client = grpcclient.InferenceServerClient(url)
@@ -155,15 +164,20 @@ def measure_live(repository: Path, buckets: Sequence[int], lengths: np.ndarray, 
                 tensor.set_data_from_numpy(np.array([[sequence.encode()]], dtype=object))
                 client.infer("esm2", [tensor], outputs=[grpcclient.InferRequestedOutput("EMBEDDING")])
 
-            started = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                list(pool.map(send, sequences))
-            seconds = time.perf_counter() - started
-            after = _counts(grpcclient.InferenceServerClient(url), target)
+            for order, batch in (("random", sequences), ("sorted by length", sorted(sequences, key=len))):
+                before = _counts(grpcclient.InferenceServerClient(url), target)
+                started = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                    list(pool.map(send, batch))
+                seconds = time.perf_counter() - started
+                after = _counts(grpcclient.InferenceServerClient(url), target)
+                inferences, executions = after[0] - before[0], after[1] - before[1]
+                results.append(
+                    LiveStats(label, order, len(batch), seconds, inferences / max(executions, 1), executions)
+                )
         finally:
             server.stop()
-    inferences, executions = after[0] - before[0], after[1] - before[1]
-    return LiveStats(label, len(sequences), seconds, inferences / max(executions, 1), executions)
+    return results
 
 
 def _counts(client, model: str) -> tuple[int, int]:
@@ -184,8 +198,9 @@ def render(stats: list[BucketStats], live: list[LiveStats], lengths: np.ndarray,
         f"p99 {np.percentile(lengths, 99):.0f}.",
         "",
         "*Waste* = padded tokens / tokens computed when each request is padded to its bucket (the tokenizer pads",
-        "each request separately). *Expected batch* = mean batch size if "
-        f"{window} single-sequence requests arrive within one queue delay and Triton batches only equal shapes.",
+        "each request separately). *Expected batch* = mean batch size when a queue of "
+        f"{window} single-sequence requests in random order is cut into batches the way Triton's dynamic batcher",
+        "does: in arrival order, closing a batch at the first request of another shape.",
         "",
         "| bucket set | buckets | waste | expected batch |",
         "|---|---:|---:|---:|",
@@ -201,11 +216,12 @@ def render(stats: list[BucketStats], live: list[LiveStats], lengths: np.ndarray,
             "The same sequences sent one per request through the `esm2` ensemble; mean batch size of the network",
             "model = inference_count / execution_count from Triton's statistics (CPU, 8M random weights).",
             "",
-            "| bucket set | requests | executions | mean batch | wall s |",
-            "|---|---:|---:|---:|---:|",
+            "| bucket set | request order | requests | executions | mean batch | wall s |",
+            "|---|---|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {item.label} | {item.requests} | {item.executions} | {item.mean_batch:.2f} | {item.seconds:.1f} |"
+            f"| {item.label} | {item.order} | {item.requests} | {item.executions} | {item.mean_batch:.2f} "
+            f"| {item.seconds:.1f} |"
             for item in live
         ]
     return "\n".join(lines) + "\n"
@@ -235,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     live = []
     if args.repository:
         live_lengths = sample_lengths(args.live_requests, seed=1)
-        live.append(measure_live(args.repository, DEFAULT_BUCKETS, live_lengths, args.concurrency, "DEFAULT_BUCKETS"))
-        live.append(measure_live(args.repository, EXACT_LENGTH, live_lengths, args.concurrency, "no buckets"))
+        live += measure_live(args.repository, DEFAULT_BUCKETS, live_lengths, args.concurrency, "DEFAULT_BUCKETS")
+        live += measure_live(args.repository, EXACT_LENGTH, live_lengths, args.concurrency, "no buckets")
     text = render(stats, live, lengths, args.window)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")

@@ -37,9 +37,10 @@ MAX_RESIDUES = 1022
 SPECIAL_TOKENS_PER_SEQUENCE = 2
 MAX_TOKENS = MAX_RESIDUES + SPECIAL_TOKENS_PER_SEQUENCE
 
-# Token-length buckets (BOS/EOS included), multiples of 32. Chosen with `export.esm2.bucket_report` on a
-# Swiss-Prot-like length mix (reports/buckets.md): ~12 % padded tokens while 64 simultaneous requests still form
-# batches of ~7 on average (exact-length padding: 0 % waste but batches of ~1; powers of two: ~30 % waste).
+# Token-length buckets (BOS/EOS included), multiples of 32, from `export.esm2.bucket_report` on a Swiss-Prot-like
+# length mix (reports/buckets.md): ~12 % padded tokens. Triton batches only runs of consecutive same-shape requests,
+# so buckets pay off when same-bucket requests arrive together (bulk clients sending length-sorted sequences);
+# random-order single requests still batch ~1.1 on average, as with no buckets.
 DEFAULT_BUCKETS: tuple[int, ...] = (128, 192, 256, 320, 384, 480, 608, 768, MAX_TOKENS)
 
 # Lookup table byte -> token id; -1 marks characters that are not residues.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import ClientConfig, EmbeddingClient
+from client import ClientConfig, EmbeddingClient, RetryPolicy
 from client.journal import load_output, parts_dir_for, rejected_path_for
 from deploy.local import PortInUseError
 from export.esm2.recipe import random_proteins
@@ -187,17 +187,29 @@ def test_a_server_restart_during_the_run_is_survived_by_retries(
     output = tmp_path / "restarted.npz"
     args = ["embed-fasta", str(fasta), "--out", str(output), "--url", server.http_url, "--no-progress"]
     args += ["--chunk-size", "16", "--concurrency", "2", "--retries", "100", "--retry-budget", "400"]
+    # Long-lived sync clients with pooled connections to the first server must keep working after the restart.
+    retry = RetryPolicy(max_attempts=50, max_delay_s=2, max_elapsed_s=300)
+    sync_clients = [
+        EmbeddingClient(ClientConfig(url=server.http_url, protocol="http", retry=retry)),
+        EmbeddingClient(ClientConfig(url=server.grpc_url, protocol="grpc", retry=retry)),
+    ]
+    before = [client.embed(["MKTAYIAKQR"]) for client in sync_clients]
     process = start_cli(args)
     try:
         assert wait_for_chunks(parts_dir_for(output), 3, process) >= 3, "the run ended before the restart"
         server.stop()
         chunks_at_stop = len(list(parts_dir_for(output).glob("chunk-*.npz")))
         restarted = start_with_same_ports(triton_server_factory, esm2_repository, ports)
+        after = [client.embed(["MKTAYIAKQR"]) for client in sync_clients]
         stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_S)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=30)
+        for client in sync_clients:
+            client.close()
+    for old_vector, new_vector in zip(before, after):
+        np.testing.assert_array_equal(old_vector, new_vector)
     assert restarted.is_running()
     assert process.returncode == 0, stderr
     assert chunks_at_stop < 32, "all 32 chunks were done before the server stopped; nothing was tested"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from client.bulk import BulkOptions, plan_record
+from client.bulk import BulkOptions, plan_chunks, plan_record
 from client.errors import TritonFleetError
 from client.fasta import FastaRecord
 from client.journal import (
@@ -80,10 +80,10 @@ def test_a_journal_from_different_settings_is_refused_with_the_difference(tmp_pa
 def test_assemble_orders_by_input_lists_rejections_and_removes_the_journal(tmp_path) -> None:
     output = tmp_path / "out.npz"
     journal = Journal.open(parts_dir_for(output), MANIFEST)
-    # Chunks finish in any order; assembly is by chunk number.
+    # Chunks finish in any order and hold any set of records (bulk cuts them from length order).
     journal.write_chunk(_chunk(2, [(4, "e")]), D)
-    journal.write_chunk(_chunk(0, [(0, "a")], [(1, "b", 0, "sequence is empty")]), D)
-    journal.write_chunk(_chunk(1, [(3, "d")], [(2, "c", 1500, "sequence is too long:\t1500")]), D)
+    journal.write_chunk(_chunk(0, [(3, "d")], [(1, "b", 0, "sequence is empty")]), D)
+    journal.write_chunk(_chunk(1, [(0, "a")], [(2, "c", 1500, "sequence is too long:\t1500")]), D)
     assert assemble(journal, 3, 5, output, "npz", D) == (3, 2)
     ids, embeddings, windows = load_output(output)
     assert ids == ["a", "d", "e"]
@@ -120,8 +120,15 @@ def test_parquet_output_round_trips(tmp_path) -> None:
     assert read_output_manifest(output, "parquet") == json.loads(json.dumps(MANIFEST))
 
 
-def _record(sequence: str) -> FastaRecord:
-    return FastaRecord(position=0, id="r", description="", sequence=sequence, line=1)
+def _record(sequence: str, position: int = 0) -> FastaRecord:
+    return FastaRecord(position=position, id=f"r{position}", description="", sequence=sequence, line=1)
+
+
+def test_chunks_group_similar_lengths_deterministically_and_cover_every_record_once() -> None:
+    records = [_record("M" * length, position) for position, length in enumerate([5, 1, 9, 3, 3, 7, 2])]
+    chunks = plan_chunks(records, 3)
+    assert [[r.position for r in chunk] for chunk in chunks] == [[1, 6, 3], [4, 0, 5], [2]]
+    assert plan_chunks(records, 3) == chunks
 
 
 def test_plan_record_rejects_with_reasons_or_windows_long_sequences() -> None:

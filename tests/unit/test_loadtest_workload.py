@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from export.esm2 import tokenizer as esm_tokenizer
 from loadtest.workload import (
@@ -23,10 +24,13 @@ from loadtest.workload import (
     repository_targets,
     token_length_waste,
 )
-from tritonclient.utils import InferenceServerException
 
-ENSEMBLE = ModelTarget("esm2", 64, (TensorSpec("SEQUENCE", "BYTES", (1,)),),
-                       (TensorSpec("EMBEDDING", "FP32", (320,)), TensorSpec("RESIDUE_EMBEDDINGS", "FP32", (-1, 320))))
+ENSEMBLE = ModelTarget(
+    "esm2",
+    64,
+    (TensorSpec("SEQUENCE", "BYTES", (1,)),),
+    (TensorSpec("EMBEDDING", "FP32", (320,)), TensorSpec("RESIDUE_EMBEDDINGS", "FP32", (-1, 320))),
+)
 TORCHSCRIPT = ModelTarget(
     "esm2_torchscript", 64,
     (TensorSpec("INPUT_IDS__0", "INT64", (-1,)), TensorSpec("ATTENTION_MASK__1", "INT64", (-1,))),
@@ -72,7 +76,9 @@ def test_fixed_and_short_mixes_and_bad_names() -> None:
 
 
 def test_padding_waste_is_a_fraction() -> None:
-    assert token_length_waste(["A" * 30]) == 0.0  # 32 tokens fill the 32 bucket exactly
+    smallest = esm_tokenizer.DEFAULT_BUCKETS[0]
+    assert token_length_waste(["A" * (smallest - 2)]) == 0.0  # <cls> + residues + <eos> fill the bucket exactly
+    assert token_length_waste(["A" * (smallest // 2 - 2)]) == pytest.approx(0.5)
     assert 0.0 < token_length_waste(generate_sequences(200)) < 0.2
 
 
@@ -83,7 +89,7 @@ def test_prepare_request_for_sequence_and_token_models() -> None:
     assert data.shape == (2, 1) and data.dtype == np.object_ and data[0, 0] == b"MKTAYIAK"
     token_request = prepare_request(TORCHSCRIPT, sequences)
     ids, mask = token_request.inputs["INPUT_IDS__0"], token_request.inputs["ATTENTION_MASK__1"]
-    assert ids.shape == mask.shape == (2, 32) and ids.dtype == np.int64
+    assert ids.shape == mask.shape == (2, esm_tokenizer.bucket_for(10)) and ids.dtype == np.int64
     assert ids[0, 0] == esm_tokenizer.CLS_ID and ids[0, 9] == esm_tokenizer.EOS_ID and mask[1].sum() == 5
     assert token_request.sequences == 2 and token_request.residues == 11
     assert TORCHSCRIPT.output_names() == ["EMBEDDING__0"]

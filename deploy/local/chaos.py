@@ -1,0 +1,287 @@
+"""`python -m deploy.local.chaos`: SIGKILL one model-instance stub under load; report recovery time and failures.
+
+What it does:
+1. Serves an ESM-2 repository on a local tritonserver with self-healing on (`deploy/local/supervisor.py`).
+2. Runs closed-loop load through the project's client (`client.EmbeddingClient`, with its retry policy) from
+   `--concurrency` threads, each embedding one protein per request.
+3. After `--warmup-s`, SIGKILLs the `--victim` model's stub (default `esm2_onnx`, the engine behind the `esm2`
+   ensemble) and keeps the load running until the service is whole again plus `--settle-s`.
+4. Prints: time to detection and to full recovery (supervisor ready and a request started after the repair
+   succeeded), requests sent/succeeded/failed with the errors the client raised, and latency per phase.
+
+`--retry-while-repairing` adds what the client does not do (yet): retry the two answers a model under repair gives,
+"has no available versions" (HTTP 404 / NOT_FOUND while unloaded and loading) and "Stub process ... is not healthy"
+(HTTP 500 / INTERNAL between the crash and its detection), with the client's own backoff. The report says which mode
+ran. Exit status: 0 when recovered within `--recovery-target-s` with no user-visible failure, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.local.server import LocalTritonServer, ServerOptions
+from deploy.local.supervisor import SupervisorOptions, list_stub_processes
+
+LOGGER = logging.getLogger("deploy.local.chaos")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROTEINS = (
+    "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALRPDEDRL",
+    "GSHMLEDPVDAFQERLSRVRAPTHLAELLDQEVTELTRQLSRH",
+    "MVLSPADKTNVKAAWGKVGAHAGEYGAEALERMFLSFPTTKTYFPHFDLSHGSAQVKGHGKKVADALTNAVAHVDDMPNALSALSDLHAHKL",
+)
+REPAIR_MESSAGES = ("has no available versions", "is not healthy")
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    """One chaos run.
+
+    Attributes:
+        model_repository: an exported ESM-2 repository (None: export one with random weights into a temp dir).
+        victim: model whose stub is killed.
+        protocol: client protocol.
+        concurrency: client threads, each with one request outstanding.
+        warmup_s: load before the kill.
+        settle_s: load after full recovery.
+        recovery_target_s: the objective (the run fails above it).
+        give_up_s: stop waiting for recovery after this long.
+        retry_while_repairing: retry "no available versions" / "not healthy" on top of the client's policy.
+    """
+
+    model_repository: Path | None = None
+    victim: str = "esm2_onnx"
+    protocol: str = "grpc"
+    concurrency: int = 4
+    warmup_s: float = 5.0
+    settle_s: float = 3.0
+    recovery_target_s: float = 5.0
+    give_up_s: float = 60.0
+    retry_while_repairing: bool = False
+
+
+@dataclass
+class RequestOutcome:
+    started: float
+    finished: float
+    error: str | None = None
+
+
+@dataclass
+class LoadRecorder:
+    outcomes: list[RequestOutcome] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, outcome: RequestOutcome) -> None:
+        with self.lock:
+            self.outcomes.append(outcome)
+
+    def snapshot(self) -> list[RequestOutcome]:
+        with self.lock:
+            return list(self.outcomes)
+
+
+def export_random_esm2(destination: Path) -> Path:
+    print(f"exporting an ESM-2 8M repository with random weights into {destination} (about 1.5 minutes) ...")
+    subprocess.run(
+        [sys.executable, "-m", "export", "esm2", "--random-init", "8M", "--output", str(destination)],
+        cwd=PROJECT_ROOT,
+        check=True,
+        timeout=900,
+    )
+    return destination
+
+
+def _default_repository() -> Path | None:
+    committed = PROJECT_ROOT / "model_repository"
+    return committed if (committed / "esm2_onnx" / "1" / "model.onnx").exists() else None
+
+
+def _embed_loop(client, recorder: LoadRecorder, stop: threading.Event, worker: int, retry_repairs: bool) -> None:
+    from client import ModelNotFoundError, ServerError
+    from client.config import RetryPolicy
+
+    policy = RetryPolicy(max_attempts=20, initial_delay_s=0.1, max_delay_s=1.0, max_elapsed_s=30.0)
+    count = 0
+    while not stop.is_set():
+        sequence = PROTEINS[(worker + count) % len(PROTEINS)]
+        count += 1
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                client.embed([sequence])
+                recorder.add(RequestOutcome(started, time.monotonic()))
+                break
+            except (ModelNotFoundError, ServerError) as error:
+                failures += 1
+                repairing = any(text in str(error) for text in REPAIR_MESSAGES)
+                elapsed = time.monotonic() - started
+                if retry_repairs and repairing and failures < policy.max_attempts and elapsed < policy.max_elapsed_s:
+                    time.sleep(policy.backoff_delay(failures))
+                    continue
+                recorder.add(RequestOutcome(started, time.monotonic(), f"{type(error).__name__}: {error}"))
+                break
+            except Exception as error:  # noqa: BLE001 - every failure the user would see is counted
+                recorder.add(RequestOutcome(started, time.monotonic(), f"{type(error).__name__}: {error}"))
+                break
+
+
+def _victim_stub(server: LocalTritonServer, model: str) -> int:
+    stubs = [stub for stub in list_stub_processes(server.pid or 0) if stub.model == model and stub.serving]
+    if not stubs:
+        raise SystemExit(f"no running stub for model {model!r}; models with stubs: {_stub_models(server)}")
+    return stubs[0].pid
+
+
+def _stub_models(server: LocalTritonServer) -> list[str]:
+    return sorted({stub.model for stub in list_stub_processes(server.pid or 0)})
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return f"p50 {statistics.median(ordered) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+
+
+def run(options: ChaosOptions) -> int:
+    from client import ClientConfig, EmbeddingClient
+
+    repository = options.model_repository or _default_repository()
+    if repository is None:
+        repository = export_random_esm2(Path(tempfile.mkdtemp(prefix="tritonfleet-chaos-")) / "model_repository")
+    server = LocalTritonServer(
+        ServerOptions(
+            model_repository=repository,
+            http_port=0,
+            grpc_port=0,
+            metrics_port=0,
+            model_control_mode="explicit",
+            exit_timeout_s=10,
+            self_heal=True,
+            supervisor=SupervisorOptions(),
+        )
+    )
+    print(f"starting tritonserver on {repository} with self-healing ...", flush=True)
+    server.start()
+    supervisor = server.supervisor
+    assert supervisor is not None
+    url = server.grpc_url if options.protocol == "grpc" else server.http_url
+    config = ClientConfig(url=url, protocol=options.protocol, model="esm2", timeout_s=30.0)
+    recorder = LoadRecorder()
+    stop = threading.Event()
+    mode = "client retries + retry while repairing" if options.retry_while_repairing else "project client as shipped"
+    try:
+        with EmbeddingClient(config) as client:
+            client.embed([PROTEINS[0]])  # fetch the model spec once, outside the measurement
+            workers = [
+                threading.Thread(
+                    target=_embed_loop, args=(client, recorder, stop, index, options.retry_while_repairing)
+                )
+                for index in range(options.concurrency)
+            ]
+            for worker in workers:
+                worker.start()
+            time.sleep(options.warmup_s)
+            stub_pid = _victim_stub(server, options.victim)
+            repairs_before = len(supervisor.repairs)
+            killed_at = time.monotonic()
+            os.kill(stub_pid, signal.SIGKILL)
+            print(f"SIGKILL -> {options.victim} stub (pid {stub_pid}) under load ({mode})", flush=True)
+            detected_at = recovered_at = None
+            while time.monotonic() - killed_at < options.give_up_s:
+                now = time.monotonic()
+                if detected_at is None and (supervisor.broken_models or len(supervisor.repairs) > repairs_before):
+                    detected_at = now
+                repaired = [r for r in supervisor.repairs[repairs_before:] if r.succeeded]
+                if repaired and supervisor.is_ready():
+                    repair_done = now - (time.time() - repaired[-1].finished_at)
+                    if any(o.error is None and o.started >= repair_done for o in recorder.snapshot()):
+                        recovered_at = now
+                        break
+                time.sleep(0.02)
+            time.sleep(options.settle_s)
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=60)
+    finally:
+        stop.set()
+        server.stop()
+    return _report(options, mode, recorder.snapshot(), killed_at, detected_at, recovered_at, supervisor.repairs)
+
+
+def _report(options, mode, outcomes, killed_at, detected_at, recovered_at, repairs) -> int:
+    before = [o for o in outcomes if o.finished < killed_at]
+    during = [o for o in outcomes if o.finished >= killed_at and (recovered_at is None or o.started < recovered_at)]
+    after = [o for o in outcomes if recovered_at is not None and o.started >= recovered_at]
+    failures = [o for o in outcomes if o.error is not None]
+    print("\n== chaos report ==")
+    print(
+        f"victim: {options.victim}   protocol: {options.protocol}   concurrency: {options.concurrency}   load: {mode}"
+    )
+    if detected_at is not None:
+        print(f"detected by the supervisor: {detected_at - killed_at:.2f} s after SIGKILL")
+    if recovered_at is None:
+        print(f"NOT RECOVERED within {options.give_up_s:.0f} s")
+    else:
+        print(f"full recovery: {recovered_at - killed_at:.2f} s after SIGKILL (target < {options.recovery_target_s} s)")
+    for repair in repairs:
+        duration = f"{repair.duration_s:.2f} s" if repair.duration_s is not None else "-"
+        print(
+            f"repair: {repair.model} ok={repair.succeeded} attempts={repair.attempts} took {duration} ({repair.reason})"
+        )
+    print(f"requests: {len(outcomes)} answered, {len(outcomes) - len(failures)} ok, {len(failures)} failed")
+    for phase, group in (("before", before), ("during", during), ("after", after)):
+        latencies = [o.finished - o.started for o in group if o.error is None]
+        failed = sum(o.error is not None for o in group)
+        print(f"  {phase:>6}: {len(group):5d} requests, {failed} failed; {_percentiles(latencies)}")
+    for message, count in Counter((o.error or "")[:160] for o in failures).most_common(5):
+        print(f"  {count:5d} x {message}")
+    passed = recovered_at is not None and recovered_at - killed_at < options.recovery_target_s and not failures
+    print("verdict:", "PASS" if passed else "FAIL", "(recovery < target and 0 user-visible failures)")
+    return 0 if passed else 1
+
+
+def parse_args(argv: list[str] | None = None) -> ChaosOptions:
+    parser = argparse.ArgumentParser(prog="python -m deploy.local.chaos", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-repository", type=Path, default=None, help="default: model_repository/ if exported")
+    parser.add_argument("--victim", default="esm2_onnx", help="model whose stub is killed")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--settle-s", type=float, default=3.0)
+    parser.add_argument("--recovery-target-s", type=float, default=5.0)
+    parser.add_argument("--retry-while-repairing", action="store_true", help="retry answers of a model under repair")
+    args = parser.parse_args(argv)
+    return ChaosOptions(
+        model_repository=args.model_repository,
+        victim=args.victim,
+        protocol=args.protocol,
+        concurrency=args.concurrency,
+        warmup_s=args.warmup_s,
+        settle_s=args.settle_s,
+        recovery_target_s=args.recovery_target_s,
+        retry_while_repairing=args.retry_while_repairing,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
