@@ -26,6 +26,7 @@ from tests.support.tiny_models import (
     TinyEmbedding,
     TinyNet,
     build_tiny_embedding_onnx,
+    build_tiny_embedding_torchscript,
     build_tiny_repository,
     export_tiny_onnx,
     export_tiny_torchscript,
@@ -41,6 +42,7 @@ MODELS = {"tiny_onnx": ONNX_NAMES, "tiny_torchscript": TORCHSCRIPT_NAMES}
 def tiny_server(tmp_path_factory, triton_server_factory) -> LocalTritonServer:
     repository = build_tiny_repository(tmp_path_factory.mktemp("tiny") / "repository")
     build_tiny_embedding_onnx(repository)
+    build_tiny_embedding_torchscript(repository)
     return triton_server_factory(repository)
 
 
@@ -327,3 +329,24 @@ def test_command_line_exits_non_zero_with_tritons_error(tmp_path):
     )
     assert result.returncode != 0
     assert "failed to load 'broken'" in result.stderr
+
+
+def test_input_caused_engine_failures_are_invalid_arg(tiny_server):
+    """Out-of-range token ids are the request's fault: INVALID_ARG with the engine's reason, not INTERNAL."""
+    client = grpcclient.InferenceServerClient(tiny_server.grpc_url)
+    try:
+        for model, names in MODELS.items():
+            inputs = [grpcclient.InferInput(names.inputs[0], [1, FEATURES], "FP32")]
+            inputs[0].set_data_from_numpy(np.ones((1, FEATURES), np.float32))
+            inputs.append(grpcclient.InferInput(names.inputs[1], [1, FEATURES], "FP32"))
+            inputs[1].set_data_from_numpy(np.ones((1, FEATURES), np.float32))
+            assert client.infer(model, inputs) is not None
+        for model, input_name in (("tiny_embedding", "IDS"), ("tiny_embedding_torchscript", "IDS__0")):
+            ids = grpcclient.InferInput(input_name, [1, 3], "INT64")
+            ids.set_data_from_numpy(np.array([[1, 2, 10]], dtype=np.int64))  # 10 is outside the vocabulary
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer(model, [ids])
+            assert raised.value.status() == "StatusCode.INVALID_ARGUMENT", raised.value
+            assert "out of" in str(raised.value), raised.value
+    finally:
+        client.close()

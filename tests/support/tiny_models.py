@@ -135,9 +135,19 @@ def build_tiny_embedding_onnx(repository: Path, name: str = "tiny_embedding") ->
         opset_version=17,
         dynamo=False,
     )
-    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=16)
-    config.input.add(name="IDS", data_type=mc.TYPE_INT64, dims=[-1])
-    config.output.add(name="MEAN", data_type=mc.TYPE_FP32, dims=[EMBEDDING_WIDTH])
+    return write_model(repository, _embedding_config(name, "onnxruntime_onnx", "IDS", "MEAN"), path)
+
+
+def build_tiny_embedding_torchscript(repository: Path, name: str = "tiny_embedding_torchscript") -> Path:
+    path = repository / f"{name}.pt"
+    torch.jit.script(TinyEmbedding().eval()).save(str(path))
+    return write_model(repository, _embedding_config(name, "pytorch_libtorch", "IDS__0", "MEAN__0"), path)
+
+
+def _embedding_config(name: str, platform: str, input_name: str, output_name: str) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, platform=platform, max_batch_size=16)
+    config.input.add(name=input_name, data_type=mc.TYPE_INT64, dims=[-1])
+    config.output.add(name=output_name, data_type=mc.TYPE_FP32, dims=[EMBEDDING_WIDTH])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     config.dynamic_batching.max_queue_delay_microseconds = 200000
-    return write_model(repository, config, path)
+    return config

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, RuntimeException
 
 from deploy.local.backends.base import EngineInputError, PythonBasedBackend
 from deploy.local.backends.batching import Tensors
@@ -132,6 +132,11 @@ class TritonPythonModel(PythonBasedBackend):
             values = self.session.run(self._output_names, inputs)
         except InvalidArgument as error:
             raise EngineInputError(str(error)) from error
+        except RuntimeException as error:
+            # Inputs whose dynamic dims disagree (e.g. ids vs mask lengths) fail inside a broadcasting kernel.
+            if "broadcast" in str(error).lower():
+                raise EngineInputError(str(error)) from error
+            raise
         return dict(zip(self._output_names, values))
 
     def unload(self) -> None:

@@ -19,6 +19,8 @@ from deploy.local.backends.batching import Tensors
 from deploy.local.backends.contract import ModelContractError, order_by_index_suffix
 
 LOGGER = logging.getLogger(__name__)
+# TorchScript raises plain RuntimeErrors; these messages mean the request's data was bad, not the engine.
+INPUT_ERROR_MARKERS = ("index out of range", "must match the size of tensor", "shape mismatch", "invalid shape")
 TORCH_DTYPES = {
     torch.bool: "TYPE_BOOL",
     torch.uint8: "TYPE_UINT8",
@@ -98,6 +100,12 @@ class TritonPythonModel(PythonBasedBackend):
                 result = self.module(*arguments)
         except (IndexError, ValueError) as error:
             raise EngineInputError(str(error)) from error
+        except RuntimeError as error:
+            # A TorchScript error carries the script traceback; its last line is the message worth returning.
+            message = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+            if any(marker in message for marker in INPUT_ERROR_MARKERS):
+                raise EngineInputError(message) from error
+            raise RuntimeError(message) from error
         values = list(result) if isinstance(result, (tuple, list)) else [result]
         outputs: Tensors = {}
         for name, position in self._output_positions.items():
