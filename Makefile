@@ -42,14 +42,14 @@ format: setup ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-loadtest: setup ## Headless Locust run (HTTP + gRPC) against a local server; reports under reports/
-	$(PY) -m loadtest.run
+loadtest: export ## Headless Locust run (HTTP + gRPC) against a local server; reports under reports/
+	$(PY) -m loadtest.run --start-local-server --model-repository $(REPO)
 
-perf: setup ## perf_analyzer sweeps over every model in the repository; table + plots under reports/
-	$(PY) -m loadtest.perf_sweep
+perf: export ## perf_analyzer sweeps over every model in the repository; table + plots under reports/
+	$(PY) -m loadtest.perf_sweep --start-local-server --model-repository $(REPO)
 
-bench: setup ## One-run benchmark: raw engine vs Triton (batching on/off) vs a hand-written FastAPI service
-	$(PY) -m loadtest.bench
+bench: export ## One-run benchmark: raw engine vs Triton (batching on/off) vs a hand-written FastAPI service
+	$(PY) -m loadtest.bench --model-repository $(REPO)
 
 chaos: setup ## Fault injection: SIGKILL a model instance under load, report recovery time and failures
 	$(PY) -m deploy.local.chaos

@@ -9,7 +9,13 @@ import time
 from pathlib import Path
 
 from export.esm2.sizes import RANDOM_INIT_SIZES
-from export.esm2.tokenizer import DEFAULT_BUCKETS, format_buckets, parse_buckets
+from export.esm2.tokenizer import (
+    DEFAULT_BUCKETS,
+    RUN_OVERHEAD_TOKENS_CPU,
+    RUN_OVERHEAD_TOKENS_GPU,
+    format_buckets,
+    parse_buckets,
+)
 from export.gpus import plan_devices
 from export.model_config import BatchingOptions
 from export.repository import CANONICAL_COMMAND, RepositoryOptions, export_repository
@@ -48,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     esm2.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher delay of the networks")
     esm2.add_argument("--max-queue-size", type=int, default=256, help="queued requests beyond this get 503")
     esm2.add_argument("--length-buckets", type=parse_buckets, default=DEFAULT_BUCKETS, help="token-length buckets")
+    esm2.add_argument(
+        "--run-overhead-tokens",
+        type=int,
+        default=None,
+        help="tokenizer pads consecutive requests to one width when cheaper than this many padded tokens per "
+        f"execution (default: {RUN_OVERHEAD_TOKENS_CPU} on CPU, {RUN_OVERHEAD_TOKENS_GPU} on GPUs; 0 disables)",
+    )
     esm2.add_argument("--ensemble-target", choices=("onnx", "torchscript"), default="onnx")
     esm2.add_argument("--formats", default="onnx,torchscript", help="networks to export")
     esm2.add_argument("--onnx-exporter", choices=("dynamo", "legacy"), default="dynamo")
@@ -75,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         batching=BatchingOptions(args.max_batch_size, preferred, args.max_queue_delay_us, args.max_queue_size),
         tokenizer_batching=BatchingOptions(args.max_batch_size, preferred, 500, args.max_queue_size),
         length_buckets=args.length_buckets,
+        run_overhead_tokens=args.run_overhead_tokens,
         ensemble_target=args.ensemble_target,
         formats=formats,
         onnx_exporter=args.onnx_exporter,

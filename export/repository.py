@@ -21,7 +21,15 @@ from typing import Literal
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from export.esm2.recipe import Esm2Recipe
-from export.esm2.tokenizer import DEFAULT_BUCKETS, MAX_RESIDUES, encode_batch, format_buckets, validate_buckets
+from export.esm2.tokenizer import (
+    DEFAULT_BUCKETS,
+    MAX_RESIDUES,
+    RUN_OVERHEAD_TOKENS_CPU,
+    RUN_OVERHEAD_TOKENS_GPU,
+    encode_batch,
+    format_buckets,
+    validate_buckets,
+)
 from export.gpus import DevicePlan
 from export.model_config import (
     WARMUP_DIRNAME,
@@ -46,12 +54,14 @@ ENSEMBLE_MODEL = "esm2"
 TOKENIZER_MODEL = "esm2_tokenizer"
 ONNX_MODEL = "esm2_onnx"
 TORCHSCRIPT_MODEL = "esm2_torchscript"
+BLS_MODEL = "esm2_bls"
 MODEL_VERSION = "1"
 ONNX_FILENAME = "model.onnx"
 TORCHSCRIPT_FILENAME = "model.pt"
 
 ESM2_PACKAGE_DIR = Path(__file__).resolve().parent / "esm2"
 TOKENIZER_SOURCES = {"model.py": "triton_tokenizer.py", "tokenizer.py": "tokenizer.py"}
+BLS_SOURCES = {"model.py": "triton_bls.py", "tokenizer_model.py": "triton_tokenizer.py", "tokenizer.py": "tokenizer.py"}
 
 # Human ubiquitin (UniProt P0CG48, first 76 residues): a real protein for warmup requests.
 WARMUP_PROTEIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
@@ -72,6 +82,9 @@ class RepositoryOptions:
         batching: dynamic batching of the exported networks.
         tokenizer_batching: dynamic batching of the tokenizer.
         length_buckets: token-length buckets of the tokenizer (config parameter, tunable without code).
+        run_overhead_tokens: the tokenizer pads consecutive requests to one width when that costs fewer padded
+            tokens than this per extra execution (config parameter; 0 keeps per-request buckets; None picks the
+            device's default, RUN_OVERHEAD_TOKENS_CPU or RUN_OVERHEAD_TOKENS_GPU).
         ensemble_target: which exported network the `esm2` ensemble calls.
         formats: which networks to export.
         onnx_exporter: "dynamo" or "legacy".
@@ -84,11 +97,18 @@ class RepositoryOptions:
     batching: BatchingOptions = field(default_factory=BatchingOptions)
     tokenizer_batching: BatchingOptions = field(default_factory=lambda: BatchingOptions(max_queue_delay_us=500))
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    run_overhead_tokens: int | None = None
     ensemble_target: EnsembleTarget = "onnx"
     formats: tuple[Format, ...] = ("onnx", "torchscript")
     onnx_exporter: OnnxExporter = "dynamo"
     parity_samples: int = 4
     configs_only: bool = False
+
+    @property
+    def resolved_run_overhead_tokens(self) -> int:
+        if self.run_overhead_tokens is not None:
+            return self.run_overhead_tokens
+        return RUN_OVERHEAD_TOKENS_GPU if self.devices.kind == "KIND_GPU" else RUN_OVERHEAD_TOKENS_CPU
 
 
 @dataclass
@@ -157,14 +177,20 @@ def build_configs(recipe: Esm2Recipe, options: RepositoryOptions) -> dict[str, M
         {**common, "INFERENCE_MODE": "true"},
     )
     tokenizer_inputs, tokenizer_outputs = _tokenizer_specs()
+    tokenization = {
+        "length_buckets": format_buckets(options.length_buckets),
+        "max_residues": str(MAX_RESIDUES),
+        "run_overhead_tokens": str(options.resolved_run_overhead_tokens),
+    }
+    tokenizer_batching = options.tokenizer_batching.limited_to(options.batching.max_batch_size)
     configs[TOKENIZER_MODEL] = python_model_config(
         TOKENIZER_MODEL,
         tokenizer_inputs,
         tokenizer_outputs,
         options.devices.tokenizer_instances,
-        options.tokenizer_batching.limited_to(options.batching.max_batch_size),
+        tokenizer_batching,
         [WarmupSample("one_protein", 1, {"SEQUENCE": "sequence"}, {"SEQUENCE": (1,)})],
-        {"length_buckets": format_buckets(options.length_buckets), "max_residues": str(MAX_RESIDUES)},
+        tokenization,
     )
     target = ONNX_MODEL if options.ensemble_target == "onnx" else TORCHSCRIPT_MODEL
     if target == ONNX_MODEL:
@@ -173,6 +199,24 @@ def build_configs(recipe: Esm2Recipe, options: RepositoryOptions) -> dict[str, M
     else:
         target_inputs = {torchscript_name(spec, index): spec.name.lower() for index, spec in enumerate(recipe.inputs)}
         target_outputs = {torchscript_name(spec, index): spec.name for index, spec in enumerate(recipe.outputs)}
+    # No warmup for the BLS model: it would call the network, which Triton may still be loading.
+    configs[BLS_MODEL] = python_model_config(
+        BLS_MODEL,
+        tokenizer_inputs,
+        recipe.outputs,
+        options.devices.total_instances,
+        tokenizer_batching,
+        [],
+        {
+            **common,
+            **tokenization,
+            "target_model": target,
+            "target_max_batch_size": str(options.batching.max_batch_size),
+            # contract tensor name = the target network's tensor name (TorchScript names carry __<index>)
+            "target_inputs": ",".join(f"{spec.name}={network}" for network, spec in zip(target_inputs, recipe.inputs)),
+            "target_outputs": ",".join(f"{name}={network}" for network, name in target_outputs.items()),
+        },
+    )
     steps = [
         EnsembleStep(
             TOKENIZER_MODEL, {"SEQUENCE": "SEQUENCE"}, {spec.name: spec.name.lower() for spec in tokenizer_outputs}
@@ -202,10 +246,11 @@ def write_support_files(output: Path, options: RepositoryOptions) -> list[Path]:
     written = []
     ensemble_version = output / ENSEMBLE_MODEL / MODEL_VERSION  # Triton needs a version dir, even for an ensemble
     ensemble_version.mkdir(parents=True, exist_ok=True)
-    version_dir = output / TOKENIZER_MODEL / MODEL_VERSION
-    for target_name, source_name in TOKENIZER_SOURCES.items():
-        _write_bytes_atomically(version_dir / target_name, (ESM2_PACKAGE_DIR / source_name).read_bytes())
-        written.append(version_dir / target_name)
+    for model, sources in ((TOKENIZER_MODEL, TOKENIZER_SOURCES), (BLS_MODEL, BLS_SOURCES)):
+        version_dir = output / model / MODEL_VERSION
+        for target_name, source_name in sources.items():
+            _write_bytes_atomically(version_dir / target_name, (ESM2_PACKAGE_DIR / source_name).read_bytes())
+            written.append(version_dir / target_name)
     sequence = WARMUP_PROTEIN.encode("ascii")
     tokenizer_warmup = output / TOKENIZER_MODEL / WARMUP_DIRNAME / "sequence"
     _write_bytes_atomically(tokenizer_warmup, struct.pack("<I", len(sequence)) + sequence)  # BYTES wire format

@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from export.esm2.tokenizer import DEFAULT_BUCKETS, MAX_RESIDUES, MAX_TOKENS, SPECIAL_TOKENS_PER_SEQUENCE
+from export.esm2.tokenizer import (
+    DEFAULT_BUCKETS,
+    MAX_RESIDUES,
+    MAX_TOKENS,
+    RUN_OVERHEAD_TOKENS_GPU,
+    SPECIAL_TOKENS_PER_SEQUENCE,
+    plan_shared_widths,
+)
 
 MEDIAN_RESIDUES = 300.0
 MEAN_RESIDUES = 362.0
@@ -65,14 +72,28 @@ class BucketStats:
         return len(self.buckets)
 
 
-def analyse(label: str, buckets: Sequence[int], lengths: np.ndarray, window: int, max_batch: int = 64) -> BucketStats:
+def analyse(
+    label: str,
+    buckets: Sequence[int],
+    lengths: np.ndarray,
+    window: int,
+    max_batch: int = 64,
+    run_overhead_tokens: int = 0,
+) -> BucketStats:
     """Padding waste per request, and the mean batch size Triton's dynamic batcher forms from queues of `window`.
 
     Triton's batcher takes queued requests in arrival order and closes a batch at the first request whose shape
-    differs, so a batch is a run of consecutive same-bucket requests (capped at `max_batch`).
+    differs, so a batch is a run of consecutive same-width requests (capped at `max_batch`). With
+    `run_overhead_tokens` each window (one tokenizer execute()) is first re-padded by `plan_shared_widths`.
     """
     tokens = lengths + SPECIAL_TOKENS_PER_SEQUENCE
     padded = padded_lengths(tokens, buckets)
+    if run_overhead_tokens:
+        usable = (len(padded) // window) * window
+        tokens, padded = tokens[:usable], padded[:usable].copy()
+        for start in range(0, usable, window):
+            group = [int(width) for width in padded[start : start + window]]
+            padded[start : start + window] = plan_shared_widths(group, [1] * window, run_overhead_tokens)
     waste = float((padded - tokens).sum() / padded.sum())
     return BucketStats(label, tuple(buckets), waste, mean_run_batch(padded, window, max_batch))
 
@@ -129,7 +150,12 @@ class LiveStats:
 
 
 def measure_live(
-    repository: Path, buckets: Sequence[int], lengths: np.ndarray, concurrency: int, label: str
+    repository: Path,
+    buckets: Sequence[int],
+    lengths: np.ndarray,
+    concurrency: int,
+    label: str,
+    run_overhead_tokens: int = 0,
 ) -> list[LiveStats]:
     """Serves a copy of `repository` with the given tokenizer buckets; sends the sequences in random order, then
     sorted by length (what a bulk client can do), and reports the batches the network model formed each time."""
@@ -150,6 +176,7 @@ def measure_live(
         config_path = copy / "esm2_tokenizer" / CONFIG_FILENAME
         config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
         config.parameters["length_buckets"].string_value = ",".join(map(str, buckets))
+        config.parameters["run_overhead_tokens"].string_value = str(run_overhead_tokens)
         write_config(config, config_path.parent)
         ensemble = text_format.Parse((copy / "esm2" / CONFIG_FILENAME).read_text(), mc.ModelConfig())
         target = ensemble.ensemble_scheduling.step[-1].model_name
@@ -197,8 +224,8 @@ def render(stats: list[BucketStats], live: list[LiveStats], lengths: np.ndarray,
         f"{np.median(lengths):.0f}, mean {lengths.mean():.0f}, p90 {np.percentile(lengths, 90):.0f}, "
         f"p99 {np.percentile(lengths, 99):.0f}.",
         "",
-        "*Waste* = padded tokens / tokens computed when each request is padded to its bucket (the tokenizer pads",
-        "each request separately). *Expected batch* = mean batch size when a queue of "
+        "*Waste* = padded tokens / tokens computed when each request is padded to its bucket (with run merging:",
+        "to the width `plan_shared_widths` gives its run). *Expected batch* = mean batch size when a queue of "
         f"{window} single-sequence requests in random order is cut into batches the way Triton's dynamic batcher",
         "does: in arrival order, closing a batch at the first request of another shape.",
         "",
@@ -230,7 +257,7 @@ def render(stats: list[BucketStats], live: list[LiveStats], lengths: np.ndarray,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20000)
-    parser.add_argument("--window", type=int, default=64, help="simultaneous requests for the batch estimate")
+    parser.add_argument("--window", type=int, default=16, help="requests per tokenizer execute() for the estimate")
     parser.add_argument("--repository", type=Path, help="an exported repository (with weights) for the live run")
     parser.add_argument("--live-requests", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -248,9 +275,22 @@ def main(argv: list[str] | None = None) -> int:
         analyse(f"optimal {count}", optimal_buckets(lengths, count), lengths, args.window)
         for count in (4, 6, 8, 10, 12, 16)
     )
+    merged = f"DEFAULT_BUCKETS + run merging ({RUN_OVERHEAD_TOKENS_GPU}, GPU default)"
+    stats += [
+        analyse(
+            merged,
+            DEFAULT_BUCKETS,
+            lengths,
+            args.window,
+            run_overhead_tokens=RUN_OVERHEAD_TOKENS_GPU,
+        ),
+    ]
     live = []
     if args.repository:
         live_lengths = sample_lengths(args.live_requests, seed=1)
+        live += measure_live(
+            args.repository, DEFAULT_BUCKETS, live_lengths, args.concurrency, merged, RUN_OVERHEAD_TOKENS_GPU
+        )
         live += measure_live(args.repository, DEFAULT_BUCKETS, live_lengths, args.concurrency, "DEFAULT_BUCKETS")
         live += measure_live(args.repository, EXACT_LENGTH, live_lengths, args.concurrency, "no buckets")
     text = render(stats, live, lengths, args.window)

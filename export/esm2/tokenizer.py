@@ -42,6 +42,15 @@ MAX_TOKENS = MAX_RESIDUES + SPECIAL_TOKENS_PER_SEQUENCE
 # so buckets pay off when same-bucket requests arrive together (bulk clients sending length-sorted sequences);
 # random-order single requests still batch ~1.1 on average, as with no buckets.
 DEFAULT_BUCKETS: tuple[int, ...] = (128, 192, 256, 320, 384, 480, 608, 768, MAX_TOKENS)
+# What one more execution of the network costs, in padded tokens: the tokenizer pads consecutive requests to a
+# shared width when that is cheaper than splitting them into separate executions (see `plan_shared_widths`).
+# The value is (time of one more execution) / (compute time per token). Measured on the 2-core CPU machine with
+# ESM-2 8M: ~2 ms of Triton + Python-backend overhead vs ~0.57 ms per token (218 ms for 384 tokens, no gain from
+# batching), i.e. ~4 tokens: on CPU merging never pays, so per-request buckets stay (reports/buckets.md). On GPUs
+# an execution costs milliseconds while a token costs microseconds, so merging pays.
+RUN_OVERHEAD_TOKENS_CPU = 0
+RUN_OVERHEAD_TOKENS_GPU = 512
+DEFAULT_RUN_OVERHEAD_TOKENS = RUN_OVERHEAD_TOKENS_CPU
 
 # Lookup table byte -> token id; -1 marks characters that are not residues.
 _BYTE_TO_ID = np.full(256, -1, dtype=np.int64)
@@ -132,6 +141,57 @@ def _validate_in_batch(sequence: str | bytes, index: int, count: int) -> str:
         if count == 1:
             raise
         raise InvalidSequenceError(f"sequence {index}: {error}") from None
+
+
+def plan_shared_widths(widths: Sequence[int], rows: Sequence[int], run_overhead_tokens: int) -> list[int]:
+    """Widths for consecutive requests so the next model's dynamic batcher sees long runs of one shape.
+
+    Triton's dynamic batcher takes requests in arrival order and closes a batch at the first request whose shape
+    differs, so per-request buckets alone batch random-length traffic poorly. The requests of one tokenizer
+    `execute()` reach the next model in order: padding a contiguous run of them to the run's widest bucket makes
+    that run one execution. Splitting into runs minimises `sum(run_overhead_tokens + width * rows)` exactly
+    (dynamic programming over the O(n^2) contiguous splits; n <= max_batch_size).
+
+    Args:
+        widths: each request's own padded width (its bucket), in request order.
+        rows: each request's batch size (sequences in it).
+        run_overhead_tokens: the cost of one more execution, in padded tokens; 0 keeps each request's own width.
+
+    Returns:
+        The width to pad each request to (never smaller than its own).
+    """
+    count = len(widths)
+    best = [0.0] + [float("inf")] * count
+    split = [0] * (count + 1)
+    for end in range(1, count + 1):
+        widest, total_rows = 0, 0
+        for start in range(end - 1, -1, -1):
+            widest = max(widest, widths[start])
+            total_rows += rows[start]
+            cost = best[start] + run_overhead_tokens + widest * total_rows
+            if cost < best[end]:
+                best[end], split[end] = cost, start
+    planned = list(widths)
+    end = count
+    while end > 0:
+        start = split[end]
+        widest = max(widths[start:end])
+        planned[start:end] = [widest] * (end - start)
+        end = start
+    return planned
+
+
+def pad_to_width(input_ids: np.ndarray, attention_mask: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Extends tokenized rows with padding (`<pad>`, mask 0) to `width` tokens."""
+    extra = width - input_ids.shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad {input_ids.shape[1]} tokens down to {width}")
+    if extra == 0:
+        return input_ids, attention_mask
+    return (
+        np.pad(input_ids, ((0, 0), (0, extra)), constant_values=PAD_ID),
+        np.pad(attention_mask, ((0, 0), (0, extra)), constant_values=0),
+    )
 
 
 def encode_batch(

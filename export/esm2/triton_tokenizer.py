@@ -4,9 +4,11 @@
 as `tokenizer.py`. The python-backend stub has numpy but not this project on its path, so the sibling is loaded
 from its file path under a private module name (no sys.path games, no clash with any installed `tokenizer`).
 
-Each request is padded to the length bucket of its longest sequence (buckets from the config parameter
-`length_buckets`), so the dynamic batcher of the next model can batch requests whose lengths fall in the same
-bucket. A bad sequence fails only its own request, with INVALID_ARG (HTTP 400) and a message naming the problem.
+Each request is padded to the length bucket of its longest sequence (config parameter `length_buckets`); then
+consecutive requests of one execute() are padded to a shared width where one execution of the next model is
+cheaper than several (config parameter `run_overhead_tokens`, see `plan_shared_widths`): Triton's dynamic batcher
+closes a batch at the first request of another shape, so this is what lets random-length traffic batch.
+A bad sequence fails only its own request, with INVALID_ARG (HTTP 400) and a message naming the problem.
 """
 
 from __future__ import annotations
@@ -46,30 +48,39 @@ class TritonPythonModel:
         parameters = config.get("parameters", {})
         bucket_text = parameters.get("length_buckets", {}).get("string_value", "")
         self.buckets = self.tokens.parse_buckets(bucket_text) if bucket_text else self.tokens.DEFAULT_BUCKETS
+        overhead_text = parameters.get("run_overhead_tokens", {}).get("string_value", "")
+        self.run_overhead_tokens = int(overhead_text) if overhead_text else self.tokens.DEFAULT_RUN_OVERHEAD_TOKENS
         self.logger = pb_utils.Logger
-        self.logger.log_info(f"esm2_tokenizer: length buckets {','.join(map(str, self.buckets))}")
+        self.logger.log_info(
+            f"esm2_tokenizer: length buckets {','.join(map(str, self.buckets))}, "
+            f"run overhead {self.run_overhead_tokens} tokens"
+        )
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                sequences = pb_utils.get_input_tensor_by_name(request, "SEQUENCE").as_numpy().reshape(-1)
-                input_ids, attention_mask = self.tokens.encode_batch(list(sequences), self.buckets)
-            except self.tokens.InvalidSequenceError as error:
-                responses.append(self._error(str(error), pb_utils.TritonError.INVALID_ARG))
-                continue
-            except Exception as error:  # noqa: BLE001 - one broken request must not fail its batch-mates
-                responses.append(self._error(f"tokenizer failed: {error!r}", pb_utils.TritonError.INTERNAL))
-                continue
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("INPUT_IDS", input_ids.astype(np.int64, copy=False)),
-                        pb_utils.Tensor("ATTENTION_MASK", attention_mask.astype(np.int64, copy=False)),
-                    ]
-                )
+        encoded = [self._encode(request) for request in requests]
+        valid = [index for index, item in enumerate(encoded) if isinstance(item, tuple)]
+        widths = self.tokens.plan_shared_widths(
+            [encoded[i][0].shape[1] for i in valid], [encoded[i][0].shape[0] for i in valid], self.run_overhead_tokens
+        )
+        for index, width in zip(valid, widths):
+            input_ids, attention_mask = self.tokens.pad_to_width(*encoded[index], width)
+            encoded[index] = pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor("INPUT_IDS", input_ids.astype(np.int64, copy=False)),
+                    pb_utils.Tensor("ATTENTION_MASK", attention_mask.astype(np.int64, copy=False)),
+                ]
             )
-        return responses
+        return encoded
+
+    def _encode(self, request) -> tuple[np.ndarray, np.ndarray] | pb_utils.InferenceResponse:
+        """(input_ids, attention_mask) at the request's own bucket, or its error response."""
+        try:
+            sequences = pb_utils.get_input_tensor_by_name(request, "SEQUENCE").as_numpy().reshape(-1)
+            return self.tokens.encode_batch(list(sequences), self.buckets)
+        except self.tokens.InvalidSequenceError as error:
+            return self._error(str(error), pb_utils.TritonError.INVALID_ARG)
+        except Exception as error:  # noqa: BLE001 - one broken request must not fail its batch-mates
+            return self._error(f"tokenizer failed: {error!r}", pb_utils.TritonError.INTERNAL)
 
     @staticmethod
     def _error(message: str, code) -> pb_utils.InferenceResponse:

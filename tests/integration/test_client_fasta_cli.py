@@ -127,8 +127,9 @@ def test_re_running_a_finished_job_does_nothing(esm2_server, mixed_fasta, refere
     assert reference_output.read_bytes() == before
 
 
-def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(
-    esm2_server, mixed_fasta, reference_output, tmp_path
+@pytest.mark.parametrize("interruption", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+def test_interrupting_midway_then_rerunning_gives_the_uninterrupted_output(
+    esm2_server, mixed_fasta, reference_output, tmp_path, interruption
 ) -> None:
     fasta, _, _ = mixed_fasta
     output = tmp_path / "resumed.npz"
@@ -138,12 +139,14 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(
     try:
         done = wait_for_chunks(parts_dir_for(output), 4, process)
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
+        process.send_signal(interruption)
+        _, stderr = process.communicate(timeout=60)
     assert done >= 4, "the run ended before it could be interrupted"
+    if interruption == signal.SIGINT:
+        assert process.returncode == 130 and "re-run the same command" in stderr
     assert not output.exists()
     chunks_before = len(list(parts_dir_for(output).glob("chunk-*.npz")))
-    assert chunks_before < 16, "the run finished before the kill; nothing was interrupted"
+    assert chunks_before < 16, "the run finished before the interruption; nothing was interrupted"
 
     result = run_cli(args)
     assert result.returncode == 0, result.stderr

@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.__main__ import main
 from export.model_config import CONFIG_FILENAME, WARMUP_DIRNAME, read_config
 from export.repository import (
+    BLS_MODEL,
     CANONICAL_ARGS,
     ENSEMBLE_MODEL,
     MODEL_VERSION,
@@ -45,9 +46,14 @@ def tensors(config: mc.ModelConfig, kind: str) -> dict[str, mc.ModelInput]:
     return {tensor.name: tensor for tensor in getattr(config, kind)}
 
 
-def test_four_models_with_the_contract_names(generated):
+def test_five_models_with_the_contract_names(generated):
     _, configs = generated
-    assert set(configs) == {ENSEMBLE_MODEL, TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL}
+    assert set(configs) == {ENSEMBLE_MODEL, BLS_MODEL, TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL}
+    assert configs[BLS_MODEL].backend == "python"
+    assert list(tensors(configs[BLS_MODEL], "input")) == ["SEQUENCE"]
+    assert list(tensors(configs[BLS_MODEL], "output")) == ["EMBEDDING", "RESIDUE_EMBEDDINGS"]
+    target = configs[BLS_MODEL].parameters["target_model"].string_value
+    assert target in configs and configs[target].max_batch_size == 64
     assert configs[ONNX_MODEL].platform == "onnxruntime_onnx"
     assert configs[TORCHSCRIPT_MODEL].platform == "pytorch_libtorch"
     assert configs[TOKENIZER_MODEL].backend == "python"
@@ -63,7 +69,7 @@ def test_four_models_with_the_contract_names(generated):
 def test_batching_models_leave_the_batch_dim_out_of_dims(generated):
     _, configs = generated
     hidden = int(configs[ONNX_MODEL].parameters["hidden_size"].string_value)
-    for name in (ONNX_MODEL, TORCHSCRIPT_MODEL, ENSEMBLE_MODEL):
+    for name in (ONNX_MODEL, TORCHSCRIPT_MODEL, ENSEMBLE_MODEL, BLS_MODEL):
         config = configs[name]
         assert config.max_batch_size == 64
         outputs = list(tensors(config, "output").values())

@@ -142,3 +142,43 @@ def test_tokenizer_module_imports_only_numpy_and_stdlib():
     source = Path(tokenizer.__file__).read_text(encoding="utf-8")
     imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= {"__future__", "bisect", "collections", "numpy"}
+
+
+def test_shared_widths_merge_cheap_neighbours_and_never_shrink():
+    from export.esm2.tokenizer import plan_shared_widths
+
+    widths, rows = [256, 384, 128, 1024, 128], [1, 1, 1, 1, 1]
+    assert plan_shared_widths(widths, rows, run_overhead_tokens=0) == widths
+    merged = plan_shared_widths(widths, rows, run_overhead_tokens=512)
+    assert all(planned >= own for planned, own in zip(merged, widths))
+    assert merged[0] == merged[1] == 384  # two mid-size neighbours share one execution
+    assert merged[3] == 1024 and merged[2] != 1024  # a short request is not padded to the longest
+    assert len(set(plan_shared_widths(widths, rows, run_overhead_tokens=10**9))) == 1
+
+
+def test_shared_widths_minimise_the_cost_model():
+    """The plan's cost is never above any other contiguous split (checked exhaustively on small inputs)."""
+    import itertools
+
+    import numpy as np
+
+    from export.esm2.tokenizer import plan_shared_widths
+
+    def cost(widths, rows, breaks, overhead):
+        total, start = 0, 0
+        for end in [*breaks, len(widths)]:
+            total += overhead + max(widths[start:end]) * sum(rows[start:end])
+            start = end
+        return total
+
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        n = int(rng.integers(1, 7))
+        widths = [int(w) for w in rng.choice([128, 192, 256, 384, 608, 1024], size=n)]
+        rows = [int(r) for r in rng.integers(1, 4, size=n)]
+        planned = plan_shared_widths(widths, rows, 300)
+        breaks = [i for i in range(1, n) if planned[i] != planned[i - 1]]
+        best = min(
+            cost(widths, rows, list(choice), 300) for k in range(n) for choice in itertools.combinations(range(1, n), k)
+        )
+        assert cost(widths, rows, breaks, 300) <= best

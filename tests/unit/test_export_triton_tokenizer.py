@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.esm2.tokenizer import MAX_RESIDUES, encode_batch
+from export.esm2.tokenizer import MAX_RESIDUES, RUN_OVERHEAD_TOKENS_GPU, encode_batch
 from export.repository import MODEL_VERSION, TOKENIZER_MODEL, RepositoryOptions, write_support_files
 
 
@@ -83,7 +83,8 @@ def test_buckets_come_from_the_config_parameter(tokenizer_model):
     assert tuple(tokenizer_model.buckets) == (16, 64, 1024)
 
 
-def test_each_request_is_padded_to_its_own_bucket(tokenizer_model):
+def test_each_request_is_padded_to_its_own_bucket_without_run_merging(tokenizer_model):
+    tokenizer_model.run_overhead_tokens = 0
     requests = [FakeRequest([b"MKT"]), FakeRequest([b"A" * 30, b"CC"]), FakeRequest([b"W" * 100])]
     responses = tokenizer_model.execute(requests)
     assert len(responses) == 3 and all(response.error is None for response in responses)
@@ -92,6 +93,25 @@ def test_each_request_is_padded_to_its_own_bucket(tokenizer_model):
     np.testing.assert_array_equal(responses[1].outputs["INPUT_IDS"], expected_ids)
     np.testing.assert_array_equal(responses[1].outputs["ATTENTION_MASK"], expected_mask)
     assert all(response.outputs["INPUT_IDS"].dtype == np.int64 for response in responses)
+
+
+def test_neighbouring_requests_share_a_width_when_one_execution_is_cheaper(tokenizer_model):
+    """GPU run overhead: the 16- and 64-token requests share width 64; the 1024-token one stays alone."""
+    tokenizer_model.run_overhead_tokens = RUN_OVERHEAD_TOKENS_GPU
+    requests = [
+        FakeRequest([b"MKT"]),
+        FakeRequest([b"A" * 30, b"CC"]),
+        FakeRequest([b"MKXJ"]),
+        FakeRequest([b"W" * 100]),
+    ]
+    responses = tokenizer_model.execute(requests)
+    assert [response.error is None for response in responses] == [True, True, False, True]
+    shapes = [response.outputs["INPUT_IDS"].shape for response in responses if response.error is None]
+    assert shapes == [(1, 64), (2, 64), (1, 1024)]
+    ids, mask = responses[0].outputs["INPUT_IDS"], responses[0].outputs["ATTENTION_MASK"]
+    expected_ids, expected_mask = encode_batch(["MKT"], buckets=(64,))
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(mask, expected_mask)
 
 
 def test_bad_requests_fail_alone_with_invalid_arg(tokenizer_model):

@@ -1,0 +1,140 @@
+"""Triton python-backend model `esm2_bls`: SEQUENCE (BYTES [1]) -> EMBEDDING [D], RESIDUE_EMBEDDINGS [-1, D].
+
+The same contract as the `esm2` ensemble, with the batching moved to where the queue forms. In the ensemble each
+request reaches the network's dynamic batcher on its own, padded to its own length bucket, and Triton's batcher
+closes a batch at the first request of another shape, so random-length traffic runs at batch ~1. Here the requests
+queue in front of this model (one shape: BYTES [1], so Triton batches them fully); each execute() tokenizes them,
+sorts them by width, cuts the sorted list into width groups (`plan_shared_widths`: one more execution vs padding)
+and sends each group to the network as one batched BLS request (all groups at once, asynchronously), then splits
+the outputs back per request.
+
+`python -m export esm2` copies this file to `esm2_bls/1/model.py`, with `triton_tokenizer.py` (as
+`tokenizer_model.py`: validation and tokenization, one piece of code for both models) and `tokenizer.py` beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+TOKENIZER_MODEL_FILENAME = "tokenizer_model.py"
+_TOKENIZER_MODEL_MODULE = "tritonfleet_esm2_tokenizer_model"
+OUTPUTS = ("EMBEDDING", "RESIDUE_EMBEDDINGS")
+
+
+def _load_tokenizer_model(directory: Path):
+    if _TOKENIZER_MODEL_MODULE in sys.modules:
+        return sys.modules[_TOKENIZER_MODEL_MODULE]
+    spec = importlib.util.spec_from_file_location(_TOKENIZER_MODEL_MODULE, directory / TOKENIZER_MODEL_FILENAME)
+    if spec is None or spec.loader is None:
+        raise pb_utils.TritonModelException(f"cannot load {directory / TOKENIZER_MODEL_FILENAME}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_TOKENIZER_MODEL_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _name_map(text: str) -> dict[str, str]:
+    """ "A=B,C=D" -> {"A": "B", "C": "D"}."""
+    return dict(pair.split("=", 1) for pair in text.split(",") if pair)
+
+
+class TritonPythonModel:
+    """Tokenize, group by width, one batched network call per group."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        here = Path(__file__).resolve().parent
+        self.tokenizer = _load_tokenizer_model(here).TritonPythonModel()
+        self.tokenizer.initialize(args)  # length_buckets / run_overhead_tokens come from this model's parameters
+        parameters = {
+            key: value["string_value"] for key, value in json.loads(args["model_config"])["parameters"].items()
+        }
+        self.target = parameters["target_model"]
+        self.target_max_batch_size = int(parameters["target_max_batch_size"])
+        self.target_inputs = _name_map(parameters["target_inputs"])  # e.g. {"INPUT_IDS": "INPUT_IDS__0", ...}
+        self.target_outputs = _name_map(parameters["target_outputs"])
+
+    async def execute(self, requests):
+        tokens = self.tokenizer.tokens
+        encoded = [self.tokenizer._encode(request) for request in requests]
+        valid = sorted(
+            (index for index, item in enumerate(encoded) if isinstance(item, tuple)),
+            key=lambda index: encoded[index][0].shape[1],
+        )
+        widths = tokens.plan_shared_widths(
+            [encoded[i][0].shape[1] for i in valid],
+            [encoded[i][0].shape[0] for i in valid],
+            self.tokenizer.run_overhead_tokens,
+        )
+        groups = self._groups(valid, widths, [encoded[i][0].shape[0] for i in valid])
+        wanted = self._wanted_outputs(requests)
+        answers = await asyncio.gather(
+            *(self._infer_group(group, width, encoded, wanted) for group, width in groups), return_exceptions=True
+        )
+        responses = list(encoded)
+        for (group, _), answer in zip(groups, answers):
+            for index, response in zip(group, self._split(answer, group, encoded, wanted)):
+                responses[index] = response
+        return responses
+
+    def _groups(self, order: list[int], widths: list[int], rows: list[int]) -> list[tuple[list[int], int]]:
+        """Consecutive requests of one planned width, cut so no group exceeds the network's max batch size."""
+        groups: list[tuple[list[int], int]] = []
+        group_rows = 0
+        for index, width, count in zip(order, widths, rows):
+            if groups and groups[-1][1] == width and group_rows + count <= self.target_max_batch_size:
+                groups[-1][0].append(index)
+                group_rows += count
+            else:
+                groups.append(([index], width))
+                group_rows = count
+        return groups
+
+    @staticmethod
+    def _wanted_outputs(requests) -> tuple[str, ...]:
+        names: set[str] = set()
+        for request in requests:
+            requested = request.requested_output_names()
+            names.update(requested if requested else OUTPUTS)
+        return tuple(name for name in OUTPUTS if name in names)
+
+    async def _infer_group(self, group: list[int], width: int, encoded, wanted: tuple[str, ...]):
+        padded = [self.tokenizer.tokens.pad_to_width(*encoded[index], width) for index in group]
+        input_ids = np.concatenate([ids for ids, _ in padded])
+        attention_mask = np.concatenate([mask for _, mask in padded])
+        request = pb_utils.InferenceRequest(
+            model_name=self.target,
+            inputs=[
+                pb_utils.Tensor(self.target_inputs["INPUT_IDS"], input_ids),
+                pb_utils.Tensor(self.target_inputs["ATTENTION_MASK"], attention_mask),
+            ],
+            requested_output_names=[self.target_outputs[name] for name in wanted],
+        )
+        return await request.async_exec()
+
+    def _split(self, answer, group: list[int], encoded, wanted: tuple[str, ...]) -> list:
+        if isinstance(answer, BaseException):
+            error = pb_utils.TritonError(f"{self.target} call failed: {answer}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in group]
+        if answer.has_error():
+            # Keep the network's status (e.g. UNAVAILABLE when its queue is full) so clients can back off.
+            return [pb_utils.InferenceResponse(output_tensors=[], error=answer.error()) for _ in group]
+        outputs = {
+            name: pb_utils.get_output_tensor_by_name(answer, self.target_outputs[name]).as_numpy() for name in wanted
+        }
+        responses, start = [], 0
+        for index in group:
+            rows = encoded[index][0].shape[0]
+            tensors = [pb_utils.Tensor(name, outputs[name][start : start + rows]) for name in wanted]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += rows
+        return responses
+
+    def finalize(self) -> None:
+        pass
