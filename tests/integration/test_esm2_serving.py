@@ -59,8 +59,11 @@ def sequence_input(protocol: str, sequences: list[str]):
     return tensor
 
 
-def infer_sequences(server, protocol: str, sequences: list[str]):
-    result = make_client(server, protocol).infer("esm2", [sequence_input(protocol, sequences)])
+SEQUENCE_MODELS = ("esm2", "esm2_bls")  # the ensemble and the BLS pipeline share one contract
+
+
+def infer_sequences(server, protocol: str, sequences: list[str], model: str = "esm2"):
+    result = make_client(server, protocol).infer(model, [sequence_input(protocol, sequences)])
     return result.as_numpy("EMBEDDING"), result.as_numpy("RESIDUE_EMBEDDINGS")
 
 
@@ -70,11 +73,12 @@ def assert_close(actual: np.ndarray, wanted: np.ndarray, what: str) -> None:
     assert diff <= TOLERANCE, f"{what}: max abs diff {diff:.2e} > {TOLERANCE}"
 
 
+@pytest.mark.parametrize("model", SEQUENCE_MODELS)
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_ensemble_one_by_one_matches_eager(esm2_server, protocol, proteins, expected):
+def test_ensemble_one_by_one_matches_eager(esm2_server, protocol, model, proteins, expected):
     # Concurrent single-sequence requests, so the dynamic batchers see mixed lengths at once.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda protein: infer_sequences(esm2_server, protocol, [protein]), proteins))
+        results = list(pool.map(lambda protein: infer_sequences(esm2_server, protocol, [protein], model), proteins))
     for protein, (embedding, residues), (want_embedding, want_residues) in zip(proteins, results, expected):
         assert embedding.dtype == np.float32 and embedding.shape == (1, want_embedding.shape[0])
         assert_close(embedding[0], want_embedding, f"{protocol} EMBEDDING len {len(protein)}")
@@ -84,9 +88,10 @@ def test_ensemble_one_by_one_matches_eager(esm2_server, protocol, proteins, expe
         assert not np.any(residues[0, tokens:]), "rows beyond the sequence (padding) must be zero"
 
 
+@pytest.mark.parametrize("model", SEQUENCE_MODELS)
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_ensemble_batch_matches_eager(esm2_server, protocol, proteins, expected):
-    embedding, residues = infer_sequences(esm2_server, protocol, proteins)
+def test_ensemble_batch_matches_eager(esm2_server, protocol, model, proteins, expected):
+    embedding, residues = infer_sequences(esm2_server, protocol, proteins, model)
     assert embedding.shape == (len(proteins), expected[0][0].shape[0])
     for row, (protein, (want_embedding, want_residues)) in enumerate(zip(proteins, expected)):
         assert_close(embedding[row], want_embedding, f"{protocol} batch EMBEDDING row {row}")
@@ -125,26 +130,28 @@ BAD_SEQUENCES = {
 }
 
 
+@pytest.mark.parametrize("model", SEQUENCE_MODELS)
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("case", sorted(BAD_SEQUENCES))
-def test_bad_sequences_are_invalid_arg_and_the_server_stays_ready(esm2_server, protocol, case):
+def test_bad_sequences_are_invalid_arg_and_the_server_stays_ready(esm2_server, protocol, case, model):
     sequence, fragments = BAD_SEQUENCES[case]
     with pytest.raises(InferenceServerException) as error:
-        infer_sequences(esm2_server, protocol, [sequence])
+        infer_sequences(esm2_server, protocol, [sequence], model)
     status = error.value.status()
     assert status == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"), status
     for fragment in fragments:
         assert fragment in error.value.message()
     client = make_client(esm2_server, protocol)
-    assert client.is_server_ready() and client.is_model_ready("esm2")
+    assert client.is_server_ready() and client.is_model_ready(model)
 
 
-def test_a_bad_request_does_not_fail_its_batch_mates(esm2_server, proteins, expected):
+@pytest.mark.parametrize("model", SEQUENCE_MODELS)
+def test_a_bad_request_does_not_fail_its_batch_mates(esm2_server, model, proteins, expected):
     requests = [[proteins[3]], ["MKT*"], [proteins[4]], [""], [proteins[5]]]
 
     def send(sequences):
         try:
-            return infer_sequences(esm2_server, "grpc", sequences)
+            return infer_sequences(esm2_server, "grpc", sequences, model)
         except InferenceServerException as error:
             return error
 
@@ -153,3 +160,22 @@ def test_a_bad_request_does_not_fail_its_batch_mates(esm2_server, proteins, expe
     assert [isinstance(outcome, InferenceServerException) for outcome in outcomes] == [False, True, False, True, False]
     for outcome, index in zip((outcomes[0], outcomes[2], outcomes[4]), (3, 4, 5)):
         assert_close(outcome[0][0], expected[index][0], f"good request {index}")
+
+
+def _network_counts(server) -> tuple[int, int]:
+    stats = make_client(server, "grpc").get_inference_statistics("esm2_onnx", as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_bls_batches_random_length_traffic_for_the_network(esm2_server, proteins, expected):
+    """Concurrent single-sequence requests of mixed lengths reach esm2_onnx in fewer, larger executions."""
+    order = [index % len(proteins) for index in range(24)]
+    before = _network_counts(esm2_server)
+    with ThreadPoolExecutor(max_workers=len(order)) as pool:
+        results = list(pool.map(lambda i: infer_sequences(esm2_server, "grpc", [proteins[i]], "esm2_bls"), order))
+    after = _network_counts(esm2_server)
+    for index, (embedding, _) in zip(order, results):
+        assert_close(embedding[0], expected[index][0], f"esm2_bls protein {index}")
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == len(order)
+    assert executions < inferences, f"no batching: {executions} executions for {inferences} sequences"
