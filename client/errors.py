@@ -1,7 +1,10 @@
 """Typed client errors, and the one place where tritonclient / transport exceptions are classified.
 
 Classification (what retries): HTTP 429/502/503/504, gRPC UNAVAILABLE/RESOURCE_EXHAUSTED and lost or refused
-connections are transient (`ServerUnavailableError`); INVALID_ARG / HTTP 400 never is (`InvalidRequestError`).
+connections are transient (`ServerUnavailableError`); so are the answers of a model that is being reloaded or
+repaired (Triton 24.10 says "has no available versions" with 404/NOT_FOUND while a version is swapped, and
+"Stub process ... is not healthy" with 500/INTERNAL after its python stub died, until the supervisor reloads it).
+INVALID_ARG / HTTP 400 never is (`InvalidRequestError`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ _TRANSIENT_GRPC_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.RESO
 _INVALID_STATUSES = frozenset({"400", "StatusCode.INVALID_ARGUMENT"})
 _NOT_FOUND_STATUSES = frozenset({"404", "StatusCode.NOT_FOUND"})
 _TIMEOUT_STATUSES = frozenset({"StatusCode.DEADLINE_EXCEEDED"})
+# Messages of a model in repair or reload: inference is idempotent, so these are retried like a 503.
+_MODEL_REPAIR_MARKERS = ("has no available versions", "is not healthy", "is not ready")
 
 
 class TritonFleetError(Exception):
@@ -107,6 +112,8 @@ def classify_exception(error: BaseException, operation: str) -> TritonFleetError
 def _classify_server_exception(error: InferenceServerException, operation: str) -> TritonFleetError:
     status = error.status()
     message = error.message() or str(error)
+    if status not in _INVALID_STATUSES and any(marker in message for marker in _MODEL_REPAIR_MARKERS):
+        return ServerUnavailableError(operation, message, status)
     if "unknown model" in message.lower() or status in _NOT_FOUND_STATUSES:
         return ModelNotFoundError(operation, message, status)
     if status in _TRANSIENT_HTTP_STATUSES or status in _TRANSIENT_GRPC_STATUSES:

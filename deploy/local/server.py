@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ from deploy.local.supervisor import ModelSupervisor, SupervisorOptions
 
 LOGGER = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 # glog error/fatal lines ("E1122 07:58:01.123 ...") and Triton's own load failures.
 _ERROR_LINE = re.compile(r"^[EF]\d{4} |failed to load|error:|Address already in use", re.IGNORECASE)
 
@@ -152,6 +154,7 @@ class LocalTritonServer:
                 stdin=subprocess.DEVNULL,
                 env=self.environment(),
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         self._wait_until_ready()
         if self.options.self_heal:
@@ -242,6 +245,18 @@ class LocalTritonServer:
             os.killpg(server_pid, signal.SIGKILL)
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM tritonserver if its launcher dies, even by SIGKILL (Linux only).
+
+    The server runs in its own session (so a Ctrl-C in the terminal reaches only the launcher, which then stops it
+    gracefully); without this, a launcher killed hard would leave an orphaned server holding the ports. Linux sends
+    the signal when the *thread* that started the server exits, so start servers from long-lived threads.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _with_free_ports(options: ServerOptions) -> ServerOptions:
     ports = {}
     taken: set[int] = set()
@@ -266,6 +281,8 @@ def _free_port(host: str, exclude: set[int]) -> int:
 
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As tritonserver binds: a port whose old connections linger in TIME_WAIT is free to reuse.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host or LOOPBACK, port))
         except OSError:

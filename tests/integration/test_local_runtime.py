@@ -350,3 +350,58 @@ def test_input_caused_engine_failures_are_invalid_arg(tiny_server):
             assert "out of" in str(raised.value), raised.value
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_only_requested_outputs_are_returned(tiny_server, model):
+    names = MODELS[model]
+    client = grpcclient.InferenceServerClient(tiny_server.grpc_url)
+    try:
+        x0, x1 = np.ones((2, FEATURES), np.float32), np.full((2, FEATURES), 2.0, np.float32)
+        inputs = [grpcclient.InferInput(name, [2, FEATURES], "FP32") for name in names.inputs]
+        for tensor, x in zip(inputs, (x0, x1)):
+            tensor.set_data_from_numpy(x)
+        result = client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(names.outputs[1])])
+        assert [output.name for output in result.get_response().outputs] == [names.outputs[1]]
+        np.testing.assert_allclose(result.as_numpy(names.outputs[1]), _reference(x0, x1)[1], atol=1e-5)
+    finally:
+        client.close()
+
+
+def test_server_does_not_outlive_a_launcher_killed_hard(tmp_path):
+    """SIGKILL the launcher: its tritonserver must not stay behind, orphaned, holding the ports."""
+    repository = build_tiny_repository(tmp_path / "repository")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploy.local", "--model-repository", str(repository), "--http-port", "0",
+         "--grpc-port", "0", "--metrics-port", "0", "--exit-timeout-secs", "5"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        http_url = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None and not http_url:
+            line = process.stdout.readline()
+            if "HTTP 127.0.0.1:" in line:
+                http_url = line.split("HTTP ", 1)[1].split()[0]
+        assert http_url, "launcher never reported ready"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                alive = client.is_server_live()
+            except Exception:  # noqa: BLE001 - connection refused: the server is gone
+                alive = False
+            if not alive:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"tritonserver at {http_url} still answers 60 s after its launcher was SIGKILLed")
+    finally:
+        client.close()

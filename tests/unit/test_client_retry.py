@@ -33,7 +33,22 @@ FAST = RetryPolicy(max_attempts=4, initial_delay_s=0.001, max_delay_s=0.002, max
         (InferenceServerException("bad", status="StatusCode.INVALID_ARGUMENT"), InvalidRequestError, False),
         (InferenceServerException("Request for unknown model: 'x'", status="400"), ModelNotFoundError, False),
         (InferenceServerException("no such model", status="StatusCode.NOT_FOUND"), ModelNotFoundError, False),
-        (InferenceServerException("Stub process is not healthy", status="500"), ServerError, False),
+        (
+            InferenceServerException("Stub process 'esm2_onnx_0_0' is not healthy.", status="500"),
+            ServerUnavailableError,
+            True,
+        ),
+        (
+            InferenceServerException("Request for model 'esm2_onnx' has no available versions", status="404"),
+            ServerUnavailableError,
+            True,
+        ),
+        (
+            InferenceServerException("model 'esm2' is not ready", status="StatusCode.UNAVAILABLE"),
+            ServerUnavailableError,
+            True,
+        ),
+        (InferenceServerException("internal failure", status="500"), ServerError, False),
         (InferenceServerException("late", status="StatusCode.DEADLINE_EXCEEDED"), RequestTimeoutError, False),
         (ConnectionRefusedError(111, "Connection refused"), ServerUnavailableError, True),
         (ConnectionResetError(104, "reset"), ServerUnavailableError, True),

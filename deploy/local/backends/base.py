@@ -50,8 +50,13 @@ class PythonBasedBackend:
             {spec.name: pb_utils.get_input_tensor_by_name(request, spec.name).as_numpy() for spec in self.spec.inputs}
             for request in requests
         ]
-        results = run_batched(inputs, self._checked_infer, batched=self.spec.max_batch_size > 0)
-        return [self._response(result) for result in results]
+        # Like the native backends, compute and return only the outputs a request asked for (none named = all).
+        requested = [self._requested_outputs(request) for request in requests]
+        wanted = [spec.name for spec in self.spec.outputs if any(spec.name in names for names in requested)]
+        results = run_batched(
+            inputs, lambda tensors: self._checked_infer(tensors, wanted), batched=self.spec.max_batch_size > 0
+        )
+        return [self._response(result, names) for result, names in zip(results, requested)]
 
     def finalize(self) -> None:
         self.unload()
@@ -63,7 +68,8 @@ class PythonBasedBackend:
     def check_contract(self) -> None:
         raise NotImplementedError
 
-    def infer(self, inputs: Tensors) -> Tensors:
+    def infer(self, inputs: Tensors, outputs: list[str]) -> Tensors:
+        """Run the engine; return at least the named outputs."""
         raise NotImplementedError
 
     def unload(self) -> None:
@@ -83,9 +89,14 @@ class PythonBasedBackend:
     def cuda_available(self) -> bool:
         return False
 
-    def _checked_infer(self, inputs: Tensors) -> Tensors:
-        outputs = self.infer(inputs)
-        for name, dtype in self._output_dtypes.items():
+    def _requested_outputs(self, request: Any) -> frozenset[str]:
+        names = request.requested_output_names()
+        return frozenset(names) if names else frozenset(self._output_dtypes)
+
+    def _checked_infer(self, inputs: Tensors, wanted: list[str]) -> Tensors:
+        outputs = self.infer(inputs, wanted)
+        for name in wanted:
+            dtype = self._output_dtypes[name]
             if name not in outputs:
                 raise RuntimeError(f"engine produced no output '{name}'")
             if outputs[name].dtype != dtype:
@@ -94,10 +105,14 @@ class PythonBasedBackend:
                 )
         return outputs
 
-    def _response(self, result: RequestResult) -> Any:
+    def _response(self, result: RequestResult, requested: frozenset[str]) -> Any:
         if result.error is None:
             assert result.outputs is not None
-            tensors = [pb_utils.Tensor(spec.name, result.outputs[spec.name]) for spec in self.spec.outputs]
+            tensors = [
+                pb_utils.Tensor(spec.name, result.outputs[spec.name])
+                for spec in self.spec.outputs
+                if spec.name in requested
+            ]
             return pb_utils.InferenceResponse(output_tensors=tensors)
         code_name = "INVALID_ARG" if isinstance(result.error, EngineInputError) else "INTERNAL"
         message = f"{self.backend_name} inference failed for model '{self.spec.name}': {result.error}"

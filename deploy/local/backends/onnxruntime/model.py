@@ -96,7 +96,6 @@ class TritonPythonModel(PythonBasedBackend):
                         f"unexpected inference {kind} '{tensor.name}', allowed {kind}s are: {', '.join(graph)}"
                     )
                 self._check_tensor(kind, tensor, graph[tensor.name], exact)
-        self._output_names = [tensor.name for tensor in spec.outputs]
 
     def _check_tensor(self, kind: str, tensor: TensorSpec, node: ort.NodeArg, exact: bool) -> None:
         model_type = ORT_TO_CONFIG.get(node.type, node.type)
@@ -127,9 +126,9 @@ class TritonPythonModel(PythonBasedBackend):
                 f"the model configuration specifies shape {list(full)}"
             )
 
-    def infer(self, inputs: Tensors) -> Tensors:
+    def infer(self, inputs: Tensors, outputs: list[str]) -> Tensors:
         try:
-            values = self.session.run(self._output_names, inputs)
+            values = self.session.run(outputs, inputs)
         except InvalidArgument as error:
             raise EngineInputError(str(error)) from error
         except RuntimeException as error:
@@ -137,7 +136,7 @@ class TritonPythonModel(PythonBasedBackend):
             if "broadcast" in str(error).lower():
                 raise EngineInputError(str(error)) from error
             raise
-        return dict(zip(self._output_names, values))
+        return dict(zip(outputs, values))
 
     def unload(self) -> None:
         self.session = None

@@ -90,7 +90,7 @@ class TritonPythonModel(PythonBasedBackend):
         indices = order_by_index_suffix(output_names)
         self._output_positions = dict(zip(output_names, indices if indices is not None else range(len(output_names))))
 
-    def infer(self, inputs: Tensors) -> Tensors:
+    def infer(self, inputs: Tensors, outputs: list[str]) -> Tensors:
         arguments = [
             torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self.torch_device) for name in self._argument_order
         ]
@@ -107,14 +107,15 @@ class TritonPythonModel(PythonBasedBackend):
                 raise EngineInputError(message) from error
             raise RuntimeError(message) from error
         values = list(result) if isinstance(result, (tuple, list)) else [result]
-        outputs: Tensors = {}
-        for name, position in self._output_positions.items():
+        results: Tensors = {}
+        for name in outputs:
+            position = self._output_positions[name]
             if position >= len(values):
                 raise RuntimeError(f"output '{name}' refers to result {position}, the model returned {len(values)}")
-            outputs[name] = values[position].detach().cpu().numpy()
+            results[name] = values[position].detach().cpu().numpy()
         if self.cache_cleaning and self.torch_device.type == "cuda":
             torch.cuda.empty_cache()
-        return outputs
+        return results
 
     def unload(self) -> None:
         self.module = None
