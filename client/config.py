@@ -29,7 +29,7 @@ class RetryPolicy:
             usually an overloaded one).
     """
 
-    max_attempts: int = 5
+    max_attempts: int = 8  # with full jitter, ~8 s of backoff on average: covers a model reload (~3 s)
     initial_delay_s: float = 0.2
     multiplier: float = 2.0
     max_delay_s: float = 5.0

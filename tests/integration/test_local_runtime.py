@@ -260,39 +260,31 @@ def test_model_that_fails_to_load_stops_start_with_tritons_error(tmp_path):
     assert not server.is_running()
 
 
-def test_command_line_serves_until_sigint(tmp_path):
-    repository = build_tiny_repository(tmp_path / "repository")
+CLI_PORTS = ("--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--exit-timeout-secs", "5")
+
+
+def _cli(repository: Path) -> list[str]:
+    return [sys.executable, "-m", "deploy.local", "--model-repository", str(repository), *CLI_PORTS]
+
+
+def _launch_until_ready(repository: Path) -> tuple[subprocess.Popen, str]:
+    """Start `python -m deploy.local` and return it with the HTTP address it reports once ready."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deploy.local",
-            "--model-repository",
-            str(repository),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--exit-timeout-secs",
-            "5",
-        ],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        _cli(repository), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        line = process.stdout.readline()
+        if "HTTP 127.0.0.1:" in line:
+            return process, line.split("HTTP ", 1)[1].split()[0]
+    process.kill()
+    process.wait(timeout=10)
+    pytest.fail("the launcher never reported ready")
+
+
+def test_command_line_serves_until_sigint(tmp_path):
+    process, http_url = _launch_until_ready(build_tiny_repository(tmp_path / "repository"))
     try:
-        ready_line = ""
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            line = process.stdout.readline()
-            if "HTTP 127.0.0.1:" in line:
-                ready_line = line
-                break
-        assert "HTTP 127.0.0.1:" in ready_line, ready_line
-        http_url = ready_line.split("HTTP ", 1)[1].split()[0]
         client = httpclient.InferenceServerClient(http_url)
         assert client.is_server_ready()
         client.close()
@@ -307,21 +299,7 @@ def test_command_line_serves_until_sigint(tmp_path):
 def test_command_line_exits_non_zero_with_tritons_error(tmp_path):
     write_model(tmp_path, tiny_config("broken", "onnxruntime_onnx", ONNX_NAMES))
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deploy.local",
-            "--model-repository",
-            str(tmp_path),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--exit-timeout-secs",
-            "5",
-        ],
+        _cli(tmp_path),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -370,26 +348,9 @@ def test_only_requested_outputs_are_returned(tiny_server, model):
 
 def test_server_does_not_outlive_a_launcher_killed_hard(tmp_path):
     """SIGKILL the launcher: its tritonserver must not stay behind, orphaned, holding the ports."""
-    repository = build_tiny_repository(tmp_path / "repository")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "deploy.local", "--model-repository", str(repository), "--http-port", "0",
-         "--grpc-port", "0", "--metrics-port", "0", "--exit-timeout-secs", "5"],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
-        http_url = ""
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None and not http_url:
-            line = process.stdout.readline()
-            if "HTTP 127.0.0.1:" in line:
-                http_url = line.split("HTTP ", 1)[1].split()[0]
-        assert http_url, "launcher never reported ready"
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    process, http_url = _launch_until_ready(build_tiny_repository(tmp_path / "repository"))
+    process.kill()
+    process.wait(timeout=10)
     client = httpclient.InferenceServerClient(http_url)
     try:
         deadline = time.monotonic() + 60
