@@ -79,19 +79,17 @@ def send_load(server: LocalTritonServer) -> int:
     return succeeded
 
 
-@pytest.fixture(scope="module")
-def loaded_metrics(tmp_path_factory, triton_server_factory) -> str:
+def start_metrics_server(tmp_path_factory, triton_server_factory, *extra_args: str):
+    """A real tritonserver serving one tiny ONNX model, metrics refreshed every 500 ms."""
     repository = tmp_path_factory.mktemp("metrics") / "repository"
     repository.mkdir()
     build_tiny_embedding_onnx(Path(repository), name=MODEL)
-    server = triton_server_factory(
-        repository,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        exit_timeout_s=5,
-        extra_args=("--metrics-interval-ms=500",),
-    )
+    return triton_server_factory(repository, exit_timeout_s=5, extra_args=(*extra_args, "--metrics-interval-ms=500"))
+
+
+@pytest.fixture(scope="module")
+def loaded_metrics(tmp_path_factory, triton_server_factory) -> str:
+    server = start_metrics_server(tmp_path_factory, triton_server_factory)
     assert send_load(server) == REQUESTS
     deadline = time.monotonic() + SCRAPE_DEADLINE_S
     text = scrape(server)
@@ -142,17 +140,7 @@ def test_gpu_metric_names_are_absent_on_a_cpu_only_server(loaded_metrics):
 
 @pytest.mark.gpu
 def test_gpu_metric_names_exist_with_a_gpu(tmp_path_factory, triton_server_factory):
-    repository = tmp_path_factory.mktemp("metrics_gpu") / "repository"
-    repository.mkdir()
-    build_tiny_embedding_onnx(Path(repository), name=MODEL)
-    server = triton_server_factory(
-        repository,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        exit_timeout_s=5,
-        extra_args=("--allow-gpu-metrics=true", "--metrics-interval-ms=500"),
-    )
+    server = start_metrics_server(tmp_path_factory, triton_server_factory, "--allow-gpu-metrics=true")
     gpu_names = {name for names in used_metrics().values() for name in names if is_gpu_metric(name)}
     deadline = time.monotonic() + SCRAPE_DEADLINE_S
     missing = gpu_names
