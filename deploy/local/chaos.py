@@ -9,10 +9,9 @@ What it does:
 4. Prints: time to detection and to full recovery (supervisor ready and a request started after the repair
    succeeded), requests sent/succeeded/failed with the errors the client raised, and latency per phase.
 
-`--retry-while-repairing` adds what the client does not do (yet): retry the two answers a model under repair gives,
-"has no available versions" (HTTP 404 / NOT_FOUND while unloaded and loading) and "Stub process ... is not healthy"
-(HTTP 500 / INTERNAL between the crash and its detection), with the client's own backoff. The report says which mode
-ran. Exit status: 0 when recovered within `--recovery-target-s` with no user-visible failure, 1 otherwise.
+The client is used as shipped: its retry policy already treats the answers of a model under repair ("has no
+available versions", "Stub process ... is not healthy") as transient (client/errors.py). Exit status: 0 when
+recovered within `--recovery-target-s` with no user-visible failure, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ PROTEINS = (
     "GSHMLEDPVDAFQERLSRVRAPTHLAELLDQEVTELTRQLSRH",
     "MVLSPADKTNVKAAWGKVGAHAGEYGAEALERMFLSFPTTKTYFPHFDLSHGSAQVKGHGKKVADALTNAVAHVDDMPNALSALSDLHAHKL",
 )
-REPAIR_MESSAGES = ("has no available versions", "is not healthy")
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,6 @@ class ChaosOptions:
         settle_s: load after full recovery.
         recovery_target_s: the objective (the run fails above it).
         give_up_s: stop waiting for recovery after this long.
-        retry_while_repairing: retry "no available versions" / "not healthy" on top of the client's policy.
     """
 
     model_repository: Path | None = None
@@ -68,7 +65,6 @@ class ChaosOptions:
     settle_s: float = 3.0
     recovery_target_s: float = 5.0
     give_up_s: float = 60.0
-    retry_while_repairing: bool = False
 
 
 @dataclass
@@ -108,34 +104,17 @@ def _default_repository() -> Path | None:
     return committed if (committed / "esm2_onnx" / "1" / "model.onnx").exists() else None
 
 
-def _embed_loop(client, recorder: LoadRecorder, stop: threading.Event, worker: int, retry_repairs: bool) -> None:
-    from client import ModelNotFoundError, ServerError
-    from client.config import RetryPolicy
-
-    policy = RetryPolicy(max_attempts=20, initial_delay_s=0.1, max_delay_s=1.0, max_elapsed_s=30.0)
+def _embed_loop(client, recorder: LoadRecorder, stop: threading.Event, worker: int) -> None:
     count = 0
     while not stop.is_set():
         sequence = PROTEINS[(worker + count) % len(PROTEINS)]
         count += 1
         started = time.monotonic()
-        failures = 0
-        while True:
-            try:
-                client.embed([sequence])
-                recorder.add(RequestOutcome(started, time.monotonic()))
-                break
-            except (ModelNotFoundError, ServerError) as error:
-                failures += 1
-                repairing = any(text in str(error) for text in REPAIR_MESSAGES)
-                elapsed = time.monotonic() - started
-                if retry_repairs and repairing and failures < policy.max_attempts and elapsed < policy.max_elapsed_s:
-                    time.sleep(policy.backoff_delay(failures))
-                    continue
-                recorder.add(RequestOutcome(started, time.monotonic(), f"{type(error).__name__}: {error}"))
-                break
-            except Exception as error:  # noqa: BLE001 - every failure the user would see is counted
-                recorder.add(RequestOutcome(started, time.monotonic(), f"{type(error).__name__}: {error}"))
-                break
+        try:
+            client.embed([sequence])
+            recorder.add(RequestOutcome(started, time.monotonic()))
+        except Exception as error:  # noqa: BLE001 - every failure the user would see is counted
+            recorder.add(RequestOutcome(started, time.monotonic(), f"{type(error).__name__}: {error}"))
 
 
 def _victim_stub(server: LocalTritonServer, model: str) -> int:
@@ -183,14 +162,12 @@ def run(options: ChaosOptions) -> int:
     config = ClientConfig(url=url, protocol=options.protocol, model="esm2", timeout_s=30.0)
     recorder = LoadRecorder()
     stop = threading.Event()
-    mode = "client retries + retry while repairing" if options.retry_while_repairing else "project client as shipped"
+    mode = "project client as shipped"
     try:
         with EmbeddingClient(config) as client:
             client.embed([PROTEINS[0]])  # fetch the model spec once, outside the measurement
             workers = [
-                threading.Thread(
-                    target=_embed_loop, args=(client, recorder, stop, index, options.retry_while_repairing)
-                )
+                threading.Thread(target=_embed_loop, args=(client, recorder, stop, index))
                 for index in range(options.concurrency)
             ]
             for worker in workers:
@@ -264,7 +241,6 @@ def parse_args(argv: list[str] | None = None) -> ChaosOptions:
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--settle-s", type=float, default=3.0)
     parser.add_argument("--recovery-target-s", type=float, default=5.0)
-    parser.add_argument("--retry-while-repairing", action="store_true", help="retry answers of a model under repair")
     args = parser.parse_args(argv)
     return ChaosOptions(
         model_repository=args.model_repository,
@@ -274,7 +250,6 @@ def parse_args(argv: list[str] | None = None) -> ChaosOptions:
         warmup_s=args.warmup_s,
         settle_s=args.settle_s,
         recovery_target_s=args.recovery_target_s,
-        retry_while_repairing=args.retry_while_repairing,
     )
 
 
