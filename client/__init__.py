@@ -1,16 +1,16 @@
 """tritonfleet's thin client for the ESM-2 models served by Triton: HTTP or gRPC, sync or asyncio.
 
-    from client import ClientConfig, EmbeddingClient
+    from tritonfleet.client import ClientConfig, EmbeddingClient
     with EmbeddingClient(ClientConfig(url="127.0.0.1:8000", protocol="http")) as client:
         vectors = client.embed(["MKTAYIAKQRQISFVKSHFSRQ"])
 
 The asyncio twin is `client.AsyncEmbeddingClient`; the command line is `python -m client --help`.
 """
 
-from client.aio import AsyncEmbeddingClient
-from client.config import ClientConfig, RetryPolicy
-from client.embedding_client import EmbeddingClient
-from client.errors import (
+from tritonfleet.client.aio import AsyncEmbeddingClient
+from tritonfleet.client.config import ClientConfig, RetryPolicy
+from tritonfleet.client.embedding_client import EmbeddingClient
+from tritonfleet.client.errors import (
     InvalidRequestError,
     InvalidSequenceError,
     ModelNotFoundError,
@@ -21,7 +21,7 @@ from client.errors import (
     TritonFleetError,
     UnsupportedModelError,
 )
-from client.model import ModelSpec
+from tritonfleet.client.model import ModelSpec
 
 __all__ = [
     "AsyncEmbeddingClient",

@@ -2,7 +2,7 @@
 
 import sys
 
-from client.cli import main
+from tritonfleet.client.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

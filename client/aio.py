@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from client import core
-from client.config import ClientConfig
-from client.errors import TritonFleetError, classify_exception
-from client.model import ModelSpec, OutputKind
-from client.retry import call_with_retry_async
-from client.transport import ASYNC_TRANSPORTS, AsyncGrpcTransport, AsyncHttpTransport
+from tritonfleet.client import core
+from tritonfleet.client.config import ClientConfig
+from tritonfleet.client.errors import TritonFleetError, classify_exception
+from tritonfleet.client.model import ModelSpec, OutputKind
+from tritonfleet.client.retry import call_with_retry_async
+from tritonfleet.client.transport import ASYNC_TRANSPORTS, AsyncGrpcTransport, AsyncHttpTransport
 
 T = TypeVar("T")
 AsyncTransport = AsyncHttpTransport | AsyncGrpcTransport

@@ -22,11 +22,11 @@ from typing import Literal
 
 import numpy as np
 
-from client.aio import AsyncEmbeddingClient
-from client.config import ClientConfig
-from client.errors import InvalidRequestError
-from client.fasta import FastaRecord, read_fasta
-from client.journal import (
+from tritonfleet.client.aio import AsyncEmbeddingClient
+from tritonfleet.client.config import ClientConfig
+from tritonfleet.client.errors import InvalidRequestError
+from tritonfleet.client.fasta import FastaRecord, read_fasta
+from tritonfleet.client.journal import (
     ChunkResult,
     Journal,
     JournalMismatchError,
@@ -36,8 +36,8 @@ from client.journal import (
     read_output_manifest,
     rejected_path_for,
 )
-from client.long_sequences import DEFAULT_WINDOW_OVERLAP, combine_windows, split_windows
-from export.esm2 import tokenizer
+from tritonfleet.client.long_sequences import DEFAULT_WINDOW_OVERLAP, combine_windows, split_windows
+from tritonfleet.contract import esm2_tokens as tokenizer
 
 OutputFormat = Literal["npz", "parquet"]
 LongSequencePolicy = Literal["skip", "chunk"]

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from client.bulk import BulkOptions, embed_fasta
-from client.config import DEFAULT_PORTS, PROTOCOLS, ClientConfig, RetryPolicy
-from client.embedding_client import EmbeddingClient
-from client.errors import InvalidSequenceError, ServerUnavailableError, TritonFleetError
-from client.fasta import FastaFormatError
-from client.journal import JournalMismatchError, parts_dir_for
-from client.long_sequences import DEFAULT_WINDOW_OVERLAP
+from tritonfleet.client.bulk import BulkOptions, embed_fasta
+from tritonfleet.client.config import DEFAULT_PORTS, PROTOCOLS, ClientConfig, RetryPolicy
+from tritonfleet.client.embedding_client import EmbeddingClient
+from tritonfleet.client.errors import InvalidSequenceError, ServerUnavailableError, TritonFleetError
+from tritonfleet.client.fasta import FastaFormatError
+from tritonfleet.client.journal import JournalMismatchError, parts_dir_for
+from tritonfleet.client.long_sequences import DEFAULT_WINDOW_OVERLAP
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.errors import InvalidSequenceError, UnsupportedModelError
-from client.model import ModelSpec, OutputKind
-from export.esm2 import tokenizer
+from tritonfleet.client.errors import InvalidSequenceError, UnsupportedModelError
+from tritonfleet.client.model import ModelSpec, OutputKind
+from tritonfleet.contract import esm2_tokens as tokenizer
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from client import core
-from client.config import ClientConfig
-from client.errors import TritonFleetError, classify_exception, is_connection_failure
-from client.model import ModelSpec, OutputKind
-from client.retry import call_with_retry
-from client.transport import SYNC_TRANSPORTS, GrpcTransport, HttpTransport
+from tritonfleet.client import core
+from tritonfleet.client.config import ClientConfig
+from tritonfleet.client.errors import TritonFleetError, classify_exception, is_connection_failure
+from tritonfleet.client.model import ModelSpec, OutputKind
+from tritonfleet.client.retry import call_with_retry
+from tritonfleet.client.transport import SYNC_TRANSPORTS, GrpcTransport, HttpTransport
 
 T = TypeVar("T")
 SyncTransport = HttpTransport | GrpcTransport

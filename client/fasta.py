@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.errors import TritonFleetError
+from tritonfleet.client.errors import TritonFleetError
 
 
 class FastaFormatError(TritonFleetError, ValueError):

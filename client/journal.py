@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from client.errors import TritonFleetError
+from tritonfleet.client.errors import TritonFleetError
 
 MANIFEST_NAME = "manifest.json"
 TMP_SUFFIX = ".tmp"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from export.esm2.tokenizer import MAX_RESIDUES
+from tritonfleet.contract.esm2_tokens import MAX_RESIDUES
 
 DEFAULT_WINDOW_OVERLAP = 256
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from client.errors import UnsupportedModelError
+from tritonfleet.client.errors import UnsupportedModelError
 
 Feed = Literal["sequences", "tokens"]
 OutputKind = Literal["EMBEDDING", "RESIDUE_EMBEDDINGS"]

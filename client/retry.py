@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from client.config import RetryPolicy
-from client.errors import RequestTimeoutError, ServerUnavailableError, TritonFleetError, classify_exception
+from tritonfleet.client.config import RetryPolicy
+from tritonfleet.client.errors import RequestTimeoutError, ServerUnavailableError, TritonFleetError, classify_exception
 
 T = TypeVar("T")
 

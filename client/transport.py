@@ -18,7 +18,7 @@ import tritonclient.http as http_client
 import tritonclient.http.aio as http_aio_client
 from tritonclient.utils import np_to_triton_dtype
 
-from client.config import ClientConfig
+from tritonfleet.client.config import ClientConfig
 
 
 def _infer_inputs(module: Any, arrays: Mapping[str, np.ndarray], binary: bool) -> list[Any]:

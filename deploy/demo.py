@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client import ClientConfig, EmbeddingClient
-from deploy.local import LocalTritonServer, ServerOptions
+from tritonfleet.client import ClientConfig, EmbeddingClient
+from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
 
 # Human ubiquitin (UniProt P0CG48, first 76 residues: one ubiquitin unit).
 UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
@@ -39,7 +39,7 @@ def export_repository(args: argparse.Namespace) -> None:
     command = [
         sys.executable,
         "-m",
-        "export",
+        "tritonfleet.export",
         "esm2",
         *weights,
         "--gpus",
@@ -88,8 +88,8 @@ def eager_embedding(args: argparse.Namespace) -> np.ndarray:
     """The same embedding from the eager PyTorch module the export started from."""
     import torch
 
-    from export.esm2.model import build_esm2
-    from export.esm2.tokenizer import encode_batch
+    from tritonfleet.contract.esm2_tokens import encode_batch
+    from tritonfleet.export.esm2.model import build_esm2
 
     model = build_esm2(checkpoint=args.checkpoint, random_init=None if args.checkpoint else args.model_size)
     input_ids, attention_mask = encode_batch([args.sequence])

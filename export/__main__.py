@@ -8,17 +8,17 @@ import sys
 import time
 from pathlib import Path
 
-from export.esm2.sizes import RANDOM_INIT_SIZES
-from export.esm2.tokenizer import (
+from tritonfleet.contract.esm2_tokens import (
     DEFAULT_BUCKETS,
     RUN_OVERHEAD_TOKENS_CPU,
     RUN_OVERHEAD_TOKENS_GPU,
     format_buckets,
     parse_buckets,
 )
-from export.gpus import plan_devices
-from export.model_config import BatchingOptions
-from export.repository import CANONICAL_COMMAND, RepositoryOptions, export_repository
+from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
+from tritonfleet.export.gpus import plan_devices
+from tritonfleet.export.model_config import BatchingOptions
+from tritonfleet.export.repository import CANONICAL_COMMAND, RepositoryOptions, export_repository
 
 logger = logging.getLogger("export")
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # Our progress at INFO; third-party loggers (onnxscript's optimizer is chatty) only from WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from export.esm2.recipe import Esm2Recipe
+    from tritonfleet.export.esm2.recipe import Esm2Recipe
 
     formats = tuple(part.strip() for part in args.formats.split(",") if part.strip())
     unknown = set(formats) - {"onnx", "torchscript"}

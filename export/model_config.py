@@ -12,8 +12,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.gpus import DevicePlan
-from export.recipe import TRITON_DTYPES, TensorSpec, torchscript_name
+from tritonfleet.export.gpus import DevicePlan
+from tritonfleet.export.recipe import TRITON_DTYPES, TensorSpec, torchscript_name
 
 CONFIG_FILENAME = "config.pbtxt"
 WARMUP_DIRNAME = "warmup"  # Triton reads `input_data_file` from <model>/warmup/

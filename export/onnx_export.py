@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from export.recipe import ModelRecipe
+from tritonfleet.export.recipe import ModelRecipe
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.recipe import ParityCase, TensorSpec
+from tritonfleet.export.recipe import ParityCase, TensorSpec
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Literal
 
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-from export.esm2.recipe import Esm2Recipe
-from export.esm2.tokenizer import (
+from tritonfleet.contract import esm2_tokens
+from tritonfleet.contract.esm2_tokens import (
     DEFAULT_BUCKETS,
     MAX_RESIDUES,
     RUN_OVERHEAD_TOKENS_CPU,
@@ -30,8 +30,9 @@ from export.esm2.tokenizer import (
     format_buckets,
     validate_buckets,
 )
-from export.gpus import DevicePlan
-from export.model_config import (
+from tritonfleet.export.esm2.recipe import Esm2Recipe
+from tritonfleet.export.gpus import DevicePlan
+from tritonfleet.export.model_config import (
     WARMUP_DIRNAME,
     BatchingOptions,
     EnsembleStep,
@@ -41,8 +42,8 @@ from export.model_config import (
     python_model_config,
     write_config,
 )
-from export.onnx_export import OPSET, OnnxExporter
-from export.recipe import TensorSpec, torchscript_name
+from tritonfleet.export.onnx_export import OPSET, OnnxExporter
+from tritonfleet.export.recipe import TensorSpec, torchscript_name
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,19 @@ MODEL_VERSION = "1"
 ONNX_FILENAME = "model.onnx"
 TORCHSCRIPT_FILENAME = "model.pt"
 
-ESM2_PACKAGE_DIR = Path(__file__).resolve().parent / "esm2"
-TOKENIZER_SOURCES = {"model.py": "triton_tokenizer.py", "tokenizer.py": "tokenizer.py"}
-BLS_SOURCES = {"model.py": "triton_bls.py", "tokenizer_model.py": "triton_tokenizer.py", "tokenizer.py": "tokenizer.py"}
+# The served python models' code is committed in the canonical repository (model_repository/<model>/1/model.py);
+# an export elsewhere copies it, plus the ESM-2 sequence rules they import (tritonfleet.contract.esm2_tokens).
+SOURCE_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+ESM2_TOKENS_SOURCE = Path(esm2_tokens.__file__)
+TOKENIZER_MODEL_SOURCE = SOURCE_REPOSITORY / "esm2_tokenizer" / "1" / "model.py"
+SERVED_CODE: dict[str, dict[str, Path]] = {
+    "esm2_tokenizer": {"model.py": TOKENIZER_MODEL_SOURCE, "esm2_tokens.py": ESM2_TOKENS_SOURCE},
+    "esm2_bls": {
+        "model.py": SOURCE_REPOSITORY / "esm2_bls" / "1" / "model.py",
+        "esm2_tokenizer_model.py": TOKENIZER_MODEL_SOURCE,
+        "esm2_tokens.py": ESM2_TOKENS_SOURCE,
+    },
+}
 
 # Human ubiquitin (UniProt P0CG48, first 76 residues): a real protein for warmup requests.
 WARMUP_PROTEIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
@@ -246,11 +257,14 @@ def write_support_files(output: Path, options: RepositoryOptions) -> list[Path]:
     written = []
     ensemble_version = output / ENSEMBLE_MODEL / MODEL_VERSION  # Triton needs a version dir, even for an ensemble
     ensemble_version.mkdir(parents=True, exist_ok=True)
-    for model, sources in ((TOKENIZER_MODEL, TOKENIZER_SOURCES), (BLS_MODEL, BLS_SOURCES)):
+    for model, sources in SERVED_CODE.items():
         version_dir = output / model / MODEL_VERSION
-        for target_name, source_name in sources.items():
-            _write_bytes_atomically(version_dir / target_name, (ESM2_PACKAGE_DIR / source_name).read_bytes())
-            written.append(version_dir / target_name)
+        for target_name, source in sources.items():
+            target = version_dir / target_name
+            if target.exists() and target.samefile(source):
+                continue  # exporting into the canonical repository: its committed code stays as it is
+            _write_bytes_atomically(target, source.read_bytes())
+            written.append(target)
     sequence = WARMUP_PROTEIN.encode("ascii")
     tokenizer_warmup = output / TOKENIZER_MODEL / WARMUP_DIRNAME / "sequence"
     _write_bytes_atomically(tokenizer_warmup, struct.pack("<I", len(sequence)) + sequence)  # BYTES wire format
@@ -287,9 +301,9 @@ def export_repository(recipe: Esm2Recipe, options: RepositoryOptions) -> ExportR
 def _export_networks(recipe: Esm2Recipe, options: RepositoryOptions, report: ExportReport) -> None:
     import torch
 
-    from export.onnx_export import export_onnx, onnx_runner
-    from export.parity import eager_runner
-    from export.torchscript import export_torchscript, torchscript_runner
+    from tritonfleet.export.onnx_export import export_onnx, onnx_runner
+    from tritonfleet.export.parity import eager_runner
+    from tritonfleet.export.torchscript import export_torchscript, torchscript_runner
 
     torch.set_grad_enabled(False)
     started = time.perf_counter()
@@ -319,7 +333,7 @@ def _export_networks(recipe: Esm2Recipe, options: RepositoryOptions, report: Exp
 
 
 def _parity(variant, recipe, reference, make_candidate, cases, report: ExportReport) -> None:
-    from export.parity import check_parity
+    from tritonfleet.export.parity import check_parity
 
     if not cases:
         logger.warning("parity check for %s skipped (--parity-samples 0)", variant)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.recipe import ModelRecipe
+from tritonfleet.export.recipe import ModelRecipe
 
 logger = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.esm2 import tokenizer as esm_tokenizer
-from loadtest.devices import GpuUtilisationSampler, precisions_for, select_devices, wait_for
-from loadtest.workload import (
+from tritonfleet.contract import esm2_tokens as esm_tokenizer
+from tritonfleet.loadtest.devices import GpuUtilisationSampler, precisions_for, select_devices, wait_for
+from tritonfleet.loadtest.workload import (
     ModelTarget,
     generate_sequences,
     is_rejection,
@@ -490,7 +490,7 @@ def write_batching_off_repository(source: Path, destination: Path) -> list[str]:
 
 @contextlib.contextmanager
 def triton_server(repository: Path) -> Iterator[object]:
-    from deploy.local import LocalTritonServer, ServerOptions
+    from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
 
     with LocalTritonServer(ServerOptions(model_repository=repository, http_port=0, grpc_port=0, metrics_port=0)) as s:
         yield s
@@ -559,7 +559,7 @@ def handwritten_service(config: BenchConfig, threads: int) -> Iterator[str]:
     log_path = Path(tempfile.mkdtemp(prefix="handwritten_service_")) / "uvicorn.log"
     log = log_path.open("wb")  # noqa: SIM115 - closed in the finally below, after the process ends
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "loadtest.handwritten_service:app", "--host", "127.0.0.1",
+        [sys.executable, "-m", "uvicorn", "tritonfleet.loadtest.handwritten_service:app", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning", "--no-access-log"],
         cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -756,7 +756,8 @@ def plot_report(report: BenchReport, report_dir: Path, prefix: str) -> list[Path
 
 
 def export_repository(model_size: str, output: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "export", "esm2", "--random-init", model_size, "--output", str(output)],
+    command = [sys.executable, "-m", "tritonfleet.export", "esm2", "--random-init", model_size, "--output", str(output)]
+    subprocess.run(command,
                    cwd=PROJECT_ROOT, check=True, timeout=1800, stdin=subprocess.DEVNULL)  # fmt: skip
     return output
 
@@ -764,7 +765,7 @@ def export_repository(model_size: str, output: Path) -> Path:
 def run_bench(config: BenchConfig, command: str) -> BenchReport:
     mix = length_mix(config.length_mix)
     sequences = generate_sequences(config.sequences, mix)
-    from loadtest.workload import token_length_waste
+    from tritonfleet.loadtest.workload import token_length_waste
 
     config_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     config_dict["mean_length"] = float(np.mean([len(s) for s in sequences]))

@@ -28,8 +28,8 @@ import tritonclient.grpc as grpc_client
 import tritonclient.http as http_client
 from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
-from client import ClientConfig, EmbeddingClient
-from export.esm2.recipe import random_proteins
+from tritonfleet.client import ClientConfig, EmbeddingClient
+from tritonfleet.contract.esm2_tokens import random_proteins
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,8 @@ def measure_client_side_work(sequences: list[str], embedding_dim: int, iteration
 
     On a loaded machine the end-to-end ratio is dominated by server noise; this isolates the part we add.
     """
-    from client import core
-    from client.model import ModelSpec
+    from tritonfleet.client import core
+    from tritonfleet.client.model import ModelSpec
 
     metadata = {
         "name": "esm2",

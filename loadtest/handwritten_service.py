@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, Field
 
-from loadtest.devices import select_devices
+from tritonfleet.loadtest.devices import select_devices
 
 MAX_SEQUENCES_PER_REQUEST = 64
 
@@ -44,7 +44,7 @@ class Replica:
     def embed(self, sequences: list[str]) -> np.ndarray:
         import torch
 
-        from export.esm2.tokenizer import encode_batch
+        from tritonfleet.contract.esm2_tokens import encode_batch
 
         input_ids, attention_mask = encode_batch(sequences)
         with torch.inference_mode():
@@ -57,7 +57,7 @@ class Replica:
 def build_replicas(size: str, devices: list[str], precision: str = "fp32") -> list[Replica]:
     import torch
 
-    from export.esm2.model import build_esm2
+    from tritonfleet.export.esm2.model import build_esm2
 
     replicas = []
     for device in devices:

@@ -20,9 +20,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.shapes import SHAPES, ShapeSettings, users_at
-from loadtest.triton_user import REJECTED_SUFFIX, TritonGrpcUser, TritonUser
-from loadtest.workload import DEFAULT_SEED, generate_sequences, percentile
+from tritonfleet.loadtest.shapes import SHAPES, ShapeSettings, users_at
+from tritonfleet.loadtest.triton_user import REJECTED_SUFFIX, TritonGrpcUser, TritonUser
+from tritonfleet.loadtest.workload import DEFAULT_SEED, generate_sequences, percentile
 
 stats.PERCENTILES_TO_REPORT = [0.50, 0.90, 0.95, 0.99, 0.999, 1.0]
 stats.PERCENTILES_TO_STATISTICS = [0.50, 0.99]

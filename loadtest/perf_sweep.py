@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loadtest.perf_analyzer import run_perf_analyzer
-from loadtest.workload import (
+from tritonfleet.loadtest.perf_analyzer import run_perf_analyzer
+from tritonfleet.loadtest.workload import (
     ModelTarget,
     buckets_from_repository,
     generate_sequences,
@@ -322,7 +322,7 @@ def _server(args) -> Iterator[tuple[str, str]]:
     if not args.start_local_server:
         yield args.http_url, args.grpc_url
         return
-    from deploy.local import LocalTritonServer, ServerOptions
+    from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
 
     options = ServerOptions(model_repository=args.model_repository, http_port=0, grpc_port=0, metrics_port=0)
     with LocalTritonServer(options) as server:

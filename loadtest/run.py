@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loadtest.shapes import SHAPES
-from loadtest.slo import SloPolicy, SloReport, evaluate_slo
+from tritonfleet.loadtest.shapes import SHAPES
+from tritonfleet.loadtest.slo import SloPolicy, SloReport, evaluate_slo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -130,7 +130,7 @@ def format_verdict(summary: dict, report: SloReport, policy: SloPolicy) -> str:
 
 @contextlib.contextmanager
 def local_server(repository: Path) -> Iterator[tuple[str, str]]:
-    from deploy.local import LocalTritonServer, ServerOptions
+    from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
 
     with LocalTritonServer(ServerOptions(model_repository=repository, http_port=0, grpc_port=0, metrics_port=0)) as s:
         yield s.http_url, s.grpc_url

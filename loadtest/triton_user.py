@@ -20,8 +20,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from export.esm2.tokenizer import DEFAULT_BUCKETS
-from loadtest.workload import ModelTarget, PreparedRequest, is_rejection, prepare_request, target_from_metadata
+from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS
+from tritonfleet.loadtest.workload import (
+    ModelTarget,
+    PreparedRequest,
+    is_rejection,
+    prepare_request,
+    target_from_metadata,
+)
 
 REJECTED_SUFFIX = " REJECTED"
 _grpc_gevent_enabled = False

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.esm2 import tokenizer as esm_tokenizer
+from tritonfleet.contract import esm2_tokens as esm_tokenizer
 
 DEFAULT_SEED = 20240601
 

@@ -13,8 +13,8 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q "$TORCH_SPEC"
-"${PIP[@]}" install -q -e ".[${ORT_EXTRA},dev,bench,parquet]"
-"$VENV/bin/python" -m loadtest.perf_analyzer install
+"${PIP[@]}" install -q -e ".[${ORT_EXTRA},export,deploy,client,loadtest,parquet,dev]"
+"$VENV/bin/python" -m tritonfleet.loadtest.perf_analyzer install
 # promtool validates deploy/monitoring rules in the tests; Debian's `prometheus` package ships it.
 if ! command -v promtool >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import LocalTritonServer, ServerOptions
+from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ESM2_TEST_SIZE = os.environ.get("TRITONFLEET_TEST_ESM2_SIZE", "8M")
@@ -66,7 +66,7 @@ def esm2_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ESM-2 repository exported once per session with random weights (no downloads here)."""
     output = tmp_path_factory.mktemp("esm2_repository")
     subprocess.run(
-        [sys.executable, "-m", "export", "esm2", "--random-init", ESM2_TEST_SIZE, "--output", str(output)],
+        [sys.executable, "-m", "tritonfleet.export", "esm2", "--random-init", ESM2_TEST_SIZE, "--output", str(output)],
         cwd=PROJECT_ROOT,
         check=True,
         timeout=900,

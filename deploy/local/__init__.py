@@ -1,7 +1,13 @@
 """Local Triton without containers: the PyPI tritonserver plus our Python-based `onnxruntime`/`pytorch` backends."""
 
-from deploy.local.runtime import RuntimeNotFoundError, TritonRuntime
-from deploy.local.server import LocalTritonServer, PortInUseError, ServerOptions, TritonStartError
+from tritonfleet.deploy.local.runtime import RuntimeNotFoundError, TritonRuntime
+from tritonfleet.deploy.local.server import (
+    LocalTritonServer,
+    PortInUseError,
+    ServerOptions,
+    TritonStartError,
+    local_server,
+)
 
 __all__ = [
     "LocalTritonServer",
@@ -10,4 +16,5 @@ __all__ = [
     "ServerOptions",
     "TritonRuntime",
     "TritonStartError",
+    "local_server",
 ]

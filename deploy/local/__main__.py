@@ -9,8 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-from deploy.local.server import LOOPBACK, LocalTritonServer, ServerOptions, TritonStartError
-from deploy.local.supervisor import InferenceProbe, SupervisorHealthServer, SupervisorOptions
+from tritonfleet.deploy.local.server import LOOPBACK, LocalTritonServer, ServerOptions, TritonStartError
+from tritonfleet.deploy.local.supervisor import InferenceProbe, SupervisorHealthServer, SupervisorOptions
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

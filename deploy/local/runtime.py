@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PYTHON_BASED_BACKENDS_DIR = Path(__file__).resolve().parent / "backends"
-# Our Python-based backends; each is a folder with model.py importing the shared `deploy.local.backends` package.
+# Our Python-based backends; each is a folder with model.py importing `tritonfleet.deploy.local.backends`.
 PYTHON_BASED_BACKENDS = ("onnxruntime", "pytorch")
-# The folder that holds the `deploy` package, so the stub can import `deploy.local.backends`.
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class RuntimeNotFoundError(RuntimeError):
@@ -89,13 +87,21 @@ class TritonRuntime:
         return destination
 
 
-def stub_python_path() -> str:
-    """PYTHONPATH for the stub: the `deploy` package's root, then this virtualenv's site-packages.
+def write_stub_site(destination: Path) -> Path:
+    """A folder for the stub's PYTHONPATH whose `sitecustomize.py` adds this virtualenv's site-packages.
 
-    The stub's embedded interpreter does not process the virtualenv's .pth files, so both are named explicitly.
+    The stub embeds the interpreter without this virtualenv's site set-up, so the venv's `.pth` files (among them
+    the hook of an editable `tritonfleet` install) would never run; `site.addsitedir` processes them, and the stub
+    imports exactly what this interpreter imports.
     """
-    entries = [str(PACKAGE_ROOT), *site.getsitepackages()]
-    return ":".join(dict.fromkeys(entries))
+    destination.mkdir(parents=True, exist_ok=True)
+    directories = ", ".join(repr(directory) for directory in dict.fromkeys(site.getsitepackages()))
+    (destination / "sitecustomize.py").write_text(
+        "# Written by tritonfleet.deploy.local.runtime.write_stub_site: the launcher's site-packages for the stub.\n"
+        f"import site\n\nfor directory in ({directories},):\n    site.addsitedir(directory)\n",
+        encoding="utf-8",
+    )
+    return destination
 
 
 def _copy(source: Path, target: Path) -> None:

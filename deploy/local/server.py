@@ -15,11 +15,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from deploy.local.runtime import TritonRuntime, stub_python_path
-from deploy.local.supervisor import ModelSupervisor, SupervisorOptions
+from tritonfleet.deploy.local.runtime import TritonRuntime, write_stub_site
+from tritonfleet.deploy.local.supervisor import ModelSupervisor, SupervisorOptions
 
 LOGGER = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -130,7 +132,7 @@ class LocalTritonServer:
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
         env["VIRTUAL_ENV"] = sys.prefix
-        env["PYTHONPATH"] = stub_python_path()
+        env["PYTHONPATH"] = str(write_stub_site(self._workdir / "stub-site"))
         env["LD_LIBRARY_PATH"] = ":".join(
             part for part in (self.runtime.library_path(), os.environ.get("LD_LIBRARY_PATH", "")) if part
         )
@@ -243,6 +245,24 @@ class LocalTritonServer:
         # Stubs run in the server's session; a server killed hard can leave them behind holding shared memory.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(server_pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def local_server(model_repository: Path | str, **options: Any) -> Iterator[LocalTritonServer]:
+    """A ready tritonserver for `model_repository` on free loopback ports, stopped on exit.
+
+    The one way tests, benchmarks, the demo and the chaos run start a server: `options` are `ServerOptions` fields;
+    ports default to 0 (a free port each) and the shutdown grace to 10 s.
+
+    Example:
+        with local_server("model_repository") as server:
+            print(server.grpc_url)
+    """
+    for port in ("http_port", "grpc_port", "metrics_port"):
+        options.setdefault(port, 0)
+    options.setdefault("exit_timeout_s", 10)
+    with LocalTritonServer(ServerOptions(model_repository=Path(model_repository), **options)) as server:
+        yield server
 
 
 def _terminate_with_parent() -> None:

@@ -1,23 +1,43 @@
-"""ESM-2 protein embeddings: tokenizer (numpy only), eager wrapper, export recipe and Triton tokenizer model."""
+"""ESM-2 protein embeddings: the eager wrapper, its export recipe and the served pipeline around it.
 
-from export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES, Esm2Size
-from export.esm2.tokenizer import (
-    DEFAULT_BUCKETS,
-    MAX_RESIDUES,
-    InvalidSequenceError,
-    bucket_for,
-    encode_batch,
-    validate_sequence,
-)
+`export_esm2(output, ...)` is the in-process form of `python -m export esm2 ...` for the other stages (demo, tests,
+benchmarks); importing this package loads no torch.
+"""
 
-__all__ = [
-    "DEFAULT_BUCKETS",
-    "ESM2_SIZES",
-    "MAX_RESIDUES",
-    "RANDOM_INIT_SIZES",
-    "Esm2Size",
-    "InvalidSequenceError",
-    "bucket_for",
-    "encode_batch",
-    "validate_sequence",
-]
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tritonfleet.export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES, Esm2Size
+
+if TYPE_CHECKING:
+    from tritonfleet.export.repository import ExportReport
+
+
+def export_esm2(
+    output: Path,
+    *,
+    random_init: str | None = "8M",
+    checkpoint: str | None = None,
+    seed: int = 0,
+    precision: str = "fp32",
+    gpus: str = "none",
+    **options: Any,
+) -> ExportReport:
+    """Exports the ESM-2 repository into `output` (random weights of `random_init` unless `checkpoint` is given).
+
+    `options` are `RepositoryOptions` fields (batching, formats, parity_samples, configs_only, ...).
+    """
+    from tritonfleet.export.esm2.recipe import Esm2Recipe
+    from tritonfleet.export.gpus import plan_devices
+    from tritonfleet.export.repository import RepositoryOptions, export_repository
+
+    recipe = Esm2Recipe(
+        checkpoint=checkpoint, random_init=None if checkpoint else random_init, seed=seed, precision=precision
+    )
+    options.setdefault("devices", plan_devices(gpus))
+    return export_repository(recipe, RepositoryOptions(output=Path(output), **options))
+
+
+__all__ = ["ESM2_SIZES", "RANDOM_INIT_SIZES", "Esm2Size", "export_esm2"]

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from transformers import EsmConfig, EsmModel
 
-from export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
-from export.esm2.tokenizer import CLS_ID, EOS_ID, MASK_ID, PAD_ID, VOCAB_SIZE
+from tritonfleet.contract.esm2_tokens import CLS_ID, EOS_ID, MASK_ID, PAD_ID, VOCAB_SIZE
+from tritonfleet.export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
-from export.esm2.tokenizer import DEFAULT_BUCKETS, encode_batch
-from export.recipe import ParityCase, TensorSpec
+from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS, encode_batch, random_proteins
+from tritonfleet.export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
+from tritonfleet.export.recipe import ParityCase, TensorSpec
 
 if TYPE_CHECKING:
     import torch
@@ -19,17 +19,8 @@ if TYPE_CHECKING:
 Precision = Literal["fp32", "fp16"]
 NUMPY_DTYPES: dict[str, str] = {"fp32": "float32", "fp16": "float16"}
 
-# The 20 standard amino acids, used to draw random test proteins.
-STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 # Longest residue count in generated parity cases: long enough to cross several buckets, short enough to be quick.
 PARITY_MAX_RESIDUES = 300
-
-
-def random_proteins(count: int, rng: np.random.Generator, min_length: int = 1, max_length: int = 300) -> list[str]:
-    """Random sequences of standard residues with uniformly drawn lengths."""
-    lengths = rng.integers(min_length, max_length + 1, size=count)
-    letters = np.array(list(STANDARD_RESIDUES))
-    return ["".join(rng.choice(letters, size=int(length))) for length in lengths]
 
 
 @dataclass(frozen=True)
@@ -99,7 +90,7 @@ class Esm2Recipe:
     def build_module(self) -> torch.nn.Module:
         import torch
 
-        from export.esm2.model import build_esm2
+        from tritonfleet.export.esm2.model import build_esm2
 
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         return build_esm2(self.checkpoint, self.random_init, self.seed, dtype=dtype)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from client import (
+from tritonfleet.client import (
     AsyncEmbeddingClient,
     ClientConfig,
     EmbeddingClient,
@@ -20,8 +20,7 @@ from client import (
     RetryPolicy,
     ServerUnavailableError,
 )
-from export.esm2.recipe import random_proteins
-from export.esm2.tokenizer import encode_batch
+from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
 
 EAGER_TOLERANCE = 1e-4
 
@@ -36,7 +35,7 @@ def eager_model():
     """The eager module with the weights the served repository was exported from (random init, seed 0)."""
     import torch
 
-    from export.esm2.model import build_esm2
+    from tritonfleet.export.esm2.model import build_esm2
 
     torch.set_num_threads(1)
     return build_esm2(random_init=os.environ.get("TRITONFLEET_TEST_ESM2_SIZE", "8M"), seed=0)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import ClientConfig, EmbeddingClient, RetryPolicy
-from client.journal import load_output, parts_dir_for, rejected_path_for
-from deploy.local import PortInUseError
-from export.esm2.recipe import random_proteins
+from tritonfleet.client import ClientConfig, EmbeddingClient, RetryPolicy
+from tritonfleet.client.journal import load_output, parts_dir_for, rejected_path_for
+from tritonfleet.contract.esm2_tokens import random_proteins
+from tritonfleet.deploy.local import PortInUseError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 600
@@ -34,7 +34,7 @@ def write_fasta(path: Path, records: list[tuple[str, str]], width: int = 60) -> 
 
 def run_cli(args: list[str], timeout_s: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client", *args],
+        [sys.executable, "-m", "tritonfleet.client", *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -44,7 +44,7 @@ def run_cli(args: list[str], timeout_s: float = CLI_TIMEOUT_S) -> subprocess.Com
 
 def start_cli(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "client", *args],
+        [sys.executable, "-m", "tritonfleet.client", *args],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

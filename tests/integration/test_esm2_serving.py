@@ -15,10 +15,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.esm2.model import build_esm2
-from export.esm2.recipe import random_proteins
-from export.esm2.tokenizer import MAX_RESIDUES, encode_batch
-from export.parity import eager_runner
+from tritonfleet.contract.esm2_tokens import MAX_RESIDUES, encode_batch, random_proteins
+from tritonfleet.export.esm2.model import build_esm2
+from tritonfleet.export.parity import eager_runner
 
 ESM2_TEST_SIZE = os.environ.get("TRITONFLEET_TEST_ESM2_SIZE", "8M")
 TOLERANCE = 1e-4

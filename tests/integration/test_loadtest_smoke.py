@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.perf_analyzer import run_perf_analyzer
-from loadtest.perf_sweep import SweepConfig, SweepResult, run_point, write_input_data
-from loadtest.run import EXIT_RUN_FAILED
-from loadtest.run import main as run_main
-from loadtest.workload import buckets_from_repository, generate_sequences, repository_targets
+from tritonfleet.loadtest.perf_analyzer import run_perf_analyzer
+from tritonfleet.loadtest.perf_sweep import SweepConfig, SweepResult, run_point, write_input_data
+from tritonfleet.loadtest.run import EXIT_RUN_FAILED
+from tritonfleet.loadtest.run import main as run_main
+from tritonfleet.loadtest.workload import buckets_from_repository, generate_sequences, repository_targets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_perf_analyzer_one_point(esm2_server, esm2_repository: Path, tmp_path: P
 @pytest.mark.timeout(1200)
 def test_bench_quick(esm2_repository: Path, tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench", "--quick", "--model-repository", str(esm2_repository),
+        [sys.executable, "-m", "tritonfleet.loadtest.bench", "--quick", "--model-repository", str(esm2_repository),
          "--sequences", "12", "--duration", "2", "--report-dir", str(tmp_path)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1100, stdin=subprocess.DEVNULL,
     )  # fmt: skip

@@ -18,7 +18,6 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from deploy.local import LocalTritonServer, PortInUseError, ServerOptions, TritonStartError
 from tests.support.tiny_models import (
     FEATURES,
     ONNX_NAMES,
@@ -33,6 +32,7 @@ from tests.support.tiny_models import (
     tiny_config,
     write_model,
 )
+from tritonfleet.deploy.local import LocalTritonServer, PortInUseError, ServerOptions, TritonStartError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"tiny_onnx": ONNX_NAMES, "tiny_torchscript": TORCHSCRIPT_NAMES}
@@ -264,7 +264,7 @@ CLI_PORTS = ("--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--e
 
 
 def _cli(repository: Path) -> list[str]:
-    return [sys.executable, "-m", "deploy.local", "--model-repository", str(repository), *CLI_PORTS]
+    return [sys.executable, "-m", "tritonfleet.deploy.local", "--model-repository", str(repository), *CLI_PORTS]
 
 
 def _launch_until_ready(repository: Path) -> tuple[subprocess.Popen, str]:

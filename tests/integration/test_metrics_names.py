@@ -18,9 +18,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from deploy.local import LocalTritonServer
-from deploy.monitoring.metric_names import is_gpu_metric, used_metrics
 from tests.support.tiny_models import VOCABULARY, build_tiny_embedding_onnx
+from tritonfleet.deploy.local import LocalTritonServer
+from tritonfleet.deploy.monitoring.metric_names import is_gpu_metric, used_metrics
 
 MODEL = "tiny_embedding"
 REQUESTS = 48

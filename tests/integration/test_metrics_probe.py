@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import LocalTritonServer
 from tests.support.tiny_models import build_tiny_embedding_onnx
+from tritonfleet.deploy.local import LocalTritonServer
 
 PROBE = Path(__file__).resolve().parents[2] / "deploy/kubernetes/base/probe/infer_probe.py"
 MODEL = "tiny_probe"

@@ -18,10 +18,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from client.config import RetryPolicy
-from client.retry import call_with_retry
-from deploy.local import LocalTritonServer, ServerOptions
 from tests.support.tiny_models import write_model
+from tritonfleet.client.config import RetryPolicy
+from tritonfleet.client.retry import call_with_retry
+from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
 
 MODEL = "slow"
 EXECUTE_S = 0.25

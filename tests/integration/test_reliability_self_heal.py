@@ -20,9 +20,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from deploy.local import LocalTritonServer
-from deploy.local.supervisor import InferenceProbe, ProbeInput, SupervisorOptions, list_stub_processes
 from tests.support.tiny_models import FEATURES, ONNX_NAMES, export_tiny_onnx, tiny_config, write_model
+from tritonfleet.deploy.local import LocalTritonServer
+from tritonfleet.deploy.local.supervisor import InferenceProbe, ProbeInput, SupervisorOptions, list_stub_processes
 
 MODEL = "tiny_onnx"
 RECOVERY_BOUND_S = 5.0  # the feature: whole again in < 5 s

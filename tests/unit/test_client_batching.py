@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.core import assemble_embeddings, assemble_residues, build_input_arrays, plan_batches, prepare_sequences
-from client.errors import InvalidSequenceError, UnsupportedModelError
-from client.model import ModelSpec, logical_tensor_name
-from export.esm2.tokenizer import encode_batch
+from tritonfleet.client.core import (
+    assemble_embeddings,
+    assemble_residues,
+    build_input_arrays,
+    plan_batches,
+    prepare_sequences,
+)
+from tritonfleet.client.errors import InvalidSequenceError, UnsupportedModelError
+from tritonfleet.client.model import ModelSpec, logical_tensor_name
+from tritonfleet.contract.esm2_tokens import encode_batch
 
 D = 4
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import build_parser, bulk_options_from_args, config_from_args, main
+from tritonfleet.client.cli import build_parser, bulk_options_from_args, config_from_args, main
 
 
 def test_embed_defaults_to_http_on_port_8000_and_the_ensemble() -> None:

@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 
-from client.fasta import DuplicateIdError, FastaFormatError, parse_fasta_lines, read_fasta
+from tritonfleet.client.fasta import DuplicateIdError, FastaFormatError, parse_fasta_lines, read_fasta
 
 
 def test_multiline_records_keep_order_ids_and_descriptions() -> None:

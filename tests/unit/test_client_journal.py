@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from client.bulk import BulkOptions, plan_chunks, plan_record
-from client.errors import TritonFleetError
-from client.fasta import FastaRecord
-from client.journal import (
+from tritonfleet.client.bulk import BulkOptions, plan_chunks, plan_record
+from tritonfleet.client.errors import TritonFleetError
+from tritonfleet.client.fasta import FastaRecord
+from tritonfleet.client.journal import (
     ChunkResult,
     Journal,
     JournalMismatchError,

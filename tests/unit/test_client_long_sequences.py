@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.long_sequences import combine_windows, split_windows, window_starts
+from tritonfleet.client.long_sequences import combine_windows, split_windows, window_starts
 
 
 @pytest.mark.parametrize("length", [1, 500, 1022])

@@ -8,8 +8,8 @@ import random
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from client.config import RetryPolicy
-from client.errors import (
+from tritonfleet.client.config import RetryPolicy
+from tritonfleet.client.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     RequestTimeoutError,
@@ -17,7 +17,7 @@ from client.errors import (
     ServerUnavailableError,
     classify_exception,
 )
-from client.retry import call_with_retry, call_with_retry_async, is_retryable
+from tritonfleet.client.retry import call_with_retry, call_with_retry_async, is_retryable
 
 FAST = RetryPolicy(max_attempts=4, initial_delay_s=0.001, max_delay_s=0.002, max_elapsed_s=5.0)
 

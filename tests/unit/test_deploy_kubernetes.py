@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.kubernetes.kustomize import KustomizeError, apply_json6902, render
-from deploy.monitoring.metric_names import adapter_metric_names, hpa_metric_names
+from tritonfleet.deploy.kubernetes.kustomize import KustomizeError, apply_json6902, render
+from tritonfleet.deploy.monitoring.metric_names import adapter_metric_names, hpa_metric_names
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) missing")
 
@@ -107,7 +107,7 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path):
 
 def test_renderer_command_line_prints_yaml():
     result = subprocess.run(
-        [sys.executable, "-m", "deploy.kubernetes.kustomize", str(K8S / "overlays/gpu")],
+        [sys.executable, "-m", "tritonfleet.deploy.kubernetes.kustomize", str(K8S / "overlays/gpu")],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.kubernetes.kustomize import render
-from deploy.monitoring.metric_names import (
+from tritonfleet.deploy.kubernetes.kustomize import render
+from tritonfleet.deploy.monitoring.metric_names import (
     DASHBOARD,
     adapter_expressions,
     dashboard_expressions,

@@ -10,13 +10,13 @@ import pytest
 import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.esm2.model import build_esm2
-from export.esm2.recipe import Esm2Recipe, random_proteins
-from export.esm2.tokenizer import encode_batch
-from export.model_config import CONFIG_FILENAME, read_config
-from export.onnx_export import onnx_runner, onnx_signature
-from export.parity import eager_runner
-from export.repository import (
+from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
+from tritonfleet.export.esm2.model import build_esm2
+from tritonfleet.export.esm2.recipe import Esm2Recipe
+from tritonfleet.export.model_config import CONFIG_FILENAME, read_config
+from tritonfleet.export.onnx_export import onnx_runner, onnx_signature
+from tritonfleet.export.parity import eager_runner
+from tritonfleet.export.repository import (
     MODEL_VERSION,
     ONNX_FILENAME,
     ONNX_MODEL,
@@ -25,7 +25,7 @@ from export.repository import (
     RepositoryOptions,
     export_repository,
 )
-from export.torchscript import device_constants, torchscript_runner
+from tritonfleet.export.torchscript import device_constants, torchscript_runner
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.esm2.bucket_report import (
+from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS, MAX_RESIDUES, MAX_TOKENS
+from tritonfleet.loadtest.buckets import (
     EXACT_LENGTH,
     MEDIAN_RESIDUES,
     analyse,
@@ -13,7 +14,6 @@ from export.esm2.bucket_report import (
     render,
     sample_lengths,
 )
-from export.esm2.tokenizer import DEFAULT_BUCKETS, MAX_RESIDUES, MAX_TOKENS
 
 
 def test_length_mix_is_truncated_and_centred_on_the_stated_median():

@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import EsmForMaskedLM
 
-from export.__main__ import main
-from export.esm2.model import build_esm2, esm2_config
-from export.esm2.recipe import Esm2Recipe
-from export.esm2.tokenizer import encode_batch
-from export.model_config import CONFIG_FILENAME, read_config
-from export.repository import ONNX_MODEL
+from tritonfleet.contract.esm2_tokens import encode_batch
+from tritonfleet.export.__main__ import main
+from tritonfleet.export.esm2.model import build_esm2, esm2_config
+from tritonfleet.export.esm2.recipe import Esm2Recipe
+from tritonfleet.export.model_config import CONFIG_FILENAME, read_config
+from tritonfleet.export.repository import ONNX_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.__main__ import main
-from export.model_config import CONFIG_FILENAME, WARMUP_DIRNAME, read_config
-from export.repository import (
+from tritonfleet.export.__main__ import main
+from tritonfleet.export.model_config import CONFIG_FILENAME, WARMUP_DIRNAME, read_config
+from tritonfleet.export.repository import (
     BLS_MODEL,
     CANONICAL_ARGS,
     ENSEMBLE_MODEL,
@@ -132,8 +132,10 @@ def test_tokenizer_code_is_copied_and_ensemble_has_a_version_dir(generated):
     buckets = configs[TOKENIZER_MODEL].parameters["length_buckets"].string_value
     assert re.fullmatch(r"\d+(,\d+)*", buckets)
     version_dir = output / TOKENIZER_MODEL / MODEL_VERSION
-    assert (version_dir / "model.py").read_text().startswith('"""Triton python-backend model `esm2_tokenizer`')
-    assert "def encode_batch" in (version_dir / "tokenizer.py").read_text()
+    assert (version_dir / "model.py").read_text().startswith('"""Served python model `esm2_tokenizer`')
+    assert "def encode_batch" in (version_dir / "esm2_tokens.py").read_text()
+    bls_dir = output / "esm2_bls" / MODEL_VERSION
+    assert {"model.py", "esm2_tokens.py", "esm2_tokenizer_model.py"} <= {path.name for path in bls_dir.iterdir()}
     assert (output / ENSEMBLE_MODEL / MODEL_VERSION).is_dir()
 
 
@@ -171,8 +173,10 @@ def test_committed_configs_are_tracked_and_generated_files_ignored():
         "model_repository/esm2_onnx/config.pbtxt",
         "model_repository/esm2_onnx/1/model.onnx",
         "model_repository/esm2_onnx/warmup/input_ids_128",
+        "model_repository/esm2_tokenizer/1/esm2_tokens.py",
+        "model_repository/esm2_bls/1/esm2_tokenizer_model.py",
         "model_repository/esm2_tokenizer/1/model.py",
-        "model_repository/esm2_tokenizer/1/tokenizer.py",
+        "model_repository/esm2_bls/1/model.py",
     ]
     result = subprocess.run(
         ["git", "check-ignore", "--no-index", *files], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
@@ -180,7 +184,7 @@ def test_committed_configs_are_tracked_and_generated_files_ignored():
     if result.returncode == 128:
         pytest.skip(f"not a git checkout: {result.stderr.strip()}")
     ignored = set(result.stdout.split())
-    assert ignored == set(files[1:])
+    assert ignored == set(files[1:-2])  # the served models' own code is committed
 
 
 def test_cli_options_reach_the_configs(tmp_path):
@@ -210,7 +214,17 @@ def test_cli_requires_a_weights_source(capsys):
 
 def test_module_runs_as_a_script(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "export", "esm2", "--random-init", "8M", "--output", str(tmp_path), "--configs-only"],
+        [
+            sys.executable,
+            "-m",
+            "tritonfleet.export",
+            "esm2",
+            "--random-init",
+            "8M",
+            "--output",
+            str(tmp_path),
+            "--configs-only",
+        ],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

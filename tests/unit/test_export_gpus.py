@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.esm2.recipe import Esm2Recipe
-from export.gpus import DevicePlan, plan_devices
-from export.repository import ONNX_MODEL, TOKENIZER_MODEL, TORCHSCRIPT_MODEL, RepositoryOptions, build_configs
+from tritonfleet.export.esm2.recipe import Esm2Recipe
+from tritonfleet.export.gpus import DevicePlan, plan_devices
+from tritonfleet.export.repository import (
+    ONNX_MODEL,
+    TOKENIZER_MODEL,
+    TORCHSCRIPT_MODEL,
+    RepositoryOptions,
+    build_configs,
+)
 
 
 @pytest.mark.parametrize("gpu_count", [1, 4, 8])

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.esm2 import tokenizer
-from export.esm2.tokenizer import (
+from tritonfleet.contract import esm2_tokens as tokenizer
+from tritonfleet.contract.esm2_tokens import (
     DEFAULT_BUCKETS,
     MAX_RESIDUES,
     InvalidSequenceError,
@@ -132,7 +132,7 @@ def test_bucket_parsing_round_trips_and_rejects_bad_lists():
 
 def test_importing_tokenizer_and_packages_does_not_import_torch():
     code = (
-        "import sys, export, export.esm2, export.esm2.tokenizer, export.recipe, export.gpus;"
+        "import sys, tritonfleet.export, tritonfleet.export.esm2, tritonfleet.contract.esm2_tokens, tritonfleet.export.recipe, tritonfleet.export.gpus;"
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -141,11 +141,11 @@ def test_importing_tokenizer_and_packages_does_not_import_torch():
 def test_tokenizer_module_imports_only_numpy_and_stdlib():
     source = Path(tokenizer.__file__).read_text(encoding="utf-8")
     imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"__future__", "bisect", "collections", "numpy"}
+    assert imports <= {"__future__", "bisect", "collections", "dataclasses", "json", "numpy"}
 
 
 def test_shared_widths_merge_cheap_neighbours_and_never_shrink():
-    from export.esm2.tokenizer import plan_shared_widths
+    from tritonfleet.contract.esm2_tokens import plan_shared_widths
 
     widths, rows = [256, 384, 128, 1024, 128], [1, 1, 1, 1, 1]
     assert plan_shared_widths(widths, rows, run_overhead_tokens=0) == widths
@@ -162,7 +162,7 @@ def test_shared_widths_minimise_the_cost_model():
 
     import numpy as np
 
-    from export.esm2.tokenizer import plan_shared_widths
+    from tritonfleet.contract.esm2_tokens import plan_shared_widths
 
     def cost(widths, rows, breaks, overhead):
         total, start = 0, 0

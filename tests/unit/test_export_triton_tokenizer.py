@@ -6,6 +6,7 @@ one response per request, bucket padding from the config parameter, and INVALID_
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.esm2.tokenizer import MAX_RESIDUES, RUN_OVERHEAD_TOKENS_GPU, encode_batch
-from export.repository import MODEL_VERSION, TOKENIZER_MODEL, RepositoryOptions, write_support_files
+from tritonfleet.contract.esm2_tokens import MAX_RESIDUES, RUN_OVERHEAD_TOKENS_GPU, encode_batch
+from tritonfleet.export.repository import MODEL_VERSION, TOKENIZER_MODEL, RepositoryOptions, write_support_files
 
 
 class FakeTritonError(Exception):
@@ -62,8 +63,9 @@ def fake_pb_utils() -> types.ModuleType:
 def tokenizer_model(tmp_path, monkeypatch):
     write_support_files(tmp_path, RepositoryOptions(output=tmp_path))
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
-    monkeypatch.delitem(sys.modules, "tritonfleet_esm2_tokenizer", raising=False)
+    monkeypatch.delitem(sys.modules, "esm2_tokens", raising=False)
     version_dir = tmp_path / TOKENIZER_MODEL / MODEL_VERSION
+    monkeypatch.syspath_prepend(str(version_dir))  # as the python backend does for a model's version directory
     spec = importlib.util.spec_from_file_location("copied_tokenizer_model", version_dir / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -72,6 +74,7 @@ def tokenizer_model(tmp_path, monkeypatch):
     model.initialize(
         {
             "model_config": json.dumps(config),
+            "model_name": TOKENIZER_MODEL,
             "model_repository": str(Path(tmp_path / TOKENIZER_MODEL)),
             "model_version": MODEL_VERSION,
         }
@@ -80,11 +83,11 @@ def tokenizer_model(tmp_path, monkeypatch):
 
 
 def test_buckets_come_from_the_config_parameter(tokenizer_model):
-    assert tuple(tokenizer_model.buckets) == (16, 64, 1024)
+    assert tokenizer_model.settings.buckets == (16, 64, 1024)
 
 
 def test_each_request_is_padded_to_its_own_bucket_without_run_merging(tokenizer_model):
-    tokenizer_model.run_overhead_tokens = 0
+    tokenizer_model.settings = dataclasses.replace(tokenizer_model.settings, run_overhead_tokens=0)
     requests = [FakeRequest([b"MKT"]), FakeRequest([b"A" * 30, b"CC"]), FakeRequest([b"W" * 100])]
     responses = tokenizer_model.execute(requests)
     assert len(responses) == 3 and all(response.error is None for response in responses)
@@ -97,7 +100,9 @@ def test_each_request_is_padded_to_its_own_bucket_without_run_merging(tokenizer_
 
 def test_neighbouring_requests_share_a_width_when_one_execution_is_cheaper(tokenizer_model):
     """GPU run overhead: the 16- and 64-token requests share width 64; the 1024-token one stays alone."""
-    tokenizer_model.run_overhead_tokens = RUN_OVERHEAD_TOKENS_GPU
+    tokenizer_model.settings = dataclasses.replace(
+        tokenizer_model.settings, run_overhead_tokens=RUN_OVERHEAD_TOKENS_GPU
+    )
     requests = [
         FakeRequest([b"MKT"]),
         FakeRequest([b"A" * 30, b"CC"]),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.esm2 import tokenizer as esm_tokenizer
-from loadtest.bench import (
+from tritonfleet.contract import esm2_tokens as esm_tokenizer
+from tritonfleet.loadtest.bench import (
     BenchReport,
     ScenarioResult,
     TorchScriptEngine,
@@ -21,9 +21,9 @@ from loadtest.bench import (
     render_markdown,
     write_batching_off_repository,
 )
-from loadtest.devices import precisions_for, select_devices
-from loadtest.handwritten_service import RoundRobin
-from loadtest.workload import generate_sequences, read_model_config
+from tritonfleet.loadtest.devices import precisions_for, select_devices
+from tritonfleet.loadtest.handwritten_service import RoundRobin
+from tritonfleet.loadtest.workload import generate_sequences, read_model_config
 
 
 def test_device_selection() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import perf_analyzer
-from loadtest.perf_analyzer import (
+from tritonfleet.loadtest import perf_analyzer
+from tritonfleet.loadtest.perf_analyzer import (
     InstallManifest,
     PerfAnalyzerLayout,
     _apt_options,

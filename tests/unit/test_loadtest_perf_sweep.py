@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from export.esm2 import tokenizer as esm_tokenizer
-from loadtest.perf_sweep import SweepConfig, build_input_data, markdown_table, parse_perf_csv, perf_analyzer_args
-from loadtest.workload import ModelTarget, TensorSpec, generate_sequences
+from tritonfleet.contract import esm2_tokens as esm_tokenizer
+from tritonfleet.loadtest.perf_sweep import (
+    SweepConfig,
+    build_input_data,
+    markdown_table,
+    parse_perf_csv,
+    perf_analyzer_args,
+)
+from tritonfleet.loadtest.workload import ModelTarget, TensorSpec, generate_sequences
 
 ONNX = ModelTarget(
     "esm2_onnx", 64,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.run import LoadRunConfig, locust_command, parse_duration
-from loadtest.shapes import ShapeSettings, users_at
-from loadtest.slo import SloPolicy, evaluate_slo
+from tritonfleet.loadtest.run import LoadRunConfig, locust_command, parse_duration
+from tritonfleet.loadtest.shapes import ShapeSettings, users_at
+from tritonfleet.loadtest.slo import SloPolicy, evaluate_slo
 
 
 def summary(requests=100, successes=100, errors=0, rejections=0, p99=50.0) -> dict:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from export.esm2 import tokenizer as esm_tokenizer
-from loadtest.workload import (
+from tritonfleet.contract import esm2_tokens as esm_tokenizer
+from tritonfleet.loadtest.workload import (
     LENGTH_MIXES,
     SWISSPROT_COMPOSITION,
     LengthBin,

@@ -7,10 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.local.backends.batching import run_batched, shape_key, split_outputs
-from deploy.local.backends.contract import ModelContractError, ModelSpec, dims_compatible, order_by_index_suffix
-from deploy.local.runtime import PYTHON_BASED_BACKENDS, TritonRuntime
-from deploy.local.server import LocalTritonServer, ServerOptions
+from tritonfleet.deploy.local.backends.batching import run_batched, shape_key, split_outputs
+from tritonfleet.deploy.local.backends.contract import (
+    ModelContractError,
+    ModelSpec,
+    dims_compatible,
+    order_by_index_suffix,
+)
+from tritonfleet.deploy.local.runtime import PYTHON_BASED_BACKENDS, TritonRuntime
+from tritonfleet.deploy.local.server import LocalTritonServer, ServerOptions
 
 
 def _double(inputs):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import LocalTritonServer, ServerOptions
-from deploy.local.__main__ import parse_args
-from deploy.local.supervisor import (
+from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
+from tritonfleet.deploy.local.__main__ import parse_args
+from tritonfleet.deploy.local.supervisor import (
     InferenceProbe,
     StubProcess,
     SupervisorOptions,

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from deploy.local.backends.batching import RequestResult, Tensors, run_batched
-from deploy.local.backends.contract import ModelContractError, ModelSpec
+from tritonfleet.deploy.local.backends.batching import RequestResult, Tensors, run_batched
+from tritonfleet.deploy.local.backends.contract import ModelContractError, ModelSpec
 
 
 class EngineInputError(ValueError):

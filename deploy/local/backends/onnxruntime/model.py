@@ -12,9 +12,9 @@ from pathlib import Path
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, RuntimeException
 
-from deploy.local.backends.base import EngineInputError, PythonBasedBackend
-from deploy.local.backends.batching import Tensors
-from deploy.local.backends.contract import ModelContractError, TensorSpec, dims_compatible
+from tritonfleet.deploy.local.backends.base import EngineInputError, PythonBasedBackend
+from tritonfleet.deploy.local.backends.batching import Tensors
+from tritonfleet.deploy.local.backends.contract import ModelContractError, TensorSpec, dims_compatible
 
 ORT_TO_CONFIG = {
     "tensor(bool)": "TYPE_BOOL",

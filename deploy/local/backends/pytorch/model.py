@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy.local.backends.base import EngineInputError, PythonBasedBackend
-from deploy.local.backends.batching import Tensors
-from deploy.local.backends.contract import ModelContractError, order_by_index_suffix
+from tritonfleet.deploy.local.backends.base import EngineInputError, PythonBasedBackend
+from tritonfleet.deploy.local.backends.batching import Tensors
+from tritonfleet.deploy.local.backends.contract import ModelContractError, order_by_index_suffix
 
 LOGGER = logging.getLogger(__name__)
 # TorchScript raises plain RuntimeErrors; these messages mean the request's data was bad, not the engine.

@@ -30,11 +30,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.local.server import LocalTritonServer, ServerOptions
-from deploy.local.supervisor import SupervisorOptions, list_stub_processes
+from tritonfleet.deploy.local.server import LocalTritonServer, ServerOptions
+from tritonfleet.deploy.local.supervisor import SupervisorOptions, list_stub_processes
 
 LOGGER = logging.getLogger("deploy.local.chaos")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROTEINS = (
     "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALRPDEDRL",
     "GSHMLEDPVDAFQERLSRVRAPTHLAELLDQEVTELTRQLSRH",
@@ -91,7 +91,7 @@ class LoadRecorder:
 def export_random_esm2(destination: Path) -> Path:
     print(f"exporting an ESM-2 8M repository with random weights into {destination} (about 1.5 minutes) ...")
     subprocess.run(
-        [sys.executable, "-m", "export", "esm2", "--random-init", "8M", "--output", str(destination)],
+        [sys.executable, "-m", "tritonfleet.export", "esm2", "--random-init", "8M", "--output", str(destination)],
         cwd=PROJECT_ROOT,
         check=True,
         timeout=900,
@@ -137,7 +137,7 @@ def _percentiles(values: list[float]) -> str:
 
 
 def run(options: ChaosOptions) -> int:
-    from client import ClientConfig, EmbeddingClient
+    from tritonfleet.client import ClientConfig, EmbeddingClient
 
     repository = options.model_repository or _default_repository()
     if repository is None:

@@ -1,4 +1,4 @@
-"""Triton python-backend model `esm2_bls`: SEQUENCE (BYTES [1]) -> EMBEDDING [D], RESIDUE_EMBEDDINGS [-1, D].
+"""Served python model `esm2_bls`: SEQUENCE (BYTES [1]) -> EMBEDDING [D], RESIDUE_EMBEDDINGS [-1, D].
 
 The same contract as the `esm2` ensemble, with the batching moved to where the queue forms. In the ensemble each
 request reaches the network's dynamic batcher on its own, padded to its own length bucket, and Triton's batcher
@@ -8,36 +8,21 @@ sorts them by width, cuts the sorted list into width groups (`plan_shared_widths
 and sends each group to the network as one batched BLS request (all groups at once, asynchronously), then splits
 the outputs back per request.
 
-`python -m export esm2` copies this file to `esm2_bls/1/model.py`, with `triton_tokenizer.py` (as
-`tokenizer_model.py`: validation and tokenization, one piece of code for both models) and `tokenizer.py` beside it.
+Tokenization is the `esm2_tokenizer` model's own code: `python -m export esm2` copies its `model.py` beside this
+file as `esm2_tokenizer_model.py`, with `esm2_tokens.py` (the python backend puts this directory on `sys.path`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
+import esm2_tokenizer_model
+import esm2_tokens
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-TOKENIZER_MODEL_FILENAME = "tokenizer_model.py"
-_TOKENIZER_MODEL_MODULE = "tritonfleet_esm2_tokenizer_model"
 OUTPUTS = ("EMBEDDING", "RESIDUE_EMBEDDINGS")
-
-
-def _load_tokenizer_model(directory: Path):
-    if _TOKENIZER_MODEL_MODULE in sys.modules:
-        return sys.modules[_TOKENIZER_MODEL_MODULE]
-    spec = importlib.util.spec_from_file_location(_TOKENIZER_MODEL_MODULE, directory / TOKENIZER_MODEL_FILENAME)
-    if spec is None or spec.loader is None:
-        raise pb_utils.TritonModelException(f"cannot load {directory / TOKENIZER_MODEL_FILENAME}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_TOKENIZER_MODEL_MODULE] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _name_map(text: str) -> dict[str, str]:
@@ -49,9 +34,7 @@ class TritonPythonModel:
     """Tokenize, group by width, one batched network call per group."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        here = Path(__file__).resolve().parent
-        self.tokenizer = _load_tokenizer_model(here).TritonPythonModel()
-        self.tokenizer.initialize(args)  # length_buckets / run_overhead_tokens come from this model's parameters
+        self.settings = esm2_tokens.TokenizerSettings.from_model_config(args["model_config"])
         parameters = {
             key: value["string_value"] for key, value in json.loads(args["model_config"])["parameters"].items()
         }
@@ -61,16 +44,15 @@ class TritonPythonModel:
         self.target_outputs = _name_map(parameters["target_outputs"])
 
     async def execute(self, requests):
-        tokens = self.tokenizer.tokens
-        encoded = [self.tokenizer._encode(request) for request in requests]
+        encoded = [esm2_tokenizer_model.encode(request, self.settings.buckets) for request in requests]
         valid = sorted(
             (index for index, item in enumerate(encoded) if isinstance(item, tuple)),
             key=lambda index: encoded[index][0].shape[1],
         )
-        widths = tokens.plan_shared_widths(
+        widths = esm2_tokens.plan_shared_widths(
             [encoded[i][0].shape[1] for i in valid],
             [encoded[i][0].shape[0] for i in valid],
-            self.tokenizer.run_overhead_tokens,
+            self.settings.run_overhead_tokens,
         )
         groups = self._groups(valid, widths, [encoded[i][0].shape[0] for i in valid])
         wanted = self._wanted_outputs(requests)
@@ -105,7 +87,7 @@ class TritonPythonModel:
         return tuple(name for name in OUTPUTS if name in names)
 
     async def _infer_group(self, group: list[int], width: int, encoded, wanted: tuple[str, ...]):
-        padded = [self.tokenizer.tokens.pad_to_width(*encoded[index], width) for index in group]
+        padded = [esm2_tokens.pad_to_width(*encoded[index], width) for index in group]
         input_ids = np.concatenate([ids for ids, _ in padded])
         attention_mask = np.concatenate([mask for _, mask in padded])
         request = pb_utils.InferenceRequest(

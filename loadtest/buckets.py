@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from export.esm2.tokenizer import (
+from tritonfleet.contract.esm2_tokens import (
     DEFAULT_BUCKETS,
     MAX_RESIDUES,
     MAX_TOKENS,
     RUN_OVERHEAD_TOKENS_GPU,
     SPECIAL_TOKENS_PER_SEQUENCE,
     plan_shared_widths,
+    random_proteins,
 )
 
 MEDIAN_RESIDUES = 300.0
@@ -41,7 +42,6 @@ MEAN_RESIDUES = 362.0
 LOG_MEAN = math.log(MEDIAN_RESIDUES)
 LOG_SIGMA = math.sqrt(2.0 * math.log(MEAN_RESIDUES / MEDIAN_RESIDUES))  # log-normal: mean = median * exp(s^2/2)
 EXACT_LENGTH = tuple(range(SPECIAL_TOKENS_PER_SEQUENCE + 1, MAX_TOKENS + 1))  # "no buckets": every length its own
-STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def sample_lengths(count: int, seed: int = 0) -> np.ndarray:
@@ -165,12 +165,11 @@ def measure_live(
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from deploy.local import LocalTritonServer, ServerOptions
-    from export.model_config import CONFIG_FILENAME, write_config
+    from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
+    from tritonfleet.export.model_config import CONFIG_FILENAME, write_config
 
     rng = np.random.default_rng(1)
-    letters = np.array(list(STANDARD_RESIDUES))
-    sequences = ["".join(rng.choice(letters, size=int(length))) for length in lengths]
+    sequences = [random_proteins(1, rng, int(length), int(length))[0] for length in lengths]
     results = []
     with tempfile.TemporaryDirectory(prefix="bucket-report-") as workdir:
         copy = Path(workdir) / "repository"

@@ -1,7 +1,9 @@
-"""ESM-2 tokenizer in numpy only: the fair-esm / Hugging Face alphabet, validation and length-bucketed padding.
+"""ESM-2 tokens in numpy only: the fair-esm / Hugging Face alphabet, validation and length-bucketed padding.
 
-This module is imported by the export code, the client and the Triton python-backend tokenizer (copied next to its
-`model.py`), so it must depend on nothing but numpy and the standard library.
+The one place the ESM-2 sequence rules live. The export, the client and the load tools import it as
+`tritonfleet.contract.esm2_tokens`; the served python models (`model_repository/esm2_tokenizer`, `esm2_bls`) import
+a copy that the export writes beside their `model.py`, so this module must depend on nothing but numpy and the
+standard library (the NGC image's python backend has numpy, not tritonfleet).
 
 A sequence of L residues becomes `<cls> r1..rL <eos>` (L + 2 tokens), padded with `<pad>` (mask 0) up to the length
 bucket of the longest sequence in the batch.
@@ -10,7 +12,9 @@ bucket of the longest sequence in the batch.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,6 +55,9 @@ DEFAULT_BUCKETS: tuple[int, ...] = (128, 192, 256, 320, 384, 480, 608, 768, MAX_
 RUN_OVERHEAD_TOKENS_CPU = 0
 RUN_OVERHEAD_TOKENS_GPU = 512
 DEFAULT_RUN_OVERHEAD_TOKENS = RUN_OVERHEAD_TOKENS_CPU
+
+# The 20 standard amino acids, used to draw random test proteins.
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 # Lookup table byte -> token id; -1 marks characters that are not residues.
 _BYTE_TO_ID = np.full(256, -1, dtype=np.int64)
@@ -228,3 +235,57 @@ def encode_batch(
 def encode(sequence: str | bytes, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
     """Tokenizes one sequence; returns (input_ids, attention_mask) of shape [1, T]."""
     return encode_batch([sequence], buckets)
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """How a served model tokenizes: its length buckets and the run-merging cost (config `parameters`)."""
+
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    run_overhead_tokens: int = DEFAULT_RUN_OVERHEAD_TOKENS
+
+    @classmethod
+    def from_model_config(cls, model_config_json: str) -> TokenizerSettings:
+        """From the JSON model config a served python model receives in `initialize(args)`."""
+        parameters = json.loads(model_config_json).get("parameters", {})
+        return cls.from_parameters({key: value.get("string_value", "") for key, value in parameters.items()})
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> TokenizerSettings:
+        """From a model config's `parameters` as {key: string value}; missing or empty keys keep the defaults."""
+        buckets = parameters.get("length_buckets", "").strip()
+        overhead = parameters.get("run_overhead_tokens", "").strip()
+        return cls(
+            parse_buckets(buckets) if buckets else DEFAULT_BUCKETS,
+            int(overhead) if overhead else DEFAULT_RUN_OVERHEAD_TOKENS,
+        )
+
+    def describe(self) -> str:
+        return f"length buckets {format_buckets(self.buckets)}, run overhead {self.run_overhead_tokens} tokens"
+
+
+def random_proteins(count: int, rng: np.random.Generator, min_length: int = 1, max_length: int = 300) -> list[str]:
+    """Random sequences of standard residues with uniformly drawn lengths (test and load data)."""
+    lengths = rng.integers(min_length, max_length + 1, size=count)
+    letters = np.array(list(STANDARD_RESIDUES))
+    return ["".join(rng.choice(letters, size=int(length))) for length in lengths]
+
+
+@dataclass(frozen=True)
+class EncodingFailure:
+    """Why one request's sequences could not be tokenized; `invalid`: the input's fault (INVALID_ARG / HTTP 400)."""
+
+    message: str
+    invalid: bool
+
+
+def encode_request(
+    sequences: Sequence[str | bytes], buckets: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray] | EncodingFailure:
+    """`encode_batch` for one served request: a failure is returned, not raised, so batch-mates are unaffected."""
+    try:
+        return encode_batch(sequences, buckets)
+    except InvalidSequenceError as error:
+        return EncodingFailure(str(error), invalid=True)
+    except Exception as error:  # noqa: BLE001 - one broken request must not fail its batch-mates
+        return EncodingFailure(f"tokenizer failed: {error!r}", invalid=False)
