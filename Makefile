@@ -22,7 +22,7 @@ demo: setup ## Main job: export ESM-2 (random weights, $(MODEL_SIZE)), serve it 
 export: setup ## Regenerate model_repository/ (configs + weights) for the default ESM-2
 	$(PY) -m export esm2 --random-init $(MODEL_SIZE) --output $(REPO)
 
-serve: setup ## Serve model_repository/ on 127.0.0.1:8000/8001/8002 until Ctrl-C
+serve: setup ## Serve model_repository/ on 127.0.0.1:8000/8001/8002 until Ctrl-C (self-healing on; docs/reliability.md)
 	$(PY) -m deploy.local --model-repository $(REPO)
 
 test: setup ## Run every test (unit + integration against a real local tritonserver)
@@ -52,7 +52,7 @@ bench: export ## One-run benchmark: raw engine vs Triton (batching on/off) vs a 
 	$(PY) -m loadtest.bench --model-repository $(REPO)
 
 chaos: setup ## Fault injection: SIGKILL a model instance under load, report recovery time and failures
-	$(PY) -m deploy.local.chaos
+	$(PY) -m tritonfleet.loadtest.chaos
 
 clean: ## Remove generated weights and reports (keeps committed configs)
 	git clean -fdX model_repository reports

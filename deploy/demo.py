@@ -9,7 +9,6 @@ then prove the pipeline (served == eager PyTorch), not biology. With `--checkpoi
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from tritonfleet.client import ClientConfig, EmbeddingClient
-from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
+from tritonfleet.deploy.local import local_server
+from tritonfleet.export.esm2 import export_esm2
 
 # Human ubiquitin (UniProt P0CG48, first 76 residues: one ubiquitin unit).
 UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
@@ -35,31 +35,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def export_repository(args: argparse.Namespace) -> None:
-    weights = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--random-init", args.model_size]
-    command = [
-        sys.executable,
-        "-m",
-        "tritonfleet.export",
-        "esm2",
-        *weights,
-        "--gpus",
-        args.gpus,
-        "--output",
-        str(args.model_repository),
-    ]
-    print("$ " + " ".join(command[1:]), flush=True)
-    subprocess.run(command, check=True)
+    weights = f"checkpoint {args.checkpoint}" if args.checkpoint else f"random {args.model_size} weights"
+    print(f"exporting ESM-2 ({weights}, gpus {args.gpus}) into {args.model_repository} ...", flush=True)
+    report = export_esm2(
+        args.model_repository,
+        random_init=None if args.checkpoint else args.model_size,
+        checkpoint=args.checkpoint,
+        gpus=args.gpus,
+    )
+    for variant, difference in report.parity.items():
+        print(f"  parity {variant}: max abs diff {difference:.2e}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     export_repository(args)
     started = time.perf_counter()
-    options = ServerOptions(args.model_repository, http_port=0, grpc_port=0, metrics_port=0, exit_timeout_s=10)
-    with LocalTritonServer(options) as server:
+    # Served as `python -m deploy.local` serves: with the supervisor that reloads a model whose stub dies.
+    with local_server(args.model_repository, model_control_mode="explicit", self_heal=True) as server:
         print(
             f"tritonserver ready in {time.perf_counter() - started:.1f} s — HTTP {server.http_url}, "
-            f"gRPC {server.grpc_url}, metrics {server.metrics_url}",
+            f"gRPC {server.grpc_url}, metrics {server.metrics_url} (self-healing on)",
             flush=True,
         )
         embeddings = {}

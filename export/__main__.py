@@ -1,4 +1,9 @@
-"""Command line: `python -m export esm2 [--checkpoint ID|PATH | --random-init 8M] --output model_repository ...`."""
+"""Command line: `python -m export torch --factory MODULE:CALLABLE --name NAME --output DIR ...` for any PyTorch model,
+`python -m export esm2 [--checkpoint ID|PATH | --random-init 8M] --output model_repository ...` for ESM-2.
+
+Problems the user can fix (a factory that cannot be imported, bad samples, a model that cannot be exported, parity
+failures, bad options) end with one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -16,44 +21,102 @@ from tritonfleet.contract.esm2_tokens import (
     parse_buckets,
 )
 from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
-from tritonfleet.export.gpus import plan_devices
-from tritonfleet.export.model_config import BatchingOptions
-from tritonfleet.export.repository import CANONICAL_COMMAND, RepositoryOptions, export_repository
+from tritonfleet.export.gpus import DevicePlan, plan_devices
+from tritonfleet.export.model_config import FORMATS, BatchingOptions, check_formats
+from tritonfleet.export.network import ExportReport
+from tritonfleet.export.signature import ExportError, parse_names
 
-logger = logging.getLogger("export")
+logger = logging.getLogger("tritonfleet.export")
+PROGRAM = "python -m export"
+DEFAULT_PREFERRED_BATCH_SIZES = (8, 16, 32, 64)
 
 
-def _positive_int_list(text: str) -> tuple[int, ...]:
+def _int_list(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
+        return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    return values
+
+
+def _add_serving_options(parser: argparse.ArgumentParser, parity_default: int | None, parity_help: str) -> None:
+    """Options every export shares: output, devices, batching and queue, formats, parity."""
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="model repository root")
+    parser.add_argument(
+        "--gpus", default="auto", help="auto (detect), none (CPU) or GPU ids like 0,1,2,3 (default: %(default)s)"
+    )
+    parser.add_argument("--instances-per-gpu", type=int, default=1, metavar="N", help="(default: %(default)s)")
+    parser.add_argument(
+        "--cpu-instances", type=int, default=1, metavar="N", help="instances when on CPU (default: %(default)s)"
+    )
+    parser.add_argument("--max-batch-size", type=int, default=64, metavar="N", help="(default: %(default)s)")
+    parser.add_argument(
+        "--preferred-batch-sizes",
+        type=_int_list,
+        default=DEFAULT_PREFERRED_BATCH_SIZES,
+        metavar="N,N,...",
+        help="sizes the dynamic batcher aims for; those above --max-batch-size are dropped (default: 8,16,32,64)",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us", type=int, default=2000, metavar="US", help="batcher delay (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=256,
+        metavar="N",
+        help="queued requests beyond this are rejected at once with 503/UNAVAILABLE (default: %(default)s)",
+    )
+    parser.add_argument("--formats", default=",".join(FORMATS), help="onnx and/or torchscript (default: %(default)s)")
+    parser.add_argument(
+        "--onnx-exporter", choices=("dynamo", "legacy"), default="dynamo", help="(default: %(default)s)"
+    )
+    parser.add_argument("--parity-samples", type=int, default=parity_default, metavar="N", help=parity_help)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export", description="Export models to a Triton repository.")
+    from tritonfleet.export.esm2.repository import CANONICAL_COMMAND
+
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="Export models to a Triton repository.")
     models = parser.add_subparsers(dest="model", required=True)
+    torch_parser = models.add_parser(
+        "torch",
+        help="any PyTorch model: MODULE:CALLABLE returns (module, samples)",
+        description="Export any PyTorch model to ONNX and/or TorchScript models <NAME>_onnx, <NAME>_torchscript "
+        "(tensors NAME__<i>), parity-checked against eager PyTorch, with generated configs. CALLABLE() returns "
+        "(module, samples): an nn.Module and a list of input tuples (or tensors) of different shapes. The leading "
+        "axis is the batch; any other axis whose size differs across samples becomes dynamic (-1); axes of "
+        "different inputs that vary alike share one dynamic size.",
+    )
+    torch_parser.add_argument("--factory", required=True, metavar="MODULE:CALLABLE", help="e.g. my_model:build")
+    torch_parser.add_argument("--name", required=True, help="model name prefix: models <NAME>_<format>")
+    torch_parser.add_argument(
+        "--input-names", metavar="A,B,...", help="input names in forward order (default: INPUT0,INPUT1,...)"
+    )
+    torch_parser.add_argument(
+        "--output-names", metavar="C,D,...", help="output names in return order (default: OUTPUT0,OUTPUT1,...)"
+    )
+    _add_serving_options(torch_parser, None, "parity-check every format on the first N samples (default: all; 0 skips)")
+
     esm2 = models.add_parser(
         "esm2",
-        help="ESM-2 protein embeddings: ONNX + TorchScript + tokenizer + ensemble",
+        help="ESM-2 protein embeddings: ONNX + TorchScript + tokenizer + BLS + ensemble",
         description=f"Canonical command for the committed repository: {CANONICAL_COMMAND}",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     weights = esm2.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", help="HF id (facebook/esm2_t33_650M_UR50D) or local save_pretrained dir")
     weights.add_argument("--random-init", choices=RANDOM_INIT_SIZES, help="RANDOM weights of this size (tests)")
-    esm2.add_argument("--seed", type=int, default=0, help="seed of --random-init weights")
-    esm2.add_argument("--output", type=Path, required=True, help="model repository root")
-    esm2.add_argument("--gpus", default="auto", help="auto (detect), none (CPU) or GPU ids like 0,1,2,3")
-    esm2.add_argument("--instances-per-gpu", type=int, default=1)
-    esm2.add_argument("--cpu-instances", type=int, default=1, help="model instances when on CPU")
-    esm2.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="fp16 is meant for GPUs")
-    esm2.add_argument("--max-batch-size", type=int, default=64)
-    esm2.add_argument("--preferred-batch-sizes", type=_positive_int_list, default=(8, 16, 32, 64))
-    esm2.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher delay of the networks")
-    esm2.add_argument("--max-queue-size", type=int, default=256, help="queued requests beyond this get 503")
-    esm2.add_argument("--length-buckets", type=parse_buckets, default=DEFAULT_BUCKETS, help="token-length buckets")
+    esm2.add_argument("--seed", type=int, default=0, help="seed of --random-init weights (default: %(default)s)")
+    esm2.add_argument(
+        "--precision", choices=("fp32", "fp16"), default="fp32", help="fp16 is meant for GPUs (default: %(default)s)"
+    )
+    esm2.add_argument(
+        "--length-buckets",
+        type=parse_buckets,
+        default=DEFAULT_BUCKETS,
+        metavar="N,N,...",
+        help=f"token-length buckets of the tokenizer (default: {format_buckets(DEFAULT_BUCKETS)})",
+    )
     esm2.add_argument(
         "--run-overhead-tokens",
         type=int,
@@ -61,36 +124,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenizer pads consecutive requests to one width when cheaper than this many padded tokens per "
         f"execution (default: {RUN_OVERHEAD_TOKENS_CPU} on CPU, {RUN_OVERHEAD_TOKENS_GPU} on GPUs; 0 disables)",
     )
-    esm2.add_argument("--ensemble-target", choices=("onnx", "torchscript"), default="onnx")
-    esm2.add_argument("--formats", default="onnx,torchscript", help="networks to export")
-    esm2.add_argument("--onnx-exporter", choices=("dynamo", "legacy"), default="dynamo")
-    esm2.add_argument("--parity-samples", type=int, default=4, help="parity cases per network; 0 skips parity")
+    esm2.add_argument(
+        "--ensemble-target", choices=("onnx", "torchscript"), default="onnx", help="(default: %(default)s)"
+    )
     esm2.add_argument("--configs-only", action="store_true", help="write configs and support files, no weights")
-    esm2.add_argument("-v", "--verbose", action="store_true")
+    _add_serving_options(esm2, 4, "parity cases per network; 0 skips parity (default: %(default)s)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Our progress at INFO; third-party loggers (onnxscript's optimizer is chatty) only from WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from tritonfleet.export.esm2.recipe import Esm2Recipe
+def _devices(args: argparse.Namespace) -> DevicePlan:
+    try:
+        return plan_devices(args.gpus, args.instances_per_gpu, args.cpu_instances)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
 
-    formats = tuple(part.strip() for part in args.formats.split(",") if part.strip())
-    unknown = set(formats) - {"onnx", "torchscript"}
-    if unknown or not formats:
-        raise SystemExit(f"--formats takes onnx and/or torchscript, got {args.formats!r}")
+
+def _batching(args: argparse.Namespace, max_queue_delay_us: int | None = None) -> BatchingOptions:
     preferred = tuple(size for size in args.preferred_batch_sizes if size <= args.max_batch_size)
+    delay = args.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us
+    try:
+        return BatchingOptions(args.max_batch_size, preferred, delay, args.max_queue_size)
+    except ValueError as error:
+        raise ExportError(f"batching options: {error}") from None
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    return check_formats(tuple(part.strip() for part in text.split(",") if part.strip()))
+
+
+def run_torch(args: argparse.Namespace) -> ExportReport:
+    from tritonfleet.export.factory import call_factory, load_factory
+    from tritonfleet.export.generic import TorchExportOptions, export_torch, model_names
+
+    options = TorchExportOptions(
+        name=args.name,
+        output=args.output,
+        input_names=parse_names(args.input_names),
+        output_names=parse_names(args.output_names),
+        formats=_formats(args.formats),
+        devices=_devices(args),
+        batching=_batching(args),
+        onnx_exporter=args.onnx_exporter,
+        parity_samples=args.parity_samples,
+        parameters={"factory": args.factory},
+    )
+    module, samples = call_factory(load_factory(args.factory), args.factory)
+    report = export_torch(module, samples, options)
+    print(f"model repository: {report.output}")
+    print(f"  models: {', '.join(model_names(options.name, options.formats).values())}")
+    if report.signature is not None:
+        print(f"  signature: {report.signature.describe()}")
+    print(f"  devices: {options.devices.describe()}")
+    return report
+
+
+def run_esm2(args: argparse.Namespace) -> ExportReport:
+    from tritonfleet.export.esm2.recipe import Esm2Recipe
+    from tritonfleet.export.esm2.repository import RepositoryOptions, export_repository
+
     options = RepositoryOptions(
         output=args.output,
-        devices=plan_devices(args.gpus, args.instances_per_gpu, args.cpu_instances),
-        batching=BatchingOptions(args.max_batch_size, preferred, args.max_queue_delay_us, args.max_queue_size),
-        tokenizer_batching=BatchingOptions(args.max_batch_size, preferred, 500, args.max_queue_size),
+        devices=_devices(args),
+        batching=_batching(args),
+        tokenizer_batching=_batching(args, max_queue_delay_us=500),
         length_buckets=args.length_buckets,
         run_overhead_tokens=args.run_overhead_tokens,
         ensemble_target=args.ensemble_target,
-        formats=formats,
+        formats=_formats(args.formats),
         onnx_exporter=args.onnx_exporter,
         parity_samples=args.parity_samples,
         configs_only=args.configs_only,
@@ -101,17 +201,31 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         precision=args.precision,
     )
-    started = time.perf_counter()
     report = export_repository(recipe, options)
     print(f"model repository: {report.output}")
     print(f"  weights: {recipe.weights_source}")
     print(f"  devices: {options.devices.describe()}; buckets: {format_buckets(options.length_buckets)}")
+    if recipe.is_random:
+        print("  WARNING: RANDOM WEIGHTS - embeddings are meaningless; use --checkpoint for a real model")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Our progress at INFO; third-party loggers (onnxscript's optimizer is chatty) only from WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    started = time.perf_counter()
+    try:
+        report = run_torch(args) if args.model == "torch" else run_esm2(args)
+    except ExportError as error:
+        message = " ".join(str(error).split())
+        print(f"{PROGRAM} {args.model}: error: {message}", file=sys.stderr)
+        return 2
     for variant, diff in report.parity.items():
         print(f"  parity {variant}: max abs diff {diff:.2e}")
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.seconds.items())
     print(f"  done in {time.perf_counter() - started:.1f} s" + (f" ({timings})" if timings else ""))
-    if recipe.is_random:
-        print("  WARNING: RANDOM WEIGHTS - embeddings are meaningless; use --checkpoint for a real model")
     return 0
 
 

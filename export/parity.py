@@ -8,27 +8,43 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tritonfleet.export.recipe import ParityCase, TensorSpec
+from tritonfleet.contract.tensors import TensorSpec
+from tritonfleet.export.signature import ExportError, Sample
 
 logger = logging.getLogger(__name__)
 
-# Max abs difference allowed per precision (Optimum's ONNX validation uses 1e-4 for ESM in fp32).
-TOLERANCES: dict[str, float] = {"float32": 1e-4, "float16": 2e-2}
+# (absolute, relative) tolerance per output dtype: |exported - eager| <= abs + rel * |eager| (numpy.isclose).
+# Optimum's ONNX validation uses 1e-4 absolute for ESM in fp32; integer and bool outputs must match exactly.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-6, 1e-6),
+    "float32": (1e-4, 1e-4),
+    "float16": (2e-2, 1e-2),
+}
+EXACT = (0.0, 0.0)
 
 Runner = Callable[..., tuple[np.ndarray, ...]]
 
 
-class ParityError(AssertionError):
+class ParityError(ExportError, AssertionError):
     """An exported model disagrees with eager PyTorch beyond the tolerance."""
 
 
 @dataclass(frozen=True)
+class ParityCase:
+    """One set of inputs (numpy, in input order) on which exported and eager outputs must agree."""
+
+    label: str
+    inputs: Sample
+
+
+@dataclass(frozen=True)
 class ParityResult:
-    """Max abs difference of every output over every case."""
+    """Max abs difference of every output over every case, and the outputs beyond their tolerance."""
 
     variant: str
     max_abs_diff: dict[str, float]
-    tolerance: float
+    tolerances: dict[str, tuple[float, float]]
+    failures: dict[str, str]
     cases: int
 
     @property
@@ -37,51 +53,68 @@ class ParityResult:
 
     @property
     def passed(self) -> bool:
-        return self.worst <= self.tolerance
+        return not self.failures
 
     def describe(self) -> str:
         diffs = ", ".join(f"{name} {diff:.2e}" for name, diff in self.max_abs_diff.items())
-        verdict = "OK" if self.passed else "FAIL"
-        cases = f"{self.cases} cases (tolerance {self.tolerance:g})"
-        return f"parity {self.variant}: max abs diff {diffs} over {cases} {verdict}"
+        verdict = (
+            "OK" if self.passed else "FAIL: " + "; ".join(f"{name} {text}" for name, text in self.failures.items())
+        )
+        return f"parity {self.variant}: max abs diff {diffs} over {self.cases} case(s) {verdict}"
+
+
+def tolerance_for(dtype: str) -> tuple[float, float]:
+    return TOLERANCES.get(dtype, EXACT)
 
 
 def check_parity(
-    variant: str,
-    reference: Runner,
-    candidate: Runner,
-    cases: Sequence[ParityCase],
-    outputs: Sequence[TensorSpec],
-    tolerance: float | None = None,
+    variant: str, reference: Runner, candidate: Runner, cases: Sequence[ParityCase], outputs: Sequence[TensorSpec]
 ) -> ParityResult:
-    """Runs both on every case and compares outputs; raises ParityError above the tolerance.
+    """Runs both on every case and compares outputs; raises ParityError (with the figures) beyond the tolerance.
 
     Args:
         variant: a label for messages, e.g. "onnx".
         reference: eager model as numpy -> numpy.
         candidate: exported model as numpy -> numpy.
         cases: input sets.
-        outputs: output specs (names, dtypes) in output order.
-        tolerance: max abs diff; defaults to TOLERANCES of the first output's dtype.
+        outputs: output specs (names, dtypes) in output order; the tolerance follows each output's dtype.
     """
-    tolerance = TOLERANCES[outputs[0].dtype] if tolerance is None else tolerance
     worst = {spec.name: 0.0 for spec in outputs}
+    tolerances = {spec.name: tolerance_for(spec.dtype) for spec in outputs}
+    failures: dict[str, str] = {}
     for case in cases:
         expected = reference(*case.inputs)
         actual = candidate(*case.inputs)
+        if len(actual) != len(outputs):
+            raise ParityError(f"{variant} [{case.label}]: {len(actual)} outputs, eager has {len(outputs)}")
         for spec, want, got in zip(outputs, expected, actual):
             if want.shape != got.shape:
                 raise ParityError(f"{variant} {spec.name} [{case.label}]: shape {got.shape} != eager {want.shape}")
-            if not np.all(np.isfinite(got)):
-                raise ParityError(f"{variant} {spec.name} [{case.label}]: non-finite values")
-            diff = float(np.max(np.abs(want.astype(np.float64) - got.astype(np.float64)))) if want.size else 0.0
-            worst[spec.name] = max(worst[spec.name], diff)
+            if np.isfinite(want).all() and not np.isfinite(got).all():
+                raise ParityError(f"{variant} {spec.name} [{case.label}]: non-finite values where eager has none")
+            if not want.size:
+                continue
+            difference = np.abs(want.astype(np.float64) - got.astype(np.float64))
+            worst[spec.name] = max(worst[spec.name], float(np.max(difference)))
+            absolute, relative = tolerances[spec.name]
+            allowed = absolute + relative * np.abs(want.astype(np.float64))
+            if spec.name not in failures and np.any(difference > allowed):
+                where = np.unravel_index(int(np.argmax(difference - allowed)), difference.shape)
+                failures[spec.name] = (
+                    f"[{case.label}] differs at {tuple(map(int, where))}: exported {float(got[where]):.6g} vs eager "
+                    f"{float(want[where]):.6g} (tolerance {absolute:g} + {relative:g}*|eager|)"
+                )
         logger.debug("parity %s [%s]: %s", variant, case.label, worst)
-    result = ParityResult(variant, worst, tolerance, len(cases))
+    result = ParityResult(variant, worst, tolerances, failures, len(cases))
     logger.info(result.describe())
     if not result.passed:
         raise ParityError(result.describe())
     return result
+
+
+def as_outputs(result) -> tuple:
+    """A forward result (one tensor, or a tuple/list of them) as a tuple."""
+    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
 
 def eager_runner(module) -> Runner:
@@ -90,7 +123,7 @@ def eager_runner(module) -> Runner:
 
     def run(*inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         with torch.no_grad():
-            outputs = module(*(torch.from_numpy(array) for array in inputs))
+            outputs = as_outputs(module(*(torch.from_numpy(array) for array in inputs)))
         return tuple(output.numpy() for output in outputs)
 
     return run

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tritonfleet.export.recipe import ModelRecipe
+from tritonfleet.export.parity import as_outputs
+from tritonfleet.export.signature import Sample
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +56,22 @@ def device_constants(module: torch.jit.ScriptModule) -> list[str]:
     ]
 
 
-def export_torchscript(recipe: ModelRecipe, module: torch.nn.Module, path: Path) -> torch.jit.ScriptModule:
-    """Traces `module` on the recipe's example inputs, checks the trace at other shapes and saves it to `path`."""
-    example = tuple(torch.from_numpy(array) for array in recipe.example_inputs())
-    check_inputs = [example] + [
-        tuple(torch.from_numpy(array) for array in inputs) for inputs in recipe.trace_check_inputs()
-    ]
+def export_torchscript(
+    module: torch.nn.Module, example: Sample, check_inputs: Sequence[Sample], path: Path
+) -> torch.jit.ScriptModule:
+    """Traces `module` on `example`, checks the trace reproduces eager on `check_inputs` (other shapes) and saves it."""
+    tensors = tuple(torch.from_numpy(array) for array in example)
+    checks = [tensors] + [tuple(torch.from_numpy(array) for array in inputs) for inputs in check_inputs]
     started = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():
         # TracerWarnings flag Python-side shape arithmetic; the parity check at other shapes is the real test.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(module, example, check_inputs=check_inputs, check_tolerance=1e-5, strict=False)
-    replaced = make_device_portable(traced)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path))
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, LibTorch serves it still
+        traced = torch.jit.trace(module, tensors, check_inputs=checks, check_tolerance=1e-5, strict=False)
+        replaced = make_device_portable(traced)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.jit.save(traced, str(path))
     logger.info(
         "TorchScript: traced and saved %s in %.1f s (%d device constant(s) made portable)",
         path.name,
@@ -80,11 +83,13 @@ def export_torchscript(recipe: ModelRecipe, module: torch.nn.Module, path: Path)
 
 def torchscript_runner(path: Path):
     """A callable numpy inputs -> numpy outputs running the saved TorchScript model on the CPU."""
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(*inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         with torch.no_grad():
-            outputs = module(*(torch.from_numpy(array) for array in inputs))
+            outputs = as_outputs(module(*(torch.from_numpy(array) for array in inputs)))
         return tuple(output.numpy() for output in outputs)
 
     return run

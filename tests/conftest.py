@@ -6,17 +6,17 @@ is stopped at the end of the test (or session, for the shared ESM-2 server).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
+from tritonfleet.deploy.local import LocalTritonServer, local_server
+from tritonfleet.export.esm2 import export_esm2
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ESM2_TEST_SIZE = os.environ.get("TRITONFLEET_TEST_ESM2_SIZE", "8M")
 
 
@@ -43,34 +43,22 @@ def _cuda_available() -> bool:
 
 @pytest.fixture(scope="session")
 def triton_server_factory() -> Iterator[Callable[..., LocalTritonServer]]:
-    """Start real tritonservers: `factory(repository, **ServerOptions fields)`; all are stopped at session end."""
-    started: list[LocalTritonServer] = []
+    """Start real tritonservers: `factory(repository, **ServerOptions fields)` is `local_server` (free loopback
+    ports, 10 s shutdown grace; tests close their clients, as Triton waits for open keep-alive connections on
+    shutdown); all are stopped at session end, last started first."""
+    with contextlib.ExitStack() as servers:
 
-    def start(model_repository: Path | str, **options) -> LocalTritonServer:
-        for port in ("http_port", "grpc_port", "metrics_port"):
-            options.setdefault(port, 0)
-        # Triton waits for open HTTP keep-alive connections on shutdown; tests close their clients, this bounds it.
-        options.setdefault("exit_timeout_s", 10)
-        server = LocalTritonServer(ServerOptions(model_repository=Path(model_repository), **options))
-        server.start()
-        started.append(server)
-        return server
+        def start(model_repository: Path | str, **options: Any) -> LocalTritonServer:
+            return servers.enter_context(local_server(model_repository, **options))
 
-    yield start
-    for server in reversed(started):
-        server.stop()
+        yield start
 
 
 @pytest.fixture(scope="session")
 def esm2_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ESM-2 repository exported once per session with random weights (no downloads here)."""
     output = tmp_path_factory.mktemp("esm2_repository")
-    subprocess.run(
-        [sys.executable, "-m", "tritonfleet.export", "esm2", "--random-init", ESM2_TEST_SIZE, "--output", str(output)],
-        cwd=PROJECT_ROOT,
-        check=True,
-        timeout=900,
-    )
+    export_esm2(output, random_init=ESM2_TEST_SIZE, gpus="auto")
     return output
 
 

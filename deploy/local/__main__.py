@@ -24,15 +24,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--http-port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port")
     parser.add_argument("--metrics-port", type=int, default=8002, help="0 picks a free port")
-    parser.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
+    parser.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit"),
+        default=None,
+        help="explicit (loads every model at start and enables the repository API) by default, as self-healing "
+        "needs it; none with --no-self-heal",
+    )
     parser.add_argument("--exit-timeout-secs", type=int, default=30, help="grace period for in-flight requests")
     parser.add_argument("--startup-timeout-secs", type=float, default=300.0)
     parser.add_argument("--log-verbose", type=int, default=0)
     heal = parser.add_argument_group("self-healing (docs/reliability.md)")
     heal.add_argument(
         "--self-heal",
-        action="store_true",
-        help="reload a model whose python-backend stub died or hangs (implies --model-control-mode explicit)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reload a model whose python-backend stub died or hangs (default: on; --no-self-heal to opt out)",
     )
     heal.add_argument(
         "--self-heal-probe",
@@ -47,15 +54,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         default=None,
         help="serve the supervisor's truthful /ready and /live on this port (0 picks a free one)",
     )
-    return parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.model_control_mode is None:
+        args.model_control_mode = "explicit" if args.self_heal else "none"
+    elif args.self_heal and args.model_control_mode != "explicit":
+        parser.error(
+            "self-healing reloads models through the repository API: keep explicit model control, or pass "
+            "--no-self-heal"
+        )
+    if not args.self_heal and (args.self_heal_probe or args.self_heal_port is not None):
+        parser.error("--self-heal-probe and --self-heal-port need self-healing (drop --no-self-heal)")
+    return args, extra
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args, extra = parse_args(argv)
-    if args.self_heal and args.model_control_mode != "explicit":
-        print("--self-heal: using --model-control-mode explicit (loads every model at start)", flush=True)
-        args.model_control_mode = "explicit"
     probes = tuple(InferenceProbe.for_sequence_model(model) for model in args.self_heal_probe)
     server = LocalTritonServer(
         ServerOptions(

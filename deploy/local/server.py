@@ -13,8 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 from tritonfleet.deploy.local.runtime import TritonRuntime, write_stub_site
 from tritonfleet.deploy.local.supervisor import ModelSupervisor, SupervisorOptions
+from tritonfleet.deploy.local.triton_admin import TritonAdmin
 
 LOGGER = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -186,12 +185,6 @@ class LocalTritonServer:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def wait(self) -> int:
-        """Block until the server process exits; returns its exit code."""
-        if self._process is None:
-            raise RuntimeError("server not started")
-        return self._process.wait()
-
     def __enter__(self) -> LocalTritonServer:
         return self.start()
 
@@ -200,7 +193,7 @@ class LocalTritonServer:
 
     # -- health and logs -----------------------------------------------------------------------------------------
     def is_ready(self, timeout_s: float = 2.0) -> bool:
-        return _http_ok(f"http://{self.http_url}/v2/health/ready", timeout_s)
+        return TritonAdmin(self.http_url, timeout_s).is_ready()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -308,11 +301,3 @@ def _port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _http_ok(url: str, timeout_s: float) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback health check
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False

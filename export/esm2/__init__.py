@@ -1,4 +1,5 @@
-"""ESM-2 protein embeddings: the eager wrapper, its export recipe and the served pipeline around it.
+"""ESM-2 protein embeddings: the eager wrapper (model.py), its recipe (recipe.py) and the served pipeline around the
+exported network (repository.py: tokenizer, BLS and ensemble models).
 
 `export_esm2(output, ...)` is the in-process form of `python -m export esm2 ...` for the other stages (demo, tests,
 benchmarks); importing this package loads no torch.
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tritonfleet.export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES, Esm2Size
 
 if TYPE_CHECKING:
-    from tritonfleet.export.repository import ExportReport
+    from tritonfleet.export.network import ExportReport
 
 
 def export_esm2(
@@ -30,8 +31,8 @@ def export_esm2(
     `options` are `RepositoryOptions` fields (batching, formats, parity_samples, configs_only, ...).
     """
     from tritonfleet.export.esm2.recipe import Esm2Recipe
+    from tritonfleet.export.esm2.repository import RepositoryOptions, export_repository
     from tritonfleet.export.gpus import plan_devices
-    from tritonfleet.export.repository import RepositoryOptions, export_repository
 
     recipe = Esm2Recipe(
         checkpoint=checkpoint, random_init=None if checkpoint else random_init, seed=seed, precision=precision

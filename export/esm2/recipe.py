@@ -1,4 +1,8 @@
-"""The ESM-2 export recipe (see `export.recipe.ModelRecipe`)."""
+"""The ESM-2 export recipe: the eager module, its samples and parity cases, and the signature it must have.
+
+The network goes through the same core as any model (export.network): the signature is inferred from `samples()`
+and must have the structure declared here (`signature`), which the configs are built from without torch.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS, encode_batch, random_proteins
+from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
-from tritonfleet.export.recipe import ParityCase, TensorSpec
+from tritonfleet.export.parity import ParityCase
+from tritonfleet.export.signature import Sample, Signature
 
 if TYPE_CHECKING:
     import torch
@@ -21,6 +27,8 @@ NUMPY_DTYPES: dict[str, str] = {"fp32": "float32", "fp16": "float16"}
 
 # Longest residue count in generated parity cases: long enough to cross several buckets, short enough to be quick.
 PARITY_MAX_RESIDUES = 300
+# The token axis shared by the ids, the mask and the per-residue embeddings.
+SEQUENCE_AXIS = "sequence"
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,6 @@ class Esm2Recipe:
     random_init: str | None = "8M"
     seed: int = 0
     precision: Precision = "fp32"
-    name: str = "esm2"
 
     def __post_init__(self) -> None:
         if self.checkpoint is None and self.random_init not in RANDOM_INIT_SIZES:
@@ -74,17 +81,17 @@ class Esm2Recipe:
         return NUMPY_DTYPES[self.precision]
 
     @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return (
-            TensorSpec("INPUT_IDS", "int64", ("batch", "sequence")),
-            TensorSpec("ATTENTION_MASK", "int64", ("batch", "sequence")),
-        )
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return (
-            TensorSpec("EMBEDDING", self.output_dtype, ("batch", self.hidden_size)),
-            TensorSpec("RESIDUE_EMBEDDINGS", self.output_dtype, ("batch", "sequence", self.hidden_size)),
+    def signature(self) -> Signature:
+        """Token ids + mask [batch, sequence] -> pooled [batch, D] and per-token [batch, sequence, D] embeddings."""
+        return Signature(
+            inputs=(
+                TensorSpec("INPUT_IDS", "int64", (SEQUENCE_AXIS,)),
+                TensorSpec("ATTENTION_MASK", "int64", (SEQUENCE_AXIS,)),
+            ),
+            outputs=(
+                TensorSpec("EMBEDDING", self.output_dtype, (self.hidden_size,)),
+                TensorSpec("RESIDUE_EMBEDDINGS", self.output_dtype, (SEQUENCE_AXIS, self.hidden_size)),
+            ),
         )
 
     def build_module(self) -> torch.nn.Module:
@@ -95,14 +102,12 @@ class Esm2Recipe:
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         return build_esm2(self.checkpoint, self.random_init, self.seed, dtype=dtype)
 
-    def example_inputs(self) -> tuple[np.ndarray, ...]:
-        # Batch 2 and one bucket of tokens: both dynamic axes > 1 and different, so neither exporter specialises them.
-        return encode_batch(["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ"[:40], "MKTAYIAKQR"])
-
-    def trace_check_inputs(self) -> list[tuple[np.ndarray, ...]]:
+    def samples(self) -> list[Sample]:
+        """Inputs of three shapes: the first (batch 2, one 64-token bucket: both dynamic axes > 1 and different, so
+        neither exporter specialises them) is traced; exact-length padding gives the others widths it lacks."""
         rng = np.random.default_rng(1)
-        # Exact-length padding gives widths the example (one bucket) does not have.
         return [
+            encode_batch(["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ"[:40], "MKTAYIAKQR"]),
             encode_batch(random_proteins(3, rng, 90, 120), buckets=None),
             encode_batch(random_proteins(1, rng, 5, 20), buckets=None),
         ]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
@@ -32,7 +33,7 @@ from tests.support.tiny_models import (
     tiny_config,
     write_model,
 )
-from tritonfleet.deploy.local import LocalTritonServer, PortInUseError, ServerOptions, TritonStartError
+from tritonfleet.deploy.local import LocalTritonServer, PortInUseError, TritonStartError, local_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"tiny_onnx": ONNX_NAMES, "tiny_torchscript": TORCHSCRIPT_NAMES}
@@ -244,20 +245,29 @@ def test_kind_auto_falls_back_to_cpu(explicit_server):
 
 
 def test_taken_port_is_reported(tiny_server, tmp_path):
-    options = ServerOptions(
-        tmp_path, http_port=int(tiny_server.http_url.rsplit(":", 1)[1]), grpc_port=0, metrics_port=0
-    )
-    with pytest.raises(PortInUseError, match="already in use"):
-        LocalTritonServer(options).start()
+    taken = int(tiny_server.http_url.rsplit(":", 1)[1])
+    with pytest.raises(PortInUseError, match="already in use"), local_server(tmp_path, http_port=taken):
+        pass
 
 
 def test_model_that_fails_to_load_stops_start_with_tritons_error(tmp_path):
     config = tiny_config("broken", "onnxruntime_onnx", ONNX_NAMES)
     write_model(tmp_path, config)  # no model.onnx
-    server = LocalTritonServer(ServerOptions(tmp_path, http_port=0, grpc_port=0, metrics_port=0, exit_timeout_s=5))
-    with pytest.raises(TritonStartError, match=r"unable to find .*model\.onnx"):
-        server.start()
-    assert not server.is_running()
+    with (
+        pytest.raises(TritonStartError, match=r"unable to find .*model\.onnx"),
+        local_server(tmp_path, exit_timeout_s=5),
+    ):
+        pass
+    repository_flag = f"--model-repository={tmp_path.resolve()}"
+    left_running = [p.pid for p in psutil.Process().children() if repository_flag in _cmdline(p)]
+    assert not left_running, f"tritonserver still running after a failed start: {left_running}"
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 CLI_PORTS = ("--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--exit-timeout-secs", "5")

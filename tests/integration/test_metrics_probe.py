@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.tiny_models import build_tiny_embedding_onnx
 from tritonfleet.deploy.local import LocalTritonServer
+from tritonfleet.deploy.local.stubs import list_stub_processes
 
 PROBE = Path(__file__).resolve().parents[2] / "deploy/kubernetes/base/probe/infer_probe.py"
 MODEL = "tiny_probe"
@@ -52,17 +53,8 @@ def run_probe(server_url: str, *args: str, admin_key: str | None = None) -> subp
 
 
 def stub_pids(server: LocalTritonServer, model: str) -> list[int]:
-    """Python-backend stub processes of this server (its children) serving `model`."""
-    result = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True, check=False)
-    pids = []
-    for pid in result.stdout.split():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "triton_python_backend_stub" in cmdline and f"/{model}/" in cmdline:
-            pids.append(int(pid))
-    return pids
+    """Python-backend stub processes of this server serving `model`."""
+    return [stub.pid for stub in list_stub_processes(server.pid) if stub.model == model]
 
 
 def kill_stub(server: LocalTritonServer, model: str) -> None:
@@ -81,9 +73,6 @@ def probe_server(tmp_path, triton_server_factory) -> LocalTritonServer:
     build_tiny_embedding_onnx(repository, name=MODEL)
     return triton_server_factory(
         repository,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
         exit_timeout_s=3,
         model_control_mode="explicit",
         extra_args=RESTRICTED,

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from tests.support.tiny_models import write_model
 from tritonfleet.client.config import RetryPolicy
 from tritonfleet.client.retry import call_with_retry
-from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
+from tritonfleet.deploy.local import LocalTritonServer, local_server
 
 MODEL = "slow"
 EXECUTE_S = 0.25
@@ -160,34 +160,33 @@ def test_client_backoff_turns_rejections_into_successes(bounded_server):
 
 def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(tmp_path):
     repository = _write_slow_model(tmp_path / "repository", max_queue_size=64)
-    server = LocalTritonServer(ServerOptions(repository, http_port=0, grpc_port=0, metrics_port=0, exit_timeout_s=30))
-    server.start()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    answers: dict[int, object] = {}
-    done = threading.Semaphore(0)
-    in_flight = 16  # 4 batches of 4: about 1 s of work
-    try:
-        for index in range(in_flight):
-
-            def callback(result, error, index=index):
-                answers[index] = error if error is not None else result.as_numpy("Y")
-                done.release()
-
-            client.async_infer(MODEL, [_tensor(float(index))], callback, client_timeout=60)
-        time.sleep(EXECUTE_S / 2)  # the first batch is executing, the rest are queued
-        os.kill(server.pid, signal.SIGTERM)
-        time.sleep(0.2)
-        late_client = grpcclient.InferenceServerClient(server.grpc_url)
+    with local_server(repository, exit_timeout_s=30) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        answers: dict[int, object] = {}
+        done = threading.Semaphore(0)
+        in_flight = 16  # 4 batches of 4: about 1 s of work
         try:
-            with pytest.raises(InferenceServerException) as refused:
-                late_client.infer(MODEL, [_tensor(99.0)], client_timeout=10)
+            for index in range(in_flight):
+
+                def callback(result, error, index=index):
+                    answers[index] = error if error is not None else result.as_numpy("Y")
+                    done.release()
+
+                client.async_infer(MODEL, [_tensor(float(index))], callback, client_timeout=60)
+            time.sleep(EXECUTE_S / 2)  # the first batch is executing, the rest are queued
+            os.kill(server.pid, signal.SIGTERM)
+            time.sleep(0.2)
+            late_client = grpcclient.InferenceServerClient(server.grpc_url)
+            try:
+                with pytest.raises(InferenceServerException) as refused:
+                    late_client.infer(MODEL, [_tensor(99.0)], client_timeout=10)
+            finally:
+                late_client.close()
+            for _ in range(in_flight):
+                assert done.acquire(timeout=30), f"in-flight request lost; answers so far: {sorted(answers)}"
         finally:
-            late_client.close()
-        for _ in range(in_flight):
-            assert done.acquire(timeout=30), f"in-flight request lost; answers so far: {sorted(answers)}"
-    finally:
-        client.close()
-        code = server.stop(timeout_s=60)
+            client.close()
+            code = server.stop(timeout_s=60)
     assert {index: np.asarray(out).tolist() for index, out in answers.items()} == {
         index: [[2.0 * index]] for index in range(in_flight)
     }, answers

@@ -6,6 +6,7 @@ repository API, and readiness tells the truth while the model is broken.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -22,7 +23,8 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.tiny_models import FEATURES, ONNX_NAMES, export_tiny_onnx, tiny_config, write_model
 from tritonfleet.deploy.local import LocalTritonServer
-from tritonfleet.deploy.local.supervisor import InferenceProbe, ProbeInput, SupervisorOptions, list_stub_processes
+from tritonfleet.deploy.local.stubs import list_stub_processes
+from tritonfleet.deploy.local.supervisor import InferenceProbe, ProbeInput, SupervisorHealthServer, SupervisorOptions
 
 MODEL = "tiny_onnx"
 RECOVERY_BOUND_S = 5.0  # the feature: whole again in < 5 s
@@ -257,3 +259,19 @@ def test_wedged_instance_is_found_by_the_inference_probe(healing_server):
     assert not requester.is_alive()
     assert isinstance(outcome["result"], InferenceServerException), outcome
     assert outcome["result"].status() != "StatusCode.DEADLINE_EXCEEDED", outcome
+
+
+def test_health_endpoint_serves_the_supervisors_view(healing_server):
+    supervisor = healing_server.supervisor
+    health = SupervisorHealthServer(supervisor).start()
+    try:
+        assert supervisor.wait_until_whole(10)
+        for path in ("/ready", "/live"):
+            with urllib.request.urlopen(health.url + path, timeout=10) as response:
+                assert response.status == 200
+                status = json.loads(response.read())
+            assert status["ok"] is True and status["broken"] == {} and status["given_up"] == {}, status
+            assert all(repair["succeeded"] for repair in status["repairs"]), status
+        assert _http_status(health.url + "/elsewhere") == 404
+    finally:
+        health.stop()

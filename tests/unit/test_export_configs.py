@@ -12,17 +12,19 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
 from tritonfleet.export.__main__ import main
-from tritonfleet.export.model_config import CONFIG_FILENAME, WARMUP_DIRNAME, read_config
-from tritonfleet.export.repository import (
+from tritonfleet.export.esm2.repository import (
     BLS_MODEL,
     CANONICAL_ARGS,
+    CANONICAL_COMMAND,
     ENSEMBLE_MODEL,
-    MODEL_VERSION,
     ONNX_MODEL,
     TOKENIZER_MODEL,
     TORCHSCRIPT_MODEL,
 )
+from tritonfleet.export.model_config import WARMUP_DIRNAME
+from tritonfleet.export.network import MODEL_VERSION
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -160,7 +162,7 @@ def test_generation_is_deterministic(generated, tmp_path):
 def test_committed_configs_equal_a_fresh_canonical_export(generated):
     output, configs = generated
     committed = sorted(path.parent.name for path in COMMITTED_REPOSITORY.glob(f"*/{CONFIG_FILENAME}"))
-    assert committed == sorted(configs), "regenerate with export.repository.CANONICAL_COMMAND"
+    assert committed == sorted(configs), f"regenerate with {CANONICAL_COMMAND}"
     for name in committed:
         fresh = (output / name / CONFIG_FILENAME).read_text()
         assert (COMMITTED_REPOSITORY / name / CONFIG_FILENAME).read_text() == fresh, (

@@ -6,14 +6,14 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonfleet.export.esm2.recipe import Esm2Recipe
-from tritonfleet.export.gpus import DevicePlan, plan_devices
-from tritonfleet.export.repository import (
+from tritonfleet.export.esm2.repository import (
     ONNX_MODEL,
     TOKENIZER_MODEL,
     TORCHSCRIPT_MODEL,
     RepositoryOptions,
     build_configs,
 )
+from tritonfleet.export.gpus import DevicePlan, plan_devices
 
 
 @pytest.mark.parametrize("gpu_count", [1, 4, 8])

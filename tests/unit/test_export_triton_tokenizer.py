@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from tritonfleet.contract.esm2_tokens import MAX_RESIDUES, RUN_OVERHEAD_TOKENS_GPU, encode_batch
-from tritonfleet.export.repository import MODEL_VERSION, TOKENIZER_MODEL, RepositoryOptions, write_support_files
+from tritonfleet.export.esm2.repository import TOKENIZER_MODEL, RepositoryOptions, write_support_files
+from tritonfleet.export.network import MODEL_VERSION
 
 
 class FakeTritonError(Exception):

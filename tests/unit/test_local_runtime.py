@@ -7,12 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tritonfleet.contract.model_config import config_from_json
 from tritonfleet.deploy.local.backends.batching import run_batched, shape_key, split_outputs
 from tritonfleet.deploy.local.backends.contract import (
     ModelContractError,
-    ModelSpec,
+    bool_parameter,
     dims_compatible,
+    int_parameter,
     order_by_index_suffix,
+    ort_config_data_type,
+    served_model,
 )
 from tritonfleet.deploy.local.runtime import PYTHON_BASED_BACKENDS, TritonRuntime
 from tritonfleet.deploy.local.server import LocalTritonServer, ServerOptions
@@ -98,24 +102,57 @@ def test_contract_helpers():
     assert order_by_index_suffix(["A__1", "B"]) is None
 
 
-def test_model_spec_requires_declared_io_and_reads_parameters():
+def test_served_model_requires_declared_io_and_reads_parameters():
     with pytest.raises(ModelContractError, match="auto-complete"):
-        ModelSpec.from_config({"name": "m", "input": []}, "model.onnx")
-    spec = ModelSpec.from_config(
-        {
-            "name": "m",
-            "max_batch_size": 8,
-            "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": ["4"]}],
-            "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [2]}],
-            "parameters": {"intra_op_thread_count": {"string_value": "2"}, "flag": {"string_value": "maybe"}},
-        },
-        "model.onnx",
+        served_model(config_from_json({"name": "m", "input": []}))
+    # The JSON a backend's initialize() gets: int64 dims as strings, parameters as string_value.
+    model = served_model(
+        config_from_json(
+            {
+                "name": "m",
+                "max_batch_size": 8,
+                "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": ["4"]}],
+                "output": [{"name": "Y", "data_type": "TYPE_STRING", "dims": [2]}],
+                "parameters": {"intra_op_thread_count": {"string_value": "2"}, "flag": {"string_value": "maybe"}},
+            }
+        )
     )
-    assert spec.inputs[0].full_shape(spec.max_batch_size) == (-1, 4)
-    assert spec.int_parameter("intra_op_thread_count") == 2
-    assert spec.int_parameter("absent") is None
+    assert model.inputs[0].full_shape(model.batched) == (-1, 4)
+    assert model.inputs[0].numpy_dtype == np.float32 and model.outputs[0].numpy_dtype == np.object_
+    assert int_parameter(model, "intra_op_thread_count") == 2
+    assert int_parameter(model, "absent") is None
+    assert bool_parameter(model, "absent", default=True)
     with pytest.raises(ModelContractError, match="true or false"):
-        spec.bool_parameter("flag", default=False)
+        bool_parameter(model, "flag", default=False)
+    with pytest.raises(ModelContractError, match="must be an integer"):
+        int_parameter(model, "flag")
+
+
+def test_served_model_rejects_a_data_type_numpy_cannot_carry():
+    config = {
+        "name": "m",
+        "input": [{"name": "X", "data_type": "TYPE_INVALID", "dims": [1]}],
+        "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [1]}],
+    }
+    with pytest.raises(ModelContractError, match="tensor 'X' has unsupported TYPE_INVALID"):
+        served_model(config_from_json(config))
+
+
+@pytest.mark.parametrize(
+    ("ort_type", "config_type"),
+    [
+        ("tensor(float)", "TYPE_FP32"),
+        ("tensor(double)", "TYPE_FP64"),
+        ("tensor(float16)", "TYPE_FP16"),
+        ("tensor(int64)", "TYPE_INT64"),
+        ("tensor(uint8)", "TYPE_UINT8"),
+        ("tensor(bool)", "TYPE_BOOL"),
+        ("tensor(string)", "TYPE_STRING"),
+        ("tensor(complex64)", "tensor(complex64)"),  # no Triton type: reported as ORT names it
+    ],
+)
+def test_onnx_runtime_types_map_to_config_types(ort_type, config_type):
+    assert ort_config_data_type(ort_type) == config_type
 
 
 def test_runtime_discovery_and_backend_directory(tmp_path):

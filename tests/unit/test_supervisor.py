@@ -1,23 +1,29 @@
-"""Pure parts of the self-healing supervisor: stub discovery, expected instances, deficits, error parsing, options."""
+"""Parts of the self-healing supervisor that need no server: stub discovery, expected instances, deficits, error
+parsing, probes, options and the launcher's self-healing flags."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 
+from tritonfleet.contract.model_config import config_from_json
 from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
 from tritonfleet.deploy.local.__main__ import parse_args
-from tritonfleet.deploy.local.supervisor import (
-    InferenceProbe,
+from tritonfleet.deploy.local.stubs import (
     StubProcess,
-    SupervisorOptions,
     expected_instance_count,
     list_stub_processes,
     missing_instances,
     model_named_in_error,
     parse_stub_argv,
 )
+from tritonfleet.deploy.local.supervisor import InferenceProbe, SupervisorOptions
 
 STUB_ARGV = [
     "/tmp/x/backends/python/triton_python_backend_stub",
@@ -39,39 +45,66 @@ def test_stub_argv_names_model_version_and_instance():
     assert parse_stub_argv(STUB_ARGV[:5]) is None
 
 
-def _fake_process(root: Path, pid: int, ppid: int, state: str, argv: list[str]) -> None:
-    entry = root / str(pid)
-    entry.mkdir()
-    (entry / "stat").write_text(f"{pid} (triton_python_b) {state} {ppid} 1 1 0 -1\n")
-    (entry / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
+@pytest.fixture
+def fake_stubs(tmp_path):
+    """Child processes of this test whose argv looks like two stubs' (a Python script sleeping under the stub's
+    name, at `<repo>/<model>/<version>/model.py`) and one unrelated child."""
+    script = tmp_path / "repo" / "esm2_onnx" / "3" / "model.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("import time\ntime.sleep(60)\n")
+    stub_name = str(tmp_path / "backends" / "python" / "triton_python_backend_stub")
+    processes = {
+        instance: subprocess.Popen(
+            [stub_name, str(script), *STUB_ARGV[2:8], instance, STUB_ARGV[9]], executable=sys.executable
+        )
+        for instance in ("esm2_onnx_0_0", "esm2_onnx_0_1")
+    }
+    processes["other"] = subprocess.Popen([sys.executable, str(script)])
+    yield processes
+    for process in processes.values():
+        process.kill()
+        process.wait(timeout=10)
 
 
-def test_stub_processes_are_the_servers_children_with_their_state(tmp_path):
-    _fake_process(tmp_path, 101, 50, "S", STUB_ARGV)
-    _fake_process(tmp_path, 102, 50, "T", [*STUB_ARGV[:8], "esm2_onnx_0_0", STUB_ARGV[9]])
-    _fake_process(tmp_path, 103, 77, "S", STUB_ARGV)  # another server's stub
-    _fake_process(tmp_path, 104, 50, "S", ["/bin/sleep", "10"])
-    (tmp_path / "self").mkdir()
-    stubs = sorted(list_stub_processes(50, proc_root=tmp_path), key=lambda stub: stub.pid)
-    assert [(s.pid, s.instance, s.serving) for s in stubs] == [
-        (101, "esm2_onnx_0_1", True),
-        (102, "esm2_onnx_0_0", False),
-    ]
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_stub_processes_are_the_servers_children_with_their_status(fake_stubs):
+    stopped = fake_stubs["esm2_onnx_0_0"]
+    os.kill(stopped.pid, signal.SIGSTOP)
+
+    def found() -> list[tuple[int, str, bool]]:
+        return sorted((s.pid, s.instance, s.serving) for s in list_stub_processes(os.getpid()))
+
+    expected = sorted([(stopped.pid, "esm2_onnx_0_0", False), (fake_stubs["esm2_onnx_0_1"].pid, "esm2_onnx_0_1", True)])
+    _wait_for(lambda: found() == expected)
+    assert {(s.model, s.version) for s in list_stub_processes(os.getpid())} == {("esm2_onnx", "3")}
+    os.kill(stopped.pid, signal.SIGKILL)
+    _wait_for(lambda: [s.instance for s in list_stub_processes(os.getpid())] == ["esm2_onnx_0_1"])  # zombie: gone
+    assert list_stub_processes(fake_stubs["other"].pid) == []  # a process without children
+
+
+def _config(**fields):
+    return config_from_json({"name": "m", **fields})
 
 
 def test_expected_instances_count_only_python_run_models():
-    cpu = {"backend": "onnxruntime", "runtime": "model.py", "instance_group": [{"kind": "KIND_CPU", "count": 2}]}
-    gpu = {"backend": "python", "instance_group": [{"kind": "KIND_GPU", "count": 2, "gpus": [0, 1]}]}
-    native = {"backend": "onnxruntime", "runtime": "", "instance_group": [{"kind": "KIND_CPU", "count": 2}]}
-    ensemble = {"platform": "ensemble"}
+    cpu = _config(backend="onnxruntime", runtime="model.py", instance_group=[{"kind": "KIND_CPU", "count": 2}])
+    gpu = _config(backend="python", instance_group=[{"kind": "KIND_GPU", "count": 2, "gpus": [0, 1]}])
+    native = _config(backend="onnxruntime", runtime="", instance_group=[{"kind": "KIND_CPU", "count": 2}])
+    ensemble = _config(platform="ensemble")
     assert [expected_instance_count(c) for c in (cpu, gpu, native, ensemble)] == [2, 4, 0, 0]
 
 
 def test_missing_instances_counts_only_serving_stubs():
     stubs = [
-        StubProcess(1, "a", "1", "a_0_0", "S"),
-        StubProcess(2, "a", "1", "a_0_1", "Z"),  # zombie: dead
-        StubProcess(3, "b", "2", "b_0_0", "R"),
+        StubProcess(1, "a", "1", "a_0_0", "sleeping"),
+        StubProcess(2, "a", "1", "a_0_1", "zombie"),
+        StubProcess(3, "b", "2", "b_0_0", "running"),
     ]
     assert missing_instances({("a", "1"): 2, ("b", "2"): 1, ("c", "1"): 1}, stubs) == {("a", "1"): 1, ("c", "1"): 1}
 
@@ -82,9 +115,11 @@ def test_model_named_in_tritons_dead_stub_message():
     assert model_named_in_error("timed out") is None
 
 
-def test_sequence_probe_builds_a_kserve_request():
-    body = InferenceProbe.for_sequence_model("esm2", "MKT").request_body()
-    assert body == b'{"inputs": [{"name": "SEQUENCE", "datatype": "BYTES", "shape": [1, 1], "data": ["MKT"]}]}'
+def test_sequence_probe_sends_one_bytes_sequence():
+    (probe_input,) = InferenceProbe.for_sequence_model("esm2", "MKT").inputs
+    array = probe_input.array()
+    assert (probe_input.name, probe_input.datatype) == ("SEQUENCE", "BYTES")
+    assert array.dtype == np.object_ and array.shape == (1, 1) and array[0, 0] == "MKT"
 
 
 def test_options_reject_nonsense():
@@ -99,7 +134,33 @@ def test_self_heal_requires_explicit_model_control(tmp_path):
         LocalTritonServer(ServerOptions(tmp_path, http_port=0, grpc_port=0, metrics_port=0, self_heal=True))
 
 
-def test_command_line_self_heal_flags():
-    args, extra = parse_args(["--model-repository", "r", "--self-heal", "--self-heal-probe", "esm2", "--x=1"])
-    assert args.self_heal and args.self_heal_probe == ["esm2"] and args.self_heal_port is None
+def test_command_line_self_heals_by_default_in_explicit_mode():
+    args, extra = parse_args(["--model-repository", "r", "--self-heal-probe", "esm2", "--x=1"])
+    assert args.self_heal and args.model_control_mode == "explicit"
+    assert args.self_heal_probe == ["esm2"] and args.self_heal_port is None
     assert extra == ["--x=1"]
+
+
+def test_command_line_opts_out_of_self_healing():
+    args, _ = parse_args(["--model-repository", "r", "--no-self-heal"])
+    assert not args.self_heal and args.model_control_mode == "none"
+    args, _ = parse_args(["--model-repository", "r", "--no-self-heal", "--model-control-mode", "explicit"])
+    assert not args.self_heal and args.model_control_mode == "explicit"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--model-control-mode", "none"], ["--no-self-heal", "--self-heal-probe", "esm2"]],
+    ids=["self-heal-without-explicit-mode", "probe-without-self-heal"],
+)
+def test_command_line_refuses_contradictory_self_healing_flags(argv, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--model-repository", "r", *argv])
+    assert raised.value.code == 2
+    assert "self-heal" in capsys.readouterr().err
+
+
+def test_stubs_of_a_server_that_is_gone_are_none():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(timeout=30)
+    assert list_stub_processes(process.pid) == []

@@ -5,15 +5,15 @@ Subclasses provide `load(path, device)`, `check_contract()` and `infer(inputs) -
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from tritonfleet.contract.model_config import config_from_json
 from tritonfleet.deploy.local.backends.batching import RequestResult, Tensors, run_batched
-from tritonfleet.deploy.local.backends.contract import ModelContractError, ModelSpec
+from tritonfleet.deploy.local.backends.contract import ModelContractError, served_model
 
 
 class EngineInputError(ValueError):
@@ -27,16 +27,17 @@ class PythonBasedBackend:
     backend_name = "python-based"
 
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
-        self.spec = ModelSpec.from_config(config, self.default_model_filename)
+        self.config = config_from_json(args["model_config"])
+        self.spec = served_model(self.config)
         self.instance_name = args.get("model_instance_name", self.spec.name)
         self.device = self._device(args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0)))
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        model_path = version_dir / self.spec.default_model_filename
+        filename = self.spec.default_model_filename or self.default_model_filename
+        model_path = version_dir / filename
         if not model_path.exists():
             raise pb_utils.TritonModelException(
                 f"unable to find '{model_path}' for model instance '{self.instance_name}' "
-                f"({self.backend_name} expects '{self.spec.default_model_filename}' in the version directory)"
+                f"({self.backend_name} expects '{filename}' in the version directory)"
             )
         try:
             self.load(model_path, self.device)
@@ -53,9 +54,7 @@ class PythonBasedBackend:
         # Like the native backends, compute and return only the outputs a request asked for (none named = all).
         requested = [self._requested_outputs(request) for request in requests]
         wanted = [spec.name for spec in self.spec.outputs if any(spec.name in names for names in requested)]
-        results = run_batched(
-            inputs, lambda tensors: self._checked_infer(tensors, wanted), batched=self.spec.max_batch_size > 0
-        )
+        results = run_batched(inputs, lambda tensors: self._checked_infer(tensors, wanted), batched=self.spec.batched)
         return [self._response(result, names) for result, names in zip(results, requested)]
 
     def finalize(self) -> None:

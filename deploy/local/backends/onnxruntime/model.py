@@ -12,25 +12,17 @@ from pathlib import Path
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, RuntimeException
 
+from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.deploy.local.backends.base import EngineInputError, PythonBasedBackend
 from tritonfleet.deploy.local.backends.batching import Tensors
-from tritonfleet.deploy.local.backends.contract import ModelContractError, TensorSpec, dims_compatible
+from tritonfleet.deploy.local.backends.contract import (
+    ModelContractError,
+    bool_parameter,
+    dims_compatible,
+    int_parameter,
+    ort_config_data_type,
+)
 
-ORT_TO_CONFIG = {
-    "tensor(bool)": "TYPE_BOOL",
-    "tensor(uint8)": "TYPE_UINT8",
-    "tensor(uint16)": "TYPE_UINT16",
-    "tensor(uint32)": "TYPE_UINT32",
-    "tensor(uint64)": "TYPE_UINT64",
-    "tensor(int8)": "TYPE_INT8",
-    "tensor(int16)": "TYPE_INT16",
-    "tensor(int32)": "TYPE_INT32",
-    "tensor(int64)": "TYPE_INT64",
-    "tensor(float16)": "TYPE_FP16",
-    "tensor(float)": "TYPE_FP32",
-    "tensor(double)": "TYPE_FP64",
-    "tensor(string)": "TYPE_STRING",
-}
 # Triton's `optimization { graph { level } }` for ONNX Runtime: -1 basic, 1 extended, 2 disable all, default all.
 GRAPH_LEVELS = {
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -43,34 +35,26 @@ class TritonPythonModel(PythonBasedBackend):
     default_model_filename = "model.onnx"
     backend_name = "onnxruntime (Python-based)"
 
-    def initialize(self, args: dict[str, str]) -> None:
-        import json
-
-        self._graph_level = int(
-            json.loads(args["model_config"]).get("optimization", {}).get("graph", {}).get("level", 0)
-        )
-        super().initialize(args)
-
     def cuda_available(self) -> bool:
         return "CUDAExecutionProvider" in ort.get_available_providers()
 
     def load(self, path: Path, device: str) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = GRAPH_LEVELS.get(
-            self._graph_level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.config.optimization.graph.level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         )
         spec = self.spec
-        if (threads := spec.int_parameter("intra_op_thread_count")) is not None:
+        if (threads := int_parameter(spec, "intra_op_thread_count")) is not None:
             options.intra_op_num_threads = threads
-        if (threads := spec.int_parameter("inter_op_thread_count")) is not None:
+        if (threads := int_parameter(spec, "inter_op_thread_count")) is not None:
             options.inter_op_num_threads = threads
-        mode = spec.int_parameter("execution_mode")
+        mode = int_parameter(spec, "execution_mode")
         if mode not in (None, 0, 1):
             raise ModelContractError(f"parameter 'execution_mode' must be 0 (sequential) or 1 (parallel), got {mode}")
         if mode == 1:
             options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        options.enable_cpu_mem_arena = spec.bool_parameter("enable_mem_arena", True)
-        options.enable_mem_pattern = spec.bool_parameter("enable_mem_pattern", True)
+        options.enable_cpu_mem_arena = bool_parameter(spec, "enable_mem_arena", True)
+        options.enable_mem_pattern = bool_parameter(spec, "enable_mem_pattern", True)
         if device.startswith("cuda"):
             providers = [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}), "CPUExecutionProvider"]
         else:
@@ -98,21 +82,21 @@ class TritonPythonModel(PythonBasedBackend):
                 self._check_tensor(kind, tensor, graph[tensor.name], exact)
 
     def _check_tensor(self, kind: str, tensor: TensorSpec, node: ort.NodeArg, exact: bool) -> None:
-        model_type = ORT_TO_CONFIG.get(node.type, node.type)
-        if model_type != tensor.data_type:
+        model_type = ort_config_data_type(node.type)
+        if model_type != tensor.config_data_type:
             raise ModelContractError(
-                f"configuration expects datatype {tensor.data_type} for {kind} '{tensor.name}', "
+                f"configuration expects datatype {tensor.config_data_type} for {kind} '{tensor.name}', "
                 f"model provides {model_type}"
             )
         model_dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
-        batching = self.spec.max_batch_size > 0
+        batching = self.spec.batched
         if batching and (not model_dims or model_dims[0] != -1):
             raise ModelContractError(
                 f"model '{self.spec.name}', tensor '{tensor.name}': for the model to support batching the shape "
                 f"should have at least 1 dimension and the first dimension must be -1; but shape expected by the "
                 f"model is {list(model_dims)} (export with a dynamic batch axis, or set max_batch_size: 0)"
             )
-        full = tensor.full_shape(self.spec.max_batch_size)
+        full = tensor.full_shape(batching)
         if len(full) != len(model_dims):
             batch_note = " (an initial batch dimension because max_batch_size > 0 followed by dims)" if batching else ""
             raise ModelContractError(

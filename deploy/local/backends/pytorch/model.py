@@ -16,22 +16,16 @@ import torch
 
 from tritonfleet.deploy.local.backends.base import EngineInputError, PythonBasedBackend
 from tritonfleet.deploy.local.backends.batching import Tensors
-from tritonfleet.deploy.local.backends.contract import ModelContractError, order_by_index_suffix
+from tritonfleet.deploy.local.backends.contract import (
+    ModelContractError,
+    bool_parameter,
+    int_parameter,
+    order_by_index_suffix,
+)
 
 LOGGER = logging.getLogger(__name__)
 # TorchScript raises plain RuntimeErrors; these messages mean the request's data was bad, not the engine.
 INPUT_ERROR_MARKERS = ("index out of range", "must match the size of tensor", "shape mismatch", "invalid shape")
-TORCH_DTYPES = {
-    torch.bool: "TYPE_BOOL",
-    torch.uint8: "TYPE_UINT8",
-    torch.int8: "TYPE_INT8",
-    torch.int16: "TYPE_INT16",
-    torch.int32: "TYPE_INT32",
-    torch.int64: "TYPE_INT64",
-    torch.float16: "TYPE_FP16",
-    torch.float32: "TYPE_FP32",
-    torch.float64: "TYPE_FP64",
-}
 
 
 class TritonPythonModel(PythonBasedBackend):
@@ -43,16 +37,16 @@ class TritonPythonModel(PythonBasedBackend):
 
     def load(self, path: Path, device: str) -> None:
         spec = self.spec
-        if (threads := spec.int_parameter("INTRA_OP_THREAD_COUNT")) is not None and threads > 0:
+        if (threads := int_parameter(spec, "INTRA_OP_THREAD_COUNT")) is not None and threads > 0:
             torch.set_num_threads(threads)
-        if (threads := spec.int_parameter("INTER_OP_THREAD_COUNT")) is not None and threads > 0:
+        if (threads := int_parameter(spec, "INTER_OP_THREAD_COUNT")) is not None and threads > 0:
             try:
                 torch.set_num_interop_threads(threads)
             except RuntimeError:  # only settable once per process, before any parallel work
                 LOGGER.warning("INTER_OP_THREAD_COUNT ignored: inter-op threads already initialised")
-        self.inference_mode = spec.bool_parameter("INFERENCE_MODE", True)
-        self.cache_cleaning = spec.bool_parameter("ENABLE_CACHE_CLEANING", False)
-        torch._C._jit_set_profiling_executor(not spec.bool_parameter("DISABLE_OPTIMIZED_EXECUTION", False))
+        self.inference_mode = bool_parameter(spec, "INFERENCE_MODE", True)
+        self.cache_cleaning = bool_parameter(spec, "ENABLE_CACHE_CLEANING", False)
+        torch._C._jit_set_profiling_executor(not bool_parameter(spec, "DISABLE_OPTIMIZED_EXECUTION", False))
         self.torch_device = torch.device(device)
         try:
             self.module = torch.jit.load(str(path), map_location=self.torch_device)

@@ -1,4 +1,5 @@
-"""A full default export (8M random weights): ONNX graph vs config, parity of ONNX/TorchScript vs eager, portability.
+"""A full ESM-2 export (8M random weights) through the export core: ONNX graph vs config, parity of ONNX/TorchScript
+vs eager on shapes the export never saw, device portability.
 
 One export per module (dynamo ONNX exporter + TorchScript trace) takes ~30-60 s on a busy 2-core machine.
 """
@@ -11,13 +12,11 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
+from tritonfleet.contract.model_config import read_config
+from tritonfleet.contract.tensors import dtype_from_config
 from tritonfleet.export.esm2.model import build_esm2
 from tritonfleet.export.esm2.recipe import Esm2Recipe
-from tritonfleet.export.model_config import CONFIG_FILENAME, read_config
-from tritonfleet.export.onnx_export import onnx_runner, onnx_signature
-from tritonfleet.export.parity import eager_runner
-from tritonfleet.export.repository import (
-    MODEL_VERSION,
+from tritonfleet.export.esm2.repository import (
     ONNX_FILENAME,
     ONNX_MODEL,
     TORCHSCRIPT_FILENAME,
@@ -25,11 +24,12 @@ from tritonfleet.export.repository import (
     RepositoryOptions,
     export_repository,
 )
+from tritonfleet.export.network import MODEL_VERSION
+from tritonfleet.export.onnx_export import onnx_runner, onnx_signature
+from tritonfleet.export.parity import eager_runner
 from tritonfleet.export.torchscript import device_constants, torchscript_runner
 
 pytestmark = pytest.mark.slow
-
-DTYPE_NAMES = {"TYPE_INT64": "int64", "TYPE_FP32": "float32", "TYPE_FP16": "float16"}
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +56,30 @@ def fresh_cases() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_export_reports_parity_within_tolerance(exported):
-    _, _, report = exported
+    _, recipe, report = exported
     assert set(report.parity) == {"onnx", "torchscript"}
     assert all(diff <= 1e-4 for diff in report.parity.values())
+    assert report.signature == recipe.signature
+
+
+def test_ids_mask_and_residue_rows_share_one_sequence_axis(exported):
+    output, _, _ = exported
+    signature = onnx_signature(output / ONNX_MODEL / MODEL_VERSION / ONNX_FILENAME)
+    batch_axes = {axes[0] for _, axes in signature.values()}
+    sequence_axes = {signature[name][1][1] for name in ("INPUT_IDS", "ATTENTION_MASK", "RESIDUE_EMBEDDINGS")}
+    assert len(batch_axes) == 1 and len(sequence_axes) == 1
+    assert batch_axes != sequence_axes and all(isinstance(axis, str) for axis in batch_axes | sequence_axes)
 
 
 def test_onnx_graph_matches_the_config(exported):
     output, _, _ = exported
-    config = read_config(output / ONNX_MODEL / CONFIG_FILENAME)
+    config = read_config(output / ONNX_MODEL)
     signature = onnx_signature(output / ONNX_MODEL / MODEL_VERSION / ONNX_FILENAME)
     declared = list(config.input) + list(config.output)
     assert sorted(signature) == sorted(tensor.name for tensor in declared)
     for tensor in declared:
         dtype, axes = signature[tensor.name]
-        assert dtype == DTYPE_NAMES[mc.DataType.Name(tensor.data_type)], tensor.name
+        assert dtype == dtype_from_config(mc.DataType.Name(tensor.data_type)).name, tensor.name
         assert isinstance(axes[0], str), f"{tensor.name}: batch axis must be dynamic"
         assert len(axes) == len(tensor.dims) + 1, f"{tensor.name}: config dims must leave out the batch axis"
         for axis, dim in zip(axes[1:], tensor.dims):

@@ -1,0 +1,140 @@
+"""`python -m export torch`: any PyTorch model, given as an eager module and sample inputs, into a Triton repository.
+
+Each format becomes one model, `<name>_onnx` (onnxruntime_onnx) and/or `<name>_torchscript` (pytorch_libtorch,
+tensors named `<NAME>__<index>`), with the signature inferred from the samples (export.signature), dynamic batching
+with a bounded queue, the device plan, and a warmup request made from the first sample. Configs are written only
+after every format exported and passed parity, so a failed export leaves no model for Triton to load.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tritonfleet.contract.model_config import write_config
+from tritonfleet.export.gpus import DevicePlan
+from tritonfleet.export.model_config import (
+    FORMATS,
+    GENERATED_HEADER,
+    WARMUP_DIRNAME,
+    BatchingOptions,
+    Format,
+    WarmupSample,
+    check_formats,
+    network_config,
+    served_names,
+)
+from tritonfleet.export.network import ExportReport, Network, describe_network, export_network
+from tritonfleet.export.onnx_export import OnnxExporter
+from tritonfleet.export.parity import ParityCase
+from tritonfleet.export.signature import ExportError, Sample, Signature
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+WARMUP_SAMPLE = "sample_0"
+
+
+@dataclass(frozen=True)
+class TorchExportOptions:
+    """How `export_torch` names, places and batches the exported models.
+
+    Attributes:
+        name: model name prefix: the models are `<name>_<format>`.
+        output: repository root (other models in it are left alone).
+        input_names, output_names: tensor names in forward order (default INPUT0.. / OUTPUT0..).
+        formats: "onnx" and/or "torchscript".
+        devices: instance placement (export.gpus.plan_devices).
+        batching: dynamic batching and the bounded queue.
+        onnx_exporter: "dynamo" or "legacy".
+        parity_samples: how many samples (from the first) parity checks every format on; None: all, 0: none.
+        parameters: extra config `parameters` (strings), e.g. where the model came from.
+    """
+
+    name: str
+    output: Path
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
+    formats: tuple[Format, ...] = FORMATS
+    devices: DevicePlan = field(default_factory=lambda: DevicePlan("KIND_CPU"))
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    onnx_exporter: OnnxExporter = "dynamo"
+    parity_samples: int | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not MODEL_NAME.fullmatch(self.name):
+            raise ExportError(f"--name {self.name!r}: use letters, digits, '_', '.' or '-' (it names directories)")
+        check_formats(self.formats)
+        if self.parity_samples is not None and self.parity_samples < 0:
+            raise ExportError("--parity-samples must be >= 0")
+
+
+def model_names(name: str, formats: Sequence[Format]) -> dict[Format, str]:
+    """{format: served model name}."""
+    return {fmt: f"{name}_{fmt}" for fmt in formats}
+
+
+def sample_warmup(
+    signature: Signature, sample: Sample, served_inputs: Sequence[str], max_batch_size: int
+) -> tuple[WarmupSample, dict[str, bytes]]:
+    """A warmup request from a sample's first row (Triton repeats it `batch_size` times) and its data files."""
+    batch_size = max(1, min(sample[0].shape[0], max_batch_size))
+    files = {served: spec.name for served, spec in zip(served_inputs, signature.inputs)}
+    dims = {served: tuple(array.shape[1:]) for served, array in zip(served_inputs, sample)}
+    data = {
+        spec.name: array[0].astype(array.dtype.newbyteorder("<")).tobytes()
+        for spec, array in zip(signature.inputs, sample)
+    }
+    return WarmupSample(WARMUP_SAMPLE, batch_size, files, dims), data
+
+
+def export_torch(module: Any, samples: Sequence[Any], options: TorchExportOptions) -> ExportReport:
+    """Exports an eager module with its samples: every format, parity against eager, then configs and warmup."""
+    network = describe_network(module, samples, options.input_names, options.output_names)
+    report = ExportReport(options.output)
+    models = model_names(options.name, options.formats)
+    export_network(
+        network, options.output, models, report, parity_cases(network, options.parity_samples), options.onnx_exporter
+    )
+    write_models(network, options, models, report)
+    return report
+
+
+def parity_cases(network: Network, count: int | None) -> list[ParityCase]:
+    samples = network.samples if count is None else network.samples[:count]
+    return [ParityCase(f"sample {index}", sample) for index, sample in enumerate(samples)]
+
+
+def write_models(
+    network: Network, options: TorchExportOptions, models: Mapping[Format, str], report: ExportReport
+) -> None:
+    """Writes each model's config.pbtxt and warmup files."""
+    for fmt, model in models.items():
+        warmup, files = sample_warmup(
+            network.signature,
+            network.samples[0],
+            served_names(network.signature.inputs, fmt),
+            options.batching.max_batch_size,
+        )
+        for filename, data in files.items():
+            path = options.output / model / WARMUP_DIRNAME / filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            report.artifacts.append(path)
+        signature = network.signature
+        config = network_config(
+            model,
+            fmt,
+            signature.inputs,
+            signature.outputs,
+            options.devices,
+            options.batching,
+            [warmup],
+            options.parameters,
+        )
+        report.configs.append(write_config(config, options.output / model, header=GENERATED_HEADER))

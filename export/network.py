@@ -1,0 +1,199 @@
+"""The export core every model goes through: eager module + samples -> signature -> ONNX/TorchScript -> parity.
+
+`describe_network` runs the module eagerly on its samples and infers the signature (export.signature);
+`export_network` writes each format to `<output>/<model>/1/`, atomically, and checks it against eager PyTorch.
+Configs are built by the caller (export.generic for any model, export.esm2.repository for the ESM-2 pipeline) with
+export.model_config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tritonfleet.export.model_config import MODEL_FILENAMES, Format
+from tritonfleet.export.onnx_export import OPSET, OnnxExporter
+from tritonfleet.export.parity import ParityCase, as_outputs, check_parity, eager_runner
+from tritonfleet.export.signature import (
+    ExportError,
+    Sample,
+    Signature,
+    as_tensors,
+    infer_signature,
+    normalize_samples,
+    trace_example,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_VERSION = "1"
+
+
+@dataclass
+class ExportReport:
+    """What an export did, for the CLI summary and tests."""
+
+    output: Path
+    signature: Signature | None = None
+    configs: list[Path] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)
+    parity: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Network:
+    """An eager module (CPU, eval mode), its samples as numpy and the signature inferred from them."""
+
+    module: Any  # torch.nn.Module
+    samples: tuple[Sample, ...]
+    signature: Signature
+
+    @property
+    def example(self) -> Sample:
+        """The inputs the exporters trace with."""
+        return trace_example(self.signature.inputs, self.samples)
+
+
+def describe_network(
+    module: Any,
+    samples: Sequence[Any],
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+) -> Network:
+    """Runs `module` eagerly on every sample and infers its signature.
+
+    Args:
+        module: a `torch.nn.Module`; it is moved to the CPU and put in eval mode.
+        samples: input tuples (a single tensor per sample is allowed) of different shapes; the leading axis is the
+            batch, other axes whose size varies across samples become dynamic.
+        input_names, output_names: tensor names (default INPUT0.. / OUTPUT0..).
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ExportError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if module.training:
+        logger.info("putting the module in eval mode (Triton serves inference)")
+    module = module.cpu().eval()
+    normalized = normalize_samples(samples)
+    results = []
+    with torch.no_grad():
+        for index, sample in enumerate(normalized):
+            try:
+                result = module(*(torch.from_numpy(array) for array in sample))
+            except Exception as error:
+                raise ExportError(f"the eager forward fails on sample {index}: {_first_line(error)}") from error
+            results.append(as_tensors(as_outputs(result), f"on sample {index}, forward", "output"))
+    signature = infer_signature(normalized, results, input_names, output_names)
+    if len(normalized) == 1:
+        logger.warning("one sample: only the batch axis is dynamic (give samples of other shapes for more)")
+    logger.info("signature: %s", signature.describe())
+    return Network(module, tuple(normalized), signature)
+
+
+def _first_line(error: BaseException) -> str:
+    """`Type: first line` of the innermost cause (exporters wrap the error that names the problem)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def output_path(output: Path, model: str, filename: str) -> Path:
+    """`<output>/<model>/<version>/<filename>`, its directory created."""
+    path = output / model / MODEL_VERSION / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def export_network(
+    network: Network,
+    output: Path,
+    models: Mapping[Format, str],
+    report: ExportReport,
+    parity_cases: Sequence[ParityCase] = (),
+    onnx_exporter: OnnxExporter = "dynamo",
+    max_dynamic_size: int | None = None,
+) -> None:
+    """Exports the network in every format of `models` ({format: model name}) and checks parity on `parity_cases`.
+
+    Each file is written next to its final name and moved there only when every format has passed, so a failure
+    leaves the repository as it was (model directories this call created are removed again).
+
+    Raises:
+        ExportError: a format cannot be exported (names the format, the exporter and the original error) or
+            disagrees with eager PyTorch (ParityError, with the figures).
+    """
+    report.signature = network.signature
+    created = [output / model for model in models.values() if not (output / model).exists()]
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for fmt, model in models.items():
+            path = output_path(output, model, MODEL_FILENAMES[fmt])
+            staged.append((path.with_name(path.name + ".tmp"), path))
+            _export_format(network, fmt, staged[-1][0], report, parity_cases, onnx_exporter, max_dynamic_size)
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        for directory in created:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    for temporary, path in staged:
+        os.replace(temporary, path)
+        report.artifacts.append(path)
+
+
+def _export_format(
+    network: Network,
+    fmt: Format,
+    path: Path,
+    report: ExportReport,
+    parity_cases: Sequence[ParityCase],
+    onnx_exporter: OnnxExporter,
+    max_dynamic_size: int | None,
+) -> None:
+    from tritonfleet.export.onnx_export import export_onnx, onnx_runner
+    from tritonfleet.export.torchscript import export_torchscript, torchscript_runner
+
+    started = time.perf_counter()
+    # torch.export prints the partial graph of a failed export to stderr: kept for --verbose, not the user's screen
+    exporter_output = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(exporter_output):
+            if fmt == "onnx":
+                export_onnx(
+                    network.module, network.signature, network.example, path, onnx_exporter, OPSET, max_dynamic_size
+                )
+            else:
+                export_torchscript(network.module, network.example, network.samples, path)
+    except Exception as error:
+        logger.debug("%s exporter output:\n%s", fmt, exporter_output.getvalue())
+        exporter = f"{onnx_exporter} torch.onnx exporter" if fmt == "onnx" else "torch.jit.trace"
+        if isinstance(error, ExportError):
+            raise ExportError(f"{fmt} export ({exporter}): {error}") from error
+        raise ExportError(f"{fmt} export failed ({exporter}): {_first_line(error)}; {_EXPORT_HINTS[fmt]}") from error
+    report.seconds[f"{fmt}_export"] = time.perf_counter() - started
+    if not parity_cases:
+        logger.warning("parity check for %s skipped (no parity samples)", fmt)
+        return
+    started = time.perf_counter()
+    candidate = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path)
+    result = check_parity(fmt, eager_runner(network.module), candidate, parity_cases, network.signature.outputs)
+    report.parity[fmt] = result.worst
+    report.seconds[f"{fmt}_parity"] = time.perf_counter() - started
+
+
+_EXPORT_HINTS: dict[str, str] = {
+    "onnx": "try --onnx-exporter legacy, or --formats torchscript",
+    "torchscript": "make forward traceable (tensor inputs and outputs, no data-dependent Python control flow), "
+    "or use --formats onnx",
+}
