@@ -18,10 +18,9 @@ from tritonfleet.client.config import ClientConfig
 from tritonfleet.client.errors import TritonFleetError, classify_exception
 from tritonfleet.client.model import ModelSpec, OutputKind
 from tritonfleet.client.retry import call_with_retry_async
-from tritonfleet.client.transport import ASYNC_TRANSPORTS, AsyncGrpcTransport, AsyncHttpTransport
+from tritonfleet.client.transport import AsyncTransport
 
 T = TypeVar("T")
-AsyncTransport = AsyncHttpTransport | AsyncGrpcTransport
 
 
 class AsyncEmbeddingClient:
@@ -34,7 +33,6 @@ class AsyncEmbeddingClient:
 
     def __init__(self, config: ClientConfig | None = None, **overrides: Any) -> None:
         self.config = dataclasses.replace(config or ClientConfig(), **overrides)
-        self._transport_type = ASYNC_TRANSPORTS[self.config.protocol]
         self._transport_instance: AsyncTransport | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._spec: ModelSpec | None = None
@@ -68,8 +66,7 @@ class AsyncEmbeddingClient:
     async def model_spec(self) -> ModelSpec:
         """Tensor names, feed kind, max_batch_size and D of the configured model (read once, then cached)."""
         if self._spec is None:
-            metadata = await self.model_metadata()
-            self._spec = ModelSpec.from_server_answers(metadata, await self.model_config(), self.config.version)
+            self._spec = ModelSpec.from_config(await self.model_config(), self.config.version)
         return self._spec
 
     # -- inference --------------------------------------------------------------------------------------------------
@@ -127,7 +124,7 @@ class AsyncEmbeddingClient:
         if self._transport_instance is None:
             if self._closed:
                 raise TritonFleetError("the client is closed")
-            self._transport_instance = self._transport_type(self.config)
+            self._transport_instance = AsyncTransport(self.config)
         return self._transport_instance
 
     def _limiter(self) -> asyncio.Semaphore:

@@ -53,9 +53,6 @@ class RetryPolicy:
         return (rng or random).uniform(0.0, self.backoff_ceiling(failures))
 
 
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-
 @dataclass(frozen=True)
 class ClientConfig:
     """How to reach the server and call one model.

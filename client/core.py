@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tritonfleet.client.errors import InvalidSequenceError, UnsupportedModelError
-from tritonfleet.client.model import ModelSpec, OutputKind
+from tritonfleet.client.model import ModelSpec
 from tritonfleet.contract import esm2_tokens as tokenizer
 
 
@@ -40,13 +40,6 @@ class PreparedCall:
     texts: tuple[str, ...]
     lengths: tuple[int, ...]
     batches: tuple[Batch, ...]
-
-
-def prepare_sequences(
-    sequences: Sequence[str | bytes], max_batch_size: int, validate: bool = True, ids: Sequence[str] | None = None
-) -> PreparedCall:
-    """Validates (optionally) and plans batches (`normalize_sequences` then `plan_call`)."""
-    return plan_call(normalize_sequences(sequences, validate, ids), max_batch_size)
 
 
 def normalize_sequences(
@@ -89,13 +82,18 @@ def plan_batches(lengths: Sequence[int], max_batch_size: int) -> tuple[Batch, ..
     )
 
 
+def sequence_array(texts: Sequence[str]) -> np.ndarray:
+    """The BYTES tensor [N, 1] of a `SEQUENCE` input: one ASCII sequence per row."""
+    array = np.empty((len(texts), 1), dtype=np.object_)  # BYTES must be np.object_ (keeps NULs)
+    for row, text in enumerate(texts):
+        array[row, 0] = text.encode("ascii")
+    return array
+
+
 def build_input_arrays(spec: ModelSpec, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """The request tensors for one batch, keyed by served input name."""
     if spec.feed == "sequences":
-        sequence_bytes = np.empty((len(texts), 1), dtype=np.object_)  # BYTES must be np.object_ (keeps NULs)
-        for row, text in enumerate(texts):
-            sequence_bytes[row, 0] = text.encode("ascii")
-        return {spec.inputs["SEQUENCE"]: sequence_bytes}
+        return {spec.inputs["SEQUENCE"]: sequence_array(texts)}
     input_ids, attention_mask = tokenizer.encode_batch(list(texts))
     return {spec.inputs["INPUT_IDS"]: input_ids, spec.inputs["ATTENTION_MASK"]: attention_mask}
 
@@ -126,10 +124,6 @@ def assemble_residues(call: PreparedCall, batch_outputs: Sequence[np.ndarray]) -
                 )
             result[index] = np.array(output[row, 1 : length + 1], dtype=np.float32, copy=True)
     return result  # type: ignore[return-value]
-
-
-def output_kind_array(outputs: dict[str, np.ndarray], spec: ModelSpec, kind: OutputKind) -> np.ndarray:
-    return outputs[spec.output_name(kind)]
 
 
 def _check_rows(output: np.ndarray, batch: Batch, name: str) -> None:

@@ -20,10 +20,9 @@ from tritonfleet.client.config import ClientConfig
 from tritonfleet.client.errors import TritonFleetError, classify_exception, is_connection_failure
 from tritonfleet.client.model import ModelSpec, OutputKind
 from tritonfleet.client.retry import call_with_retry
-from tritonfleet.client.transport import SYNC_TRANSPORTS, GrpcTransport, HttpTransport
+from tritonfleet.client.transport import Transport
 
 T = TypeVar("T")
-SyncTransport = HttpTransport | GrpcTransport
 
 
 class EmbeddingClient:
@@ -36,10 +35,9 @@ class EmbeddingClient:
 
     def __init__(self, config: ClientConfig | None = None, **overrides: Any) -> None:
         self.config = dataclasses.replace(config or ClientConfig(), **overrides)
-        self._transport_type = SYNC_TRANSPORTS[self.config.protocol]
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._transports: list[SyncTransport] = []
+        self._transports: list[Transport] = []
         self._executor: ThreadPoolExecutor | None = None
         self._spec: ModelSpec | None = None
         self._closed = False
@@ -72,7 +70,7 @@ class EmbeddingClient:
     def model_spec(self) -> ModelSpec:
         """Tensor names, feed kind, max_batch_size and D of the configured model (read once, then cached)."""
         if self._spec is None:
-            self._spec = ModelSpec.from_server_answers(self.model_metadata(), self.model_config(), self.config.version)
+            self._spec = ModelSpec.from_config(self.model_config(), self.config.version)
         return self._spec
 
     # -- inference --------------------------------------------------------------------------------------------------
@@ -117,7 +115,7 @@ class EmbeddingClient:
             _cancel_pending(futures)
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
-    def _call(self, operation: str, function: Callable[[SyncTransport], T]) -> T:
+    def _call(self, operation: str, function: Callable[[Transport], T]) -> T:
         def attempt() -> T:
             transport = self._transport()
             try:
@@ -129,7 +127,7 @@ class EmbeddingClient:
 
         return call_with_retry(attempt, self.config.retry, f"{operation} at {self.config.protocol}://{self.config.url}")
 
-    def _probe(self, function: Callable[[SyncTransport], bool]) -> bool:
+    def _probe(self, function: Callable[[Transport], bool]) -> bool:
         transport = self._transport()
         try:
             return bool(function(transport))
@@ -140,18 +138,18 @@ class EmbeddingClient:
                 self._discard(transport)
             return False
 
-    def _transport(self) -> SyncTransport:
+    def _transport(self) -> Transport:
         transport = getattr(self._local, "transport", None)
         if transport is None:
             if self._closed:
                 raise TritonFleetError("the client is closed")
-            transport = self._transport_type(self.config)
+            transport = Transport(self.config)
             with self._lock:
                 self._transports.append(transport)
             self._local.transport = transport
         return transport
 
-    def _discard(self, transport: SyncTransport) -> None:
+    def _discard(self, transport: Transport) -> None:
         if getattr(self._local, "transport", None) is transport:
             self._local.transport = None
         with self._lock:
@@ -187,6 +185,6 @@ def _cancel_pending(futures: list[Future[Any]]) -> None:
         future.cancel()
 
 
-def _close_quietly(transport: SyncTransport) -> None:
+def _close_quietly(transport: Transport) -> None:
     with contextlib.suppress(Exception):  # closing a broken connection may fail; nothing to recover
         transport.close()

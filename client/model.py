@@ -1,17 +1,20 @@
 """What the client needs to know about a served ESM-2 model, read from the server (never hard-coded).
 
-`ModelSpec.from_server_answers` turns model metadata + config into the served tensor names (TorchScript models
-carry `__<index>` suffixes), the feed kind (the `esm2` ensemble takes sequences, the raw variants token ids), the
-`max_batch_size` and the hidden size D.
+`ModelSpec.from_config` turns the model's configuration (Triton's JSON answer, read through the shared contract,
+`tritonfleet.contract.model_config`) into the served tensor names (TorchScript models carry `__<index>` suffixes),
+the feed kind (the `esm2` ensemble takes sequences, the raw variants token ids), the `max_batch_size` and the
+hidden size D.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tritonfleet.client.errors import UnsupportedModelError
+from tritonfleet.contract.model_config import ModelConfig, ServedModel, config_from_json
 
 Feed = Literal["sequences", "tokens"]
 OutputKind = Literal["EMBEDDING", "RESIDUE_EMBEDDINGS"]
@@ -35,7 +38,7 @@ class ModelSpec:
         inputs: contract name -> served name.
         outputs: contract name -> served name.
         max_batch_size: from the model config; requests are split to this size.
-        embedding_dim: D, from the `EMBEDDING` output shape.
+        embedding_dim: D, the last dimension of the `EMBEDDING` output.
     """
 
     name: str
@@ -47,12 +50,16 @@ class ModelSpec:
     embedding_dim: int
 
     @classmethod
-    def from_server_answers(cls, metadata: dict[str, Any], config: dict[str, Any], version: str = "") -> ModelSpec:
-        """Builds the spec from `get_model_metadata` and `get_model_config` answers (HTTP or gRPC-as-JSON)."""
-        name = str(metadata.get("name", config.get("name", "?")))
-        config = config.get("config", config)  # gRPC as_json wraps the config
-        inputs = {logical_tensor_name(t["name"]): t["name"] for t in metadata.get("inputs", [])}
-        outputs = {logical_tensor_name(t["name"]): t["name"] for t in metadata.get("outputs", [])}
+    def from_config(cls, config: Mapping[str, Any] | ModelConfig, version: str = "") -> ModelSpec:
+        """The spec from a model config: `get_model_config`'s answer (HTTP JSON or gRPC `as_json`) or a message.
+
+        Raises:
+            UnsupportedModelError: the model does not follow the ESM-2 tensor contract (docs/design.md).
+        """
+        served = ServedModel.from_config(config if isinstance(config, ModelConfig) else config_from_json(config))
+        name = served.name or "?"
+        inputs = {logical_tensor_name(spec.name): spec.name for spec in served.inputs}
+        outputs = {logical_tensor_name(spec.name): spec.name for spec in served.outputs}
         if "SEQUENCE" in inputs:
             feed: Feed = "sequences"
         elif {"INPUT_IDS", "ATTENTION_MASK"} <= inputs.keys():
@@ -64,14 +71,14 @@ class ModelSpec:
             )
         if "EMBEDDING" not in outputs:
             raise UnsupportedModelError(f"model {name!r} has no EMBEDDING output (outputs: {sorted(outputs.values())})")
-        max_batch_size = int(config.get("max_batch_size", 0))
-        if max_batch_size < 1:
+        if not served.batched:
             raise UnsupportedModelError(
-                f"model {name!r} has max_batch_size {max_batch_size}; the ESM-2 contract needs a batching model"
+                f"model {name!r} has max_batch_size {served.max_batch_size}; the ESM-2 contract needs a batching model"
             )
-        embedding_meta = next(t for t in metadata["outputs"] if t["name"] == outputs["EMBEDDING"])
-        embedding_dim = int(embedding_meta["shape"][-1])
-        return cls(name, version, feed, inputs, outputs, max_batch_size, embedding_dim)
+        embedding_dims = served.output(outputs["EMBEDDING"]).dims
+        if len(embedding_dims) != 1 or embedding_dims[0] < 1:
+            raise UnsupportedModelError(f"model {name!r}: EMBEDDING has dims {list(embedding_dims)}, expected [D]")
+        return cls(name, version, feed, inputs, outputs, served.max_batch_size, embedding_dims[0])
 
     def output_name(self, kind: OutputKind) -> str:
         """The served name of an output, or UnsupportedModelError if the model lacks it."""

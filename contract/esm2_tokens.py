@@ -41,7 +41,7 @@ MAX_RESIDUES = 1022
 SPECIAL_TOKENS_PER_SEQUENCE = 2
 MAX_TOKENS = MAX_RESIDUES + SPECIAL_TOKENS_PER_SEQUENCE
 
-# Token-length buckets (BOS/EOS included), multiples of 32, from `export.esm2.bucket_report` on a Swiss-Prot-like
+# Token-length buckets (BOS/EOS included), multiples of 32, from `loadtest/buckets.py` on a Swiss-Prot-like
 # length mix (reports/buckets.md): ~12 % padded tokens. Triton batches only runs of consecutive same-shape requests,
 # so buckets pay off when same-bucket requests arrive together (bulk clients sending length-sorted sequences);
 # random-order single requests still batch ~1.1 on average, as with no buckets.

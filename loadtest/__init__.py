@@ -1,1 +1,2 @@
-"""Load testing for tritonfleet: Locust users, perf_analyzer sweeps and the one-run benchmark."""
+"""Load testing for tritonfleet: Locust users (`run`), perf_analyzer sweeps (`perf_sweep`), the one-run benchmark
+(`bench`), the length-bucket study (`buckets`) and fault injection under load (`chaos`)."""

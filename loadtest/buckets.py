@@ -10,7 +10,7 @@ run. The offline part estimates both; `--repository` adds a live run: it serves 
 buckets vs exact-length padding), sends the same requests through the `esm2` ensemble, and reads the mean batch size
 the network model formed (inference_count / execution_count from Triton's statistics).
 
-    python -m export.esm2.bucket_report [--repository <exported repo>] [--output reports/buckets.md]
+    python -m tritonfleet.loadtest.buckets [--repository <exported repo>] [--output reports/buckets.md]
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from tritonfleet.contract.esm2_tokens import (
     plan_shared_widths,
     random_proteins,
 )
+from tritonfleet.contract.model_config import read_config, write_config
+from tritonfleet.loadtest.server_stats import average_batch, inference_statistics, statistics_delta
 
 MEDIAN_RESIDUES = 300.0
 MEAN_RESIDUES = 362.0
@@ -159,14 +161,12 @@ def measure_live(
     model: str = "esm2",
 ) -> list[LiveStats]:
     """Serves a copy of `repository` with the given tokenizer buckets; sends the sequences to `model` (the `esm2`
-    ensemble or the `esm2_bls` pipeline) in random order, then sorted by length (what a bulk client can do), and
-    reports the batches the network model formed each time."""
+    ensemble or the `esm2_bls` pipeline) through the project's client in random order, then sorted by length (what
+    a bulk client can do), and reports the batches the network model formed each time."""
     import tritonclient.grpc as grpcclient
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
 
-    from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
-    from tritonfleet.export.model_config import CONFIG_FILENAME, write_config
+    from tritonfleet.client import ClientConfig, EmbeddingClient
+    from tritonfleet.deploy.local import local_server
 
     rng = np.random.default_rng(1)
     sequences = [random_proteins(1, rng, int(length), int(length))[0] for length in lengths]
@@ -175,50 +175,33 @@ def measure_live(
         copy = Path(workdir) / "repository"
         shutil.copytree(repository, copy)
         for tokenizing_model in ("esm2_tokenizer", "esm2_bls"):
-            config_path = copy / tokenizing_model / CONFIG_FILENAME
-            config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
+            config = read_config(copy / tokenizing_model)
             config.parameters["length_buckets"].string_value = ",".join(map(str, buckets))
             config.parameters["run_overhead_tokens"].string_value = str(run_overhead_tokens)
-            write_config(config, config_path.parent)
-        ensemble = text_format.Parse((copy / "esm2" / CONFIG_FILENAME).read_text(), mc.ModelConfig())
-        target = ensemble.ensemble_scheduling.step[-1].model_name
-        server = LocalTritonServer(ServerOptions(model_repository=copy, http_port=0, grpc_port=0, metrics_port=0))
-        server.start()
-        try:
-            url = server.grpc_url.removeprefix("grpc://")
-
-            def send(sequence: str) -> None:
-                client = grpcclient.InferenceServerClient(url)
-                tensor = grpcclient.InferInput("SEQUENCE", [1, 1], "BYTES")
-                tensor.set_data_from_numpy(np.array([[sequence.encode()]], dtype=object))
-                client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("EMBEDDING")])
-
-            for order, batch in (("random", sequences), ("sorted by length", sorted(sequences, key=len))):
-                before = _counts(grpcclient.InferenceServerClient(url), target)
-                started = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                    list(pool.map(send, batch))
-                seconds = time.perf_counter() - started
-                after = _counts(grpcclient.InferenceServerClient(url), target)
-                inferences, executions = after[0] - before[0], after[1] - before[1]
-                results.append(
-                    LiveStats(label, order, len(batch), seconds, inferences / max(executions, 1), executions)
-                )
-        finally:
-            server.stop()
+            write_config(config, copy / tokenizing_model)
+        network = read_config(copy / "esm2").ensemble_scheduling.step[-1].model_name
+        with local_server(copy) as server, grpcclient.InferenceServerClient(server.grpc_url) as statistics_client:
+            config = ClientConfig(url=server.grpc_url, protocol="grpc", model=model, max_in_flight=concurrency)
+            with EmbeddingClient(config) as client:
+                client.model_spec()  # read once, outside the measurement
+                for order, batch in (("random", sequences), ("sorted by length", sorted(sequences, key=len))):
+                    before = inference_statistics(statistics_client, network)
+                    started = time.perf_counter()
+                    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                        list(pool.map(lambda sequence: client.embed([sequence]), batch))
+                    seconds = time.perf_counter() - started
+                    delta = statistics_delta(before, inference_statistics(statistics_client, network))[network]
+                    executions = delta["execution_count"]
+                    mean_batch = average_batch({network: delta}, [network])
+                    results.append(LiveStats(label, order, len(batch), seconds, mean_batch, executions))
     return results
-
-
-def _counts(client, model: str) -> tuple[int, int]:
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
 def render(stats: list[BucketStats], live: list[LiveStats], lengths: np.ndarray, window: int) -> str:
     lines = [
         "# Length buckets for the ESM-2 tokenizer",
         "",
-        "Generated by `python -m export.esm2.bucket_report` (export/esm2/bucket_report.py).",
+        "Generated by `python -m tritonfleet.loadtest.buckets` (loadtest/buckets.py).",
         "",
         f"Length mix: {len(lengths)} residue counts from a log-normal with median {MEDIAN_RESIDUES:.0f} and mean "
         f"{MEAN_RESIDUES:.0f} (UniProtKB/Swiss-Prot-like: release 41 notes give 367 residues per entry on average; "

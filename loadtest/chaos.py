@@ -1,7 +1,9 @@
-"""`python -m deploy.local.chaos`: SIGKILL one model-instance stub under load; report recovery time and failures.
+"""`python -m tritonfleet.loadtest.chaos`: SIGKILL a model-instance stub under load; report recovery time and failures.
 
 What it does:
-1. Serves an ESM-2 repository on a local tritonserver with self-healing on (`deploy/local/supervisor.py`).
+1. Serves an ESM-2 repository on a local tritonserver with self-healing on (`deploy/local/supervisor.py`); without
+   `--model-repository` it serves model_repository/ when its weights are exported, else exports ESM-2 8M with random
+   weights into a temporary folder first.
 2. Runs closed-loop load through the project's client (`client.EmbeddingClient`, with its retry policy) from
    `--concurrency` threads, each embedding one protein per request.
 3. After `--warmup-s`, SIGKILLs the `--victim` model's stub (default `esm2_onnx`, the engine behind the `esm2`
@@ -21,7 +23,6 @@ import logging
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,10 +31,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonfleet.deploy.local.server import LocalTritonServer, ServerOptions
-from tritonfleet.deploy.local.supervisor import SupervisorOptions, list_stub_processes
+from tritonfleet.client import ClientConfig, EmbeddingClient
+from tritonfleet.deploy.local import LocalTritonServer, local_server
+from tritonfleet.deploy.local.stubs import list_stub_processes
 
-LOGGER = logging.getLogger("deploy.local.chaos")
+LOGGER = logging.getLogger("tritonfleet.loadtest.chaos")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROTEINS = (
     "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALRPDEDRL",
@@ -89,13 +91,10 @@ class LoadRecorder:
 
 
 def export_random_esm2(destination: Path) -> Path:
+    from tritonfleet.export.esm2 import export_esm2
+
     print(f"exporting an ESM-2 8M repository with random weights into {destination} (about 1.5 minutes) ...")
-    subprocess.run(
-        [sys.executable, "-m", "tritonfleet.export", "esm2", "--random-init", "8M", "--output", str(destination)],
-        cwd=PROJECT_ROOT,
-        check=True,
-        timeout=900,
-    )
+    export_esm2(destination, random_init="8M")
     return destination
 
 
@@ -137,47 +136,36 @@ def _percentiles(values: list[float]) -> str:
 
 
 def run(options: ChaosOptions) -> int:
-    from tritonfleet.client import ClientConfig, EmbeddingClient
-
     repository = options.model_repository or _default_repository()
     if repository is None:
         repository = export_random_esm2(Path(tempfile.mkdtemp(prefix="tritonfleet-chaos-")) / "model_repository")
-    server = LocalTritonServer(
-        ServerOptions(
-            model_repository=repository,
-            http_port=0,
-            grpc_port=0,
-            metrics_port=0,
-            model_control_mode="explicit",
-            exit_timeout_s=10,
-            self_heal=True,
-            supervisor=SupervisorOptions(),
-        )
-    )
     print(f"starting tritonserver on {repository} with self-healing ...", flush=True)
-    server.start()
+    with local_server(repository, model_control_mode="explicit", self_heal=True) as server:
+        return _kill_under_load(options, server)
+
+
+def _kill_under_load(options: ChaosOptions, server: LocalTritonServer) -> int:
     supervisor = server.supervisor
-    assert supervisor is not None
+    assert supervisor is not None, "the server was started without self-healing"
     url = server.grpc_url if options.protocol == "grpc" else server.http_url
     config = ClientConfig(url=url, protocol=options.protocol, model="esm2", timeout_s=30.0)
     recorder = LoadRecorder()
     stop = threading.Event()
-    mode = "project client as shipped"
-    try:
-        with EmbeddingClient(config) as client:
-            client.embed([PROTEINS[0]])  # fetch the model spec once, outside the measurement
-            workers = [
-                threading.Thread(target=_embed_loop, args=(client, recorder, stop, index))
-                for index in range(options.concurrency)
-            ]
-            for worker in workers:
-                worker.start()
+    with EmbeddingClient(config) as client:
+        client.embed([PROTEINS[0]])  # fetch the model spec once, outside the measurement
+        workers = [
+            threading.Thread(target=_embed_loop, args=(client, recorder, stop, index))
+            for index in range(options.concurrency)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
             time.sleep(options.warmup_s)
             stub_pid = _victim_stub(server, options.victim)
             repairs_before = len(supervisor.repairs)
             killed_at = time.monotonic()
             os.kill(stub_pid, signal.SIGKILL)
-            print(f"SIGKILL -> {options.victim} stub (pid {stub_pid}) under load ({mode})", flush=True)
+            print(f"SIGKILL -> {options.victim} stub (pid {stub_pid}) under load", flush=True)
             detected_at = recovered_at = None
             while time.monotonic() - killed_at < options.give_up_s:
                 now = time.monotonic()
@@ -191,24 +179,20 @@ def run(options: ChaosOptions) -> int:
                         break
                 time.sleep(0.02)
             time.sleep(options.settle_s)
+        finally:
             stop.set()
             for worker in workers:
                 worker.join(timeout=60)
-    finally:
-        stop.set()
-        server.stop()
-    return _report(options, mode, recorder.snapshot(), killed_at, detected_at, recovered_at, supervisor.repairs)
+    return _report(options, recorder.snapshot(), killed_at, detected_at, recovered_at, supervisor.repairs)
 
 
-def _report(options, mode, outcomes, killed_at, detected_at, recovered_at, repairs) -> int:
+def _report(options, outcomes, killed_at, detected_at, recovered_at, repairs) -> int:
     before = [o for o in outcomes if o.finished < killed_at]
     during = [o for o in outcomes if o.finished >= killed_at and (recovered_at is None or o.started < recovered_at)]
     after = [o for o in outcomes if recovered_at is not None and o.started >= recovered_at]
     failures = [o for o in outcomes if o.error is not None]
     print("\n== chaos report ==")
-    print(
-        f"victim: {options.victim}   protocol: {options.protocol}   concurrency: {options.concurrency}   load: {mode}"
-    )
+    print(f"victim: {options.victim}   protocol: {options.protocol}   concurrency: {options.concurrency}")
     if detected_at is not None:
         print(f"detected by the supervisor: {detected_at - killed_at:.2f} s after SIGKILL")
     if recovered_at is None:
@@ -233,7 +217,7 @@ def _report(options, mode, outcomes, killed_at, detected_at, recovered_at, repai
 
 
 def parse_args(argv: list[str] | None = None) -> ChaosOptions:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local.chaos", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tritonfleet.loadtest.chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=None, help="default: model_repository/ if exported")
     parser.add_argument("--victim", default="esm2_onnx", help="model whose stub is killed")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")

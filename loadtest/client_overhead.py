@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc as grpc_client
 import tritonclient.http as http_client
-from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
+from tritonclient.utils import serialize_byte_tensor
 
 from tritonfleet.client import ClientConfig, EmbeddingClient
+from tritonfleet.client.core import sequence_array
+from tritonfleet.client.transport import infer_inputs, requested_outputs
 from tritonfleet.contract.esm2_tokens import random_proteins
 
 
@@ -47,28 +49,15 @@ class Timing:
         return float(np.percentile(self.samples_ms, 90))
 
 
-def sequence_tensor(sequences: list[str]) -> np.ndarray:
-    array = np.empty((len(sequences), 1), dtype=np.object_)
-    for row, sequence in enumerate(sequences):
-        array[row, 0] = sequence.encode("ascii")
-    return array
-
-
 def bare_call(protocol: str, url: str, model: str, sequences: list[str]) -> tuple[Callable[[], np.ndarray], object]:
-    """The request built the tritonclient way, as a user of the bare library would write it."""
+    """The request built with tritonclient alone (no validation, planning or retries), as a bare-library user would."""
     module = http_client if protocol == "http" else grpc_client
     triton = module.InferenceServerClient(url)
-    array = sequence_tensor(sequences)
+    arrays = {"SEQUENCE": sequence_array(sequences)}
 
     def call() -> np.ndarray:
-        infer_input = module.InferInput("SEQUENCE", list(array.shape), np_to_triton_dtype(array.dtype))
-        if protocol == "http":
-            infer_input.set_data_from_numpy(array, binary_data=True)
-            outputs = [http_client.InferRequestedOutput("EMBEDDING", binary_data=True)]
-        else:
-            infer_input.set_data_from_numpy(array)
-            outputs = [grpc_client.InferRequestedOutput("EMBEDDING")]
-        return triton.infer(model, [infer_input], outputs=outputs).as_numpy("EMBEDDING")
+        result = triton.infer(model, infer_inputs(protocol, arrays), outputs=requested_outputs(protocol, ["EMBEDDING"]))
+        return result.as_numpy("EMBEDDING")
 
     return call, triton
 
@@ -114,14 +103,13 @@ def measure_shared_memory(args: argparse.Namespace) -> dict[str, object]:
     import tritonclient.utils.shared_memory as shm
 
     sequences = random_proteins(args.shm_batch, np.random.default_rng(1), args.shm_length, args.shm_length)
-    array = sequence_tensor(sequences)
+    array = sequence_array(sequences)
     triton = http_client.InferenceServerClient(args.http_url, network_timeout=600, connection_timeout=600)
 
     def binary() -> np.ndarray:
-        infer_input = http_client.InferInput("SEQUENCE", list(array.shape), "BYTES")
-        infer_input.set_data_from_numpy(array, binary_data=True)
-        output = http_client.InferRequestedOutput("RESIDUE_EMBEDDINGS", binary_data=True)
-        return triton.infer(args.model, [infer_input], outputs=[output]).as_numpy("RESIDUE_EMBEDDINGS")
+        inputs = infer_inputs("http", {"SEQUENCE": array})
+        result = triton.infer(args.model, inputs, outputs=requested_outputs("http", ["RESIDUE_EMBEDDINGS"]))
+        return result.as_numpy("RESIDUE_EMBEDDINGS")
 
     reference = binary()
     serialized = serialize_byte_tensor(array)  # BYTES go to shared memory length-prefixed, as on the wire
@@ -175,12 +163,13 @@ def measure_client_side_work(sequences: list[str], embedding_dim: int, iteration
     from tritonfleet.client import core
     from tritonfleet.client.model import ModelSpec
 
-    metadata = {
+    config = {
         "name": "esm2",
-        "inputs": [{"name": "SEQUENCE", "datatype": "BYTES", "shape": [-1, 1]}],
-        "outputs": [{"name": "EMBEDDING", "datatype": "FP32", "shape": [-1, embedding_dim]}],
+        "max_batch_size": 64,
+        "input": [{"name": "SEQUENCE", "data_type": "TYPE_STRING", "dims": [1]}],
+        "output": [{"name": "EMBEDDING", "data_type": "TYPE_FP32", "dims": [embedding_dim]}],
     }
-    spec = ModelSpec.from_server_answers(metadata, {"max_batch_size": 64})
+    spec = ModelSpec.from_config(config)
     fake_output = np.zeros((len(sequences), embedding_dim), dtype=np.float32)
     samples = []
     for _ in range(iterations):

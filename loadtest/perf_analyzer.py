@@ -1,82 +1,35 @@
-"""Install and run NVIDIA perf_analyzer from its PyPI wheel, on hosts whose glibc is older than the wheel needs.
+"""Run NVIDIA perf_analyzer as `scripts/install_perf_analyzer.py` installed it (`make setup` runs that script).
 
-The PyPI `perf-analyzer` wheel is tagged manylinux_2_38 (its binary needs GLIBC_2.38 and GLIBCXX_3.4.32). On a
-host whose glibc is >= 2.38 the binary runs directly. On older hosts (Debian 12 has glibc 2.36) the binary runs
-unchanged through Debian trixie's dynamic loader and libraries, unpacked into a private folder:
-
-    <tools>/perf_analyzer/wheel/perf_analyzer/bin/perf_analyzer      the binary from the wheel
-    <tools>/perf_analyzer/sysroot/usr/lib/x86_64-linux-gnu/            trixie's libc6, libstdc++6, libgcc-s1
-    <tools>/perf_analyzer/apt/                                         private apt lists/cache (never the system's)
-
-Nothing is installed system-wide. `python -m loadtest.perf_analyzer install` is idempotent and fast once done;
-`python -m loadtest.perf_analyzer run -- <perf_analyzer args>` (or `run_perf_analyzer([...])`) is the one way the
-rest of the project calls perf_analyzer.
+The installer writes `.tools/perf_analyzer/install.json` (an `InstallManifest`): the binary from the PyPI
+`perf-analyzer` wheel and, on hosts whose glibc is older than the 2.38 the wheel needs, Debian trixie's dynamic
+loader and library path to run it through. `python -m loadtest.perf_analyzer run -- <perf_analyzer args>` (or
+`run_perf_analyzer([...])`) is the one way the rest of the project calls perf_analyzer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
+import shlex
 import subprocess
 import sys
-import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOOLS_DIR = PROJECT_ROOT / ".tools" / "perf_analyzer"
-PERF_ANALYZER_VERSION = "2.60.0"
-WHEEL_PLATFORM = "manylinux_2_38_x86_64"
-REQUIRED_GLIBC = (2, 38)
-TRIXIE_PACKAGES = ("libc6", "libstdc++6", "libgcc-s1")
-DEBIAN_MIRROR = os.environ.get("TRITONFLEET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-LIB_DIR = "usr/lib/x86_64-linux-gnu"
 MANIFEST_NAME = "install.json"
+INSTALLER = "scripts/install_perf_analyzer.py"
 
 
-class PerfAnalyzerInstallError(RuntimeError):
-    """perf_analyzer could not be installed; the message says which step failed and what to do."""
-
-
-@dataclass(frozen=True)
-class PerfAnalyzerLayout:
-    """Where the private perf_analyzer installation lives."""
-
-    root: Path = DEFAULT_TOOLS_DIR
-
-    @property
-    def wheel_dir(self) -> Path:
-        return self.root / "wheel"
-
-    @property
-    def binary(self) -> Path:
-        return self.wheel_dir / "perf_analyzer" / "bin" / "perf_analyzer"
-
-    @property
-    def sysroot(self) -> Path:
-        return self.root / "sysroot"
-
-    @property
-    def loader(self) -> Path:
-        return self.sysroot / LIB_DIR / "ld-linux-x86-64.so.2"
-
-    @property
-    def apt_dir(self) -> Path:
-        return self.root / "apt"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / MANIFEST_NAME
+class PerfAnalyzerNotInstalledError(RuntimeError):
+    """No usable perf_analyzer installation; the message says how to install it."""
 
 
 @dataclass(frozen=True)
 class InstallManifest:
-    """What `install` did, stored as JSON so a second call can return at once."""
+    """What the installer put where, stored as JSON in `<tools dir>/install.json`."""
 
     version: str
     uses_private_loader: bool
@@ -84,125 +37,22 @@ class InstallManifest:
     loader: str | None = None
     library_path: list[str] = field(default_factory=list)
 
+    def write(self, tools_dir: Path) -> Path:
+        path = tools_dir / MANIFEST_NAME
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
 
-def host_glibc_version() -> tuple[int, int]:
-    """The host's glibc version as (major, minor); (0, 0) when it is not glibc."""
-    name, version = platform.libc_ver()
-    if name != "glibc" or not version:
-        try:
-            version = os.confstr("CS_GNU_LIBC_VERSION").split()[-1]  # e.g. "glibc 2.36"
-        except (ValueError, OSError, AttributeError, IndexError):
-            return (0, 0)
-    parts = version.split(".")
+    def command_prefix(self) -> list[str]:
+        """The argv that starts perf_analyzer, before its own arguments."""
+        if self.uses_private_loader and self.loader:
+            return [self.loader, "--library-path", ":".join(self.library_path), self.binary]
+        return [self.binary]
+
+
+def load_manifest(tools_dir: Path = DEFAULT_TOOLS_DIR) -> InstallManifest | None:
+    """The installation in `tools_dir`, or None when it is missing or its files are gone."""
     try:
-        return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
-    except ValueError:
-        return (0, 0)
-
-
-def needs_private_loader(glibc: tuple[int, int] | None = None) -> bool:
-    """True when the host glibc is too old to run the manylinux_2_38 binary directly."""
-    return (glibc or host_glibc_version()) < REQUIRED_GLIBC
-
-
-def _run_step(description: str, command: Sequence[str], cwd: Path | None = None, timeout: float = 600) -> None:
-    try:
-        completed = subprocess.run(
-            list(command), cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
-        )
-    except FileNotFoundError as error:
-        raise PerfAnalyzerInstallError(f"{description}: {command[0]} is not available ({error})") from error
-    except subprocess.TimeoutExpired as error:
-        raise PerfAnalyzerInstallError(
-            f"{description}: timed out after {timeout:.0f} s: {' '.join(command)}"
-        ) from error
-    if completed.returncode != 0:
-        tail = (completed.stderr or completed.stdout).strip()[-2000:]
-        raise PerfAnalyzerInstallError(
-            f"{description} failed (exit {completed.returncode}): {' '.join(command)}\n{tail}"
-        )
-
-
-def _download_wheel(layout: PerfAnalyzerLayout, version: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="perf_analyzer_wheel_") as download_dir:
-        _run_step(
-            "downloading the perf-analyzer wheel from PyPI",
-            [
-                sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-                "--only-binary=:all:", "--platform", WHEEL_PLATFORM, f"perf-analyzer=={version}", "-d", download_dir,
-            ],
-        )  # fmt: skip
-        wheels = sorted(Path(download_dir).glob("perf_analyzer-*.whl"))
-        if not wheels:
-            raise PerfAnalyzerInstallError(f"pip downloaded no perf_analyzer wheel into {download_dir}")
-        if layout.wheel_dir.exists():
-            shutil.rmtree(layout.wheel_dir)
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            wheel.extractall(layout.wheel_dir)
-    if not layout.binary.is_file():
-        raise PerfAnalyzerInstallError(f"the wheel has no perf_analyzer/bin/perf_analyzer (looked at {layout.binary})")
-    layout.binary.chmod(0o755)
-
-
-def _apt_options(apt_dir: Path) -> list[str]:
-    """apt options that confine lists, caches and sources to `apt_dir`: the system's apt state is never touched."""
-    return [
-        f"-oDir::Etc::SourceList={apt_dir / 'sources.list'}",
-        f"-oDir::Etc::SourceParts={apt_dir / 'sources.list.d'}",
-        f"-oDir::Etc::Preferences={apt_dir / 'preferences'}",
-        f"-oDir::Etc::PreferencesParts={apt_dir / 'preferences.d'}",
-        f"-oDir::State::Lists={apt_dir / 'lists'}",
-        f"-oDir::Cache={apt_dir / 'cache'}",
-        "-oAPT::Architecture=amd64",
-        "-oAPT::Sandbox::User=root",
-        "-oAcquire::Retries=3",
-        "-oDebug::NoLocking=true",
-    ]
-
-
-def _trixie_sources_line() -> str:
-    keyrings = [Path("/usr/share/keyrings/debian-archive-trixie-stable.gpg"),
-                Path("/usr/share/keyrings/debian-archive-trixie-automatic.gpg")]  # fmt: skip
-    present = [str(keyring) for keyring in keyrings if keyring.is_file()]
-    signed_by = f"[signed-by={','.join(present)}] " if present else ""
-    return f"deb {signed_by}{DEBIAN_MIRROR} trixie main\n"
-
-
-def _install_private_loader(layout: PerfAnalyzerLayout) -> None:
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        raise PerfAnalyzerInstallError(
-            f"host glibc {'.'.join(map(str, host_glibc_version()))} < 2.38 and apt-get/dpkg are missing: run "
-            "perf_analyzer on a host with glibc >= 2.38 or provide Debian's apt tools"
-        )
-    apt_dir = layout.apt_dir
-    for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial", "debs"):
-        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
-    (apt_dir / "sources.list").write_text(_trixie_sources_line())
-    (apt_dir / "preferences").write_text("")
-    options = _apt_options(apt_dir)
-    _run_step("apt-get update (private trixie source list)", ["apt-get", "-q", *options, "update"], timeout=600)
-    debs = apt_dir / "debs"
-    for stale in debs.glob("*.deb"):
-        stale.unlink()
-    _run_step("apt-get download of trixie's loader libraries",
-              ["apt-get", "-q", *options, "download", *TRIXIE_PACKAGES], cwd=debs)  # fmt: skip
-    if layout.sysroot.exists():
-        shutil.rmtree(layout.sysroot)
-    layout.sysroot.mkdir(parents=True)
-    for deb in sorted(debs.glob("*.deb")):
-        _run_step(f"dpkg -x {deb.name}", ["dpkg", "-x", str(deb), str(layout.sysroot)])
-    if not layout.loader.exists():
-        raise PerfAnalyzerInstallError(f"trixie's libc6 did not provide {layout.loader}")
-
-
-def _library_path(layout: PerfAnalyzerLayout) -> list[str]:
-    return [str(layout.sysroot / LIB_DIR), "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]
-
-
-def load_manifest(layout: PerfAnalyzerLayout | None = None) -> InstallManifest | None:
-    layout = layout or PerfAnalyzerLayout()
-    try:
-        manifest = InstallManifest(**json.loads(layout.manifest.read_text()))
+        manifest = InstallManifest(**json.loads((tools_dir / MANIFEST_NAME).read_text()))
     except (OSError, ValueError, TypeError):
         return None
     if not Path(manifest.binary).is_file() or (manifest.loader and not Path(manifest.loader).exists()):
@@ -210,88 +60,72 @@ def load_manifest(layout: PerfAnalyzerLayout | None = None) -> InstallManifest |
     return manifest
 
 
-def install(
-    layout: PerfAnalyzerLayout | None = None, version: str = PERF_ANALYZER_VERSION, force: bool = False
-) -> InstallManifest:
-    """Install perf_analyzer under `layout.root` (idempotent); raise PerfAnalyzerInstallError with the cause."""
-    layout = layout or PerfAnalyzerLayout()
-    existing = load_manifest(layout)
-    if existing and existing.version == version and not force:
-        return existing
-    if platform.machine() not in ("x86_64", "AMD64"):
-        raise PerfAnalyzerInstallError(f"the perf-analyzer wheel is x86_64 only; this machine is {platform.machine()}")
-    layout.root.mkdir(parents=True, exist_ok=True)
-    _download_wheel(layout, version)
-    private_loader = needs_private_loader()
-    if private_loader:
-        _install_private_loader(layout)
-    manifest = InstallManifest(
-        version=version,
-        uses_private_loader=private_loader,
-        binary=str(layout.binary),
-        loader=str(layout.loader) if private_loader else None,
-        library_path=_library_path(layout) if private_loader else [],
-    )
-    probe = subprocess.run(
-        _command_prefix(manifest) + ["--version"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
-    )
-    if probe.returncode != 0 and "perf_analyzer" not in (probe.stdout + probe.stderr).lower():
-        raise PerfAnalyzerInstallError(f"perf_analyzer installed but does not start:\n{probe.stderr[-2000:]}")
-    layout.manifest.write_text(json.dumps(asdict(manifest), indent=2))
-    return manifest
+def perf_analyzer_command(args: Sequence[str], tools_dir: Path = DEFAULT_TOOLS_DIR) -> list[str]:
+    """The argv that runs perf_analyzer with `args`.
 
-
-def _command_prefix(manifest: InstallManifest) -> list[str]:
-    if manifest.uses_private_loader and manifest.loader:
-        return [manifest.loader, "--library-path", ":".join(manifest.library_path), manifest.binary]
-    return [manifest.binary]
-
-
-def perf_analyzer_command(args: Sequence[str], layout: PerfAnalyzerLayout | None = None) -> list[str]:
-    """The argv that runs perf_analyzer with `args` (installing it first when it is missing)."""
-    manifest = load_manifest(layout) or install(layout)
-    return _command_prefix(manifest) + list(args)
+    Raises:
+        PerfAnalyzerNotInstalledError: nothing usable is installed in `tools_dir`.
+    """
+    manifest = load_manifest(tools_dir)
+    if manifest is None:
+        raise PerfAnalyzerNotInstalledError(
+            f"perf_analyzer is not installed in {tools_dir}: run `make setup` or "
+            f"`python {INSTALLER} --tools-dir {tools_dir}`"
+        )
+    return manifest.command_prefix() + list(args)
 
 
 def run_perf_analyzer(
-    args: Sequence[str], timeout: float = 600, capture: bool = True, layout: PerfAnalyzerLayout | None = None
+    args: Sequence[str], timeout: float = 600, capture: bool = True, tools_dir: Path = DEFAULT_TOOLS_DIR
 ) -> subprocess.CompletedProcess[str]:
     """Run perf_analyzer with `args`; the caller checks returncode (perf_analyzer exits non-zero on unstable runs)."""
     return subprocess.run(
-        perf_analyzer_command(args, layout),
-        capture_output=capture,
-        text=True,
-        timeout=timeout,
+        perf_analyzer_command(args, tools_dir), capture_output=capture, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def write_wrapper(path: Path, tools_dir: Path = DEFAULT_TOOLS_DIR) -> Path:
+    """An executable shell script at `path` that runs perf_analyzer with its arguments, for tools that need the path
+    of a binary (Model Analyzer's `perf_analyzer_path`). It `exec`s, so the PID such a tool watches (CPU use, timeout
+    kill) is perf_analyzer itself.
+
+    Raises:
+        PerfAnalyzerNotInstalledError: nothing usable is installed in `tools_dir`.
+    """
+    prefix = perf_analyzer_command([], tools_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"#!/bin/sh\n# Written by tritonfleet.loadtest.perf_analyzer.write_wrapper from {tools_dir / MANIFEST_NAME}\n"
+        f'exec {shlex.join(prefix)} "$@"\n',
+        encoding="utf-8",
     )
+    path.chmod(0o755)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.perf_analyzer", description=__doc__.splitlines()[0])
-    parser.add_argument("--tools-dir", type=Path, default=DEFAULT_TOOLS_DIR, help="private install folder")
+    parser.add_argument("--tools-dir", type=Path, default=DEFAULT_TOOLS_DIR, help="the installer's folder")
     commands = parser.add_subparsers(dest="command", required=True)
-    install_parser = commands.add_parser("install", help="download perf_analyzer (+ trixie loader when needed)")
-    install_parser.add_argument("--version", default=PERF_ANALYZER_VERSION)
-    install_parser.add_argument("--force", action="store_true", help="reinstall even when already installed")
     commands.add_parser("path", help="print the command prefix that runs perf_analyzer")
+    wrapper_parser = commands.add_parser("write-wrapper", help="write an executable script that runs perf_analyzer")
+    wrapper_parser.add_argument("wrapper_path", type=Path)
     run_parser = commands.add_parser("run", help="run perf_analyzer: `run -- <perf_analyzer args>`")
     run_parser.add_argument("perf_analyzer_args", nargs=argparse.REMAINDER)
     options = parser.parse_args(argv)
-    layout = PerfAnalyzerLayout(options.tools_dir)
     try:
-        if options.command == "install":
-            manifest = install(layout, options.version, options.force)
-            loader = f" via trixie loader {manifest.loader}" if manifest.uses_private_loader else ""
-            print(f"perf_analyzer {manifest.version}: {manifest.binary}{loader}")
-            return 0
         if options.command == "path":
-            print(" ".join(perf_analyzer_command([], layout)))
+            print(" ".join(perf_analyzer_command([], options.tools_dir)))
+            return 0
+        if options.command == "write-wrapper":
+            print(write_wrapper(options.wrapper_path, options.tools_dir))
             return 0
         args = list(options.perf_analyzer_args)
         if args[:1] == ["--"]:
             args = args[1:]
-        return run_perf_analyzer(args, timeout=24 * 3600, capture=False, layout=layout).returncode
-    except PerfAnalyzerInstallError as error:
+        return run_perf_analyzer(args, timeout=24 * 3600, capture=False, tools_dir=options.tools_dir).returncode
+    except PerfAnalyzerNotInstalledError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

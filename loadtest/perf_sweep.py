@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.perf_analyzer import run_perf_analyzer
 from tritonfleet.loadtest.workload import (
     ModelTarget,
@@ -319,13 +320,11 @@ def write_reports(result: SweepResult, config: SweepConfig, command: str) -> Pat
 
 @contextlib.contextmanager
 def _server(args) -> Iterator[tuple[str, str]]:
+    """(http url, grpc url) of the server to sweep: one started for the run, or the one given."""
     if not args.start_local_server:
         yield args.http_url, args.grpc_url
         return
-    from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
-
-    options = ServerOptions(model_repository=args.model_repository, http_port=0, grpc_port=0, metrics_port=0)
-    with LocalTritonServer(options) as server:
+    with local_server(args.model_repository) as server:
         yield server.http_url, server.grpc_url
 
 

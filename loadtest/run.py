@@ -11,15 +11,15 @@ the SLO verdict). Exit code: 0 SLO met, 1 SLO broken, 2 the run itself failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import re
+import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.shapes import SHAPES
 from tritonfleet.loadtest.slo import SloPolicy, SloReport, evaluate_slo
 
@@ -27,6 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 USER_CLASSES = {"http": "TritonHttpEmbedUser", "grpc": "TritonGrpcEmbedUser"}
 EXIT_SLO_MET, EXIT_SLO_BROKEN, EXIT_RUN_FAILED = 0, 1, 2
+SKIP_MONKEY_PATCH = "LOCUST_SKIP_MONKEY_PATCH"
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,22 @@ class LoadRunConfig:
     name: str = "locust"
 
 
-def parse_duration(text: str) -> float:
-    """Locust-style durations: `90`, `90s`, `2m`, `1h30m`, `1m30s` -> seconds."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
-    if not parts or "".join(f"{n}{u}" for n, u in parts) != text:
-        raise ValueError(f"bad duration {text!r}; use e.g. 30s, 2m, 1h30m")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+def parse_run_time(text: str) -> int:
+    """Seconds of a Locust `-t` value ("90", "90s", "2m", "1h30m") by Locust's own parser.
+
+    `import locust` monkey-patches the whole process for gevent; this process only starts servers and the Locust
+    subprocess (and may be a test runner calling `main`), so the parser is imported with the patching switched off.
+    """
+    previous = os.environ.get(SKIP_MONKEY_PATCH)
+    os.environ[SKIP_MONKEY_PATCH] = "1"
+    try:
+        from locust.util.timespan import parse_timespan
+    finally:
+        if previous is None:
+            del os.environ[SKIP_MONKEY_PATCH]
+        else:
+            os.environ[SKIP_MONKEY_PATCH] = previous
+    return parse_timespan(text)
 
 
 def locust_command(config: LoadRunConfig) -> list[str]:
@@ -128,14 +136,6 @@ def format_verdict(summary: dict, report: SloReport, policy: SloPolicy) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def local_server(repository: Path) -> Iterator[tuple[str, str]]:
-    from tritonfleet.deploy.local import LocalTritonServer, ServerOptions
-
-    with LocalTritonServer(ServerOptions(model_repository=repository, http_port=0, grpc_port=0, metrics_port=0)) as s:
-        yield s.http_url, s.grpc_url
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__.splitlines()[0])
     target = parser.add_argument_group("target")
@@ -169,13 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def config_for(http_url: str, grpc_url: str) -> LoadRunConfig:
         return LoadRunConfig(
             http_url=http_url, grpc_url=grpc_url, protocols=protocols, model=args.model, users=args.users,
-            spawn_rate=args.spawn_rate, run_time_s=parse_duration(args.run_time), load_shape=args.load_shape,
+            spawn_rate=args.spawn_rate, run_time_s=parse_run_time(args.run_time), load_shape=args.load_shape,
             length_mix=args.length_mix, outputs=args.outputs, report_dir=args.report_dir, name=args.name,
         )  # fmt: skip
 
     if args.start_local_server:
-        with local_server(args.model_repository) as (http_url, grpc_url):
-            return run_locust(config_for(http_url, grpc_url), policy)[0]
+        with local_server(args.model_repository) as server:
+            return run_locust(config_for(server.http_url, server.grpc_url), policy)[0]
     return run_locust(config_for(args.host, args.grpc_url), policy)[0]
 
 

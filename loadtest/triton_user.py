@@ -18,16 +18,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import numpy as np
-
+from tritonfleet.client.transport import infer_inputs, requested_outputs
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS
-from tritonfleet.loadtest.workload import (
-    ModelTarget,
-    PreparedRequest,
-    is_rejection,
-    prepare_request,
-    target_from_metadata,
-)
+from tritonfleet.contract.model_config import config_from_json
+from tritonfleet.loadtest.workload import ModelTarget, PreparedRequest, is_rejection, prepare_request
 
 REJECTED_SUFFIX = " REJECTED"
 _grpc_gevent_enabled = False
@@ -56,57 +50,26 @@ class TritonLocustClient:
         if protocol == "http":
             import tritonclient.http as triton_http
 
-            self._module = triton_http
             self.client = triton_http.InferenceServerClient(
                 self.url, connection_timeout=timeout_s, network_timeout=timeout_s
             )
         else:
             import tritonclient.grpc as triton_grpc
 
-            self._module = triton_grpc
             self.client = triton_grpc.InferenceServerClient(self.url)
 
     def model_target(self, model: str) -> ModelTarget:
-        """The model's inputs/outputs from the server (metadata + config)."""
-        if self.protocol == "http":
-            metadata = self.client.get_model_metadata(model)
-            max_batch_size = int(self.client.get_model_config(model).get("max_batch_size", 0))
-        else:
-            grpc_metadata = self.client.get_model_metadata(model, as_json=True)
-            metadata = {
-                "name": grpc_metadata["name"],
-                "inputs": grpc_metadata.get("inputs", []),
-                "outputs": grpc_metadata.get("outputs", []),
-            }
-            max_batch_size = int(self.client.get_model_config(model, as_json=True)["config"].get("max_batch_size", 0))
-        return target_from_metadata(metadata, max_batch_size)
-
-    def _build_inputs(self, request: PreparedRequest, target: ModelTarget) -> list:
-        built = []
-        for name, array in request.inputs.items():
-            datatype = (
-                "BYTES" if array.dtype == np.object_ else next(s.data_type for s in target.inputs if s.name == name)
-            )
-            infer_input = self._module.InferInput(name, list(array.shape), datatype)
-            if self.protocol == "http":
-                infer_input.set_data_from_numpy(array, binary_data=True)
-            else:
-                infer_input.set_data_from_numpy(array)
-            built.append(infer_input)
-        return built
-
-    def _build_outputs(self, names: Sequence[str]) -> list:
-        if self.protocol == "http":
-            return [self._module.InferRequestedOutput(name, binary_data=True) for name in names]
-        return [self._module.InferRequestedOutput(name) for name in names]
+        """The model's inputs/outputs from the server (its configuration)."""
+        answer = self.client.get_model_config(model, **({"as_json": True} if self.protocol == "grpc" else {}))
+        return ModelTarget.from_config(config_from_json(answer))
 
     def infer(
         self, target: ModelTarget, request: PreparedRequest, output_names: Sequence[str], name: str | None = None
     ) -> Any:
         """One inference; fires a Locust request event (rejections under `<name> REJECTED`). Returns the result."""
         request_name = name or target.name
-        inputs = self._build_inputs(request, target)
-        outputs = self._build_outputs(output_names)
+        inputs = infer_inputs(self.protocol, request.inputs)
+        outputs = requested_outputs(self.protocol, output_names)
         start = time.perf_counter()
         result, exception, response_length = None, None, 0
         try:

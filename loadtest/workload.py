@@ -20,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tritonfleet.client.core import sequence_array
 from tritonfleet.contract import esm2_tokens as esm_tokenizer
+from tritonfleet.contract.model_config import (
+    CONFIG_FILENAME,
+    ServedModel,
+    model_configs,
+    read_config,
+    string_parameters,
+)
 
 DEFAULT_SEED = 20240601
 
@@ -61,11 +69,6 @@ class LengthMix:
     def probabilities(self) -> np.ndarray:
         weights = np.array([length_bin.weight for length_bin in self.bins], dtype=np.float64)
         return weights / weights.sum()
-
-    @property
-    def expected_length(self) -> float:
-        midpoints = np.array([(b.low + b.high) / 2 for b in self.bins])
-        return float((self.probabilities * midpoints).sum())
 
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """`count` lengths (int64) drawn from the mix."""
@@ -142,25 +145,13 @@ def token_length_waste(sequences: Sequence[str], buckets: Sequence[int] = esm_to
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    data_type: str  # Triton API datatype: "BYTES", "INT64", "FP32", ...
-    dims: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ModelTarget:
-    """How to build one request for a model: either a BYTES sequence input or token-id inputs."""
-
-    name: str
-    max_batch_size: int
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    platform: str = ""
+class ModelTarget(ServedModel):
+    """A served model (the contract's `ServedModel`) as the load tools address it: either a BYTES sequence input
+    or token-id inputs; any model of a repository, not only the embedding models the client accepts."""
 
     @property
     def takes_sequences(self) -> bool:
-        return any(spec.data_type == "BYTES" for spec in self.inputs)
+        return any(spec.api_dtype == "BYTES" for spec in self.inputs)
 
     @property
     def ids_input(self) -> str:
@@ -172,7 +163,7 @@ class ModelTarget:
 
     @property
     def sequence_input(self) -> str:
-        return next(spec.name for spec in self.inputs if spec.data_type == "BYTES")
+        return next(spec.name for spec in self.inputs if spec.api_dtype == "BYTES")
 
     @property
     def embedding_output(self) -> str:
@@ -190,50 +181,13 @@ class ModelTarget:
         raise ValueError(f"outputs must be 'embedding' or 'all', got {which!r}")
 
 
-_CONFIG_TYPE_TO_API = {
-    "TYPE_STRING": "BYTES", "TYPE_INT64": "INT64", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32", "TYPE_FP16": "FP16",
-    "TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_INT8": "INT8", "TYPE_FP64": "FP64", "TYPE_BF16": "BF16",
-}  # fmt: skip
-
-
-def read_model_config(config_path: Path):
-    """Parse a config.pbtxt into a model_config_pb2.ModelConfig."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(Path(config_path).read_text(), model_config_pb2.ModelConfig())
-
-
-def target_from_config(config) -> ModelTarget:
-    """A ModelTarget from a model_config_pb2.ModelConfig."""
-    from tritonclient.grpc import model_config_pb2
-
-    def specs(tensors) -> tuple[TensorSpec, ...]:
-        return tuple(
-            TensorSpec(t.name, _CONFIG_TYPE_TO_API[model_config_pb2.DataType.Name(t.data_type)], tuple(t.dims))
-            for t in tensors
-        )
-
-    return ModelTarget(config.name, config.max_batch_size, specs(config.input), specs(config.output), config.platform)
-
-
-def target_from_metadata(metadata: dict, max_batch_size: int) -> ModelTarget:
-    """A ModelTarget from the KServe v2 model metadata JSON (HTTP `get_model_metadata`)."""
-
-    def specs(tensors: list[dict]) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t["name"], t["datatype"], tuple(int(d) for d in t["shape"])) for t in tensors)
-
-    return ModelTarget(metadata["name"], max_batch_size, specs(metadata["inputs"]), specs(metadata["outputs"]))
-
-
 def repository_targets(repository: Path) -> dict[str, ModelTarget]:
     """Every model of a repository (directories with a config.pbtxt), by name, in name order."""
     targets = {}
-    for config_path in sorted(Path(repository).glob("*/config.pbtxt")):
-        config = read_model_config(config_path)
+    for folder_name, config in model_configs(repository):
         if not config.name:
-            config.name = config_path.parent.name
-        targets[config.name] = target_from_config(config)
+            config.name = folder_name
+        targets[config.name] = ModelTarget.from_config(config)
     return targets
 
 
@@ -248,12 +202,9 @@ def tokenize(
 def buckets_from_repository(repository: Path | None) -> tuple[int, ...]:
     """The tokenizer's length buckets from esm2_tokenizer's config parameters when set there, else the defaults."""
     if repository is not None:
-        config_path = Path(repository) / "esm2_tokenizer" / "config.pbtxt"
+        config_path = Path(repository) / "esm2_tokenizer" / CONFIG_FILENAME
         if config_path.is_file():
-            parameters = read_model_config(config_path).parameters
-            for key in ("LENGTH_BUCKETS", "length_buckets", "BUCKETS", "buckets"):
-                if key in parameters:
-                    return esm_tokenizer.parse_buckets(parameters[key].string_value)
+            return esm_tokenizer.TokenizerSettings.from_parameters(string_parameters(read_config(config_path))).buckets
     return esm_tokenizer.DEFAULT_BUCKETS
 
 
@@ -286,8 +237,7 @@ def prepare_request(
     """Inputs carrying `sequences` as one batch: BYTES [N, 1], or token ids / mask [N, bucket of the longest]."""
     residues = sum(len(sequence) for sequence in sequences)
     if target.takes_sequences:
-        data = np.array([[sequence.encode("ascii")] for sequence in sequences], dtype=np.object_)
-        return PreparedRequest({target.sequence_input: data}, len(sequences), residues)
+        return PreparedRequest({target.sequence_input: sequence_array(sequences)}, len(sequences), residues)
     input_ids, attention_mask = esm_tokenizer.encode_batch(list(sequences), buckets)
     return PreparedRequest({target.ids_input: input_ids, target.mask_input: attention_mask}, len(sequences), residues)
 

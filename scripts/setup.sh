@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fresh-machine set-up: virtualenv, CPU torch first (a bare `torch` requirement would pull GBs of CUDA wheels),
-# then the project with its extras, then perf_analyzer with its private glibc loader.
+# then the project with its extras, then perf_analyzer with its private glibc loader (scripts/install_perf_analyzer.py).
 set -euo pipefail
 VENV=${1:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
@@ -13,8 +13,8 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q "$TORCH_SPEC"
-"${PIP[@]}" install -q -e ".[${ORT_EXTRA},export,deploy,client,loadtest,parquet,dev]"
-"$VENV/bin/python" -m tritonfleet.loadtest.perf_analyzer install
+"${PIP[@]}" install -q -e ".[${ORT_EXTRA},export,deploy,client,loadtest,parquet,tune,dev]"
+"$VENV/bin/python" scripts/install_perf_analyzer.py
 # promtool validates deploy/monitoring rules in the tests; Debian's `prometheus` package ships it.
 if ! command -v promtool >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

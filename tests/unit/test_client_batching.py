@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from tritonfleet.client.core import (
+    PreparedCall,
     assemble_embeddings,
     assemble_residues,
     build_input_arrays,
+    normalize_sequences,
     plan_batches,
-    prepare_sequences,
+    plan_call,
 )
 from tritonfleet.client.errors import InvalidSequenceError, UnsupportedModelError
 from tritonfleet.client.model import ModelSpec, logical_tensor_name
@@ -19,33 +21,40 @@ from tritonfleet.contract.esm2_tokens import encode_batch
 D = 4
 
 
-def _metadata(inputs: list[tuple[str, str]], outputs: list[str], name: str = "m") -> dict:
+def _config(inputs: list[tuple[str, str]], outputs: list[str], name: str = "m", max_batch_size: int = 8) -> dict:
+    """A `get_model_config` answer as HTTP returns it."""
     return {
         "name": name,
-        "inputs": [{"name": n, "datatype": t, "shape": [-1, -1]} for n, t in inputs],
-        "outputs": [
-            {"name": n, "datatype": "FP32", "shape": [-1, D] if n.startswith("EMB") else [-1, -1, D]} for n in outputs
+        "max_batch_size": max_batch_size,
+        "input": [{"name": n, "data_type": t, "dims": [-1]} for n, t in inputs],
+        "output": [
+            {"name": n, "data_type": "TYPE_FP32", "dims": [D] if n.startswith("EMB") else [-1, D]} for n in outputs
         ],
     }
 
 
-ENSEMBLE = ModelSpec.from_server_answers(
-    _metadata([("SEQUENCE", "BYTES")], ["EMBEDDING", "RESIDUE_EMBEDDINGS"], "esm2"), {"max_batch_size": 3}
+def prepare_sequences(sequences, max_batch_size: int, ids=None) -> PreparedCall:
+    return plan_call(normalize_sequences(sequences, ids=ids), max_batch_size)
+
+
+ENSEMBLE = ModelSpec.from_config(
+    _config([("SEQUENCE", "TYPE_STRING")], ["EMBEDDING", "RESIDUE_EMBEDDINGS"], "esm2", max_batch_size=3)
 )
 
 
-def test_torchscript_suffixes_are_resolved_from_grpc_json_metadata() -> None:
-    metadata = _metadata(
-        [("INPUT_IDS__0", "INT64"), ("ATTENTION_MASK__1", "INT64")],
+def test_torchscript_suffixes_are_resolved_from_a_grpc_json_config() -> None:
+    config = _config(
+        [("INPUT_IDS__0", "TYPE_INT64"), ("ATTENTION_MASK__1", "TYPE_INT64")],
         ["EMBEDDING__0", "RESIDUE_EMBEDDINGS__1"],
         "esm2_torchscript",
+        max_batch_size=64,
     )
-    metadata["outputs"][0]["shape"] = ["-1", str(D)]  # gRPC JSON renders int64 as strings
-    spec = ModelSpec.from_server_answers(metadata, {"config": {"name": "esm2_torchscript", "max_batch_size": 64}})
+    config["output"][0]["dims"] = [str(D)]  # gRPC JSON renders int64 as strings and wraps the config
+    spec = ModelSpec.from_config({"config": config})
     assert spec.feed == "tokens"
     assert spec.inputs == {"INPUT_IDS": "INPUT_IDS__0", "ATTENTION_MASK": "ATTENTION_MASK__1"}
     assert spec.output_name("RESIDUE_EMBEDDINGS") == "RESIDUE_EMBEDDINGS__1"
-    assert (spec.max_batch_size, spec.embedding_dim) == (64, D)
+    assert (spec.name, spec.max_batch_size, spec.embedding_dim) == ("esm2_torchscript", 64, D)
 
 
 def test_logical_names_only_strip_a_trailing_index_suffix() -> None:
@@ -56,10 +65,12 @@ def test_logical_names_only_strip_a_trailing_index_suffix() -> None:
 
 def test_models_outside_the_contract_are_refused_with_reasons() -> None:
     with pytest.raises(UnsupportedModelError, match="expected SEQUENCE"):
-        ModelSpec.from_server_answers(_metadata([("TEXT", "BYTES")], ["EMBEDDING"]), {"max_batch_size": 8})
+        ModelSpec.from_config(_config([("TEXT", "TYPE_STRING")], ["EMBEDDING"]))
     with pytest.raises(UnsupportedModelError, match="max_batch_size 0"):
-        ModelSpec.from_server_answers(_metadata([("SEQUENCE", "BYTES")], ["EMBEDDING"]), {"max_batch_size": 0})
-    spec = ModelSpec.from_server_answers(_metadata([("SEQUENCE", "BYTES")], ["EMBEDDING"]), {"max_batch_size": 8})
+        ModelSpec.from_config(_config([("SEQUENCE", "TYPE_STRING")], ["EMBEDDING"], max_batch_size=0))
+    with pytest.raises(UnsupportedModelError, match="no EMBEDDING output"):
+        ModelSpec.from_config(_config([("SEQUENCE", "TYPE_STRING")], ["RESIDUE_EMBEDDINGS"]))
+    spec = ModelSpec.from_config(_config([("SEQUENCE", "TYPE_STRING")], ["EMBEDDING"]))
     with pytest.raises(UnsupportedModelError, match="no RESIDUE_EMBEDDINGS output"):
         spec.output_name("RESIDUE_EMBEDDINGS")
 
@@ -106,8 +117,9 @@ def test_sequence_inputs_are_object_arrays_of_bytes_with_one_element_per_row() -
 
 
 def test_token_inputs_use_the_served_names_and_the_shared_tokenizer() -> None:
-    metadata = _metadata([("INPUT_IDS__0", "INT64"), ("ATTENTION_MASK__1", "INT64")], ["EMBEDDING__0"])
-    spec = ModelSpec.from_server_answers(metadata, {"max_batch_size": 8})
+    spec = ModelSpec.from_config(
+        _config([("INPUT_IDS__0", "TYPE_INT64"), ("ATTENTION_MASK__1", "TYPE_INT64")], ["EMBEDDING__0"])
+    )
     arrays = build_input_arrays(spec, ["MKT", "GS"])
     expected_ids, expected_mask = encode_batch(["MKT", "GS"])
     np.testing.assert_array_equal(arrays["INPUT_IDS__0"], expected_ids)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tritonfleet.contract import esm2_tokens as esm_tokenizer
+from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.loadtest.perf_sweep import (
     SweepConfig,
     build_input_data,
@@ -16,15 +17,24 @@ from tritonfleet.loadtest.perf_sweep import (
     parse_perf_csv,
     perf_analyzer_args,
 )
-from tritonfleet.loadtest.workload import ModelTarget, TensorSpec, generate_sequences
+from tritonfleet.loadtest.workload import ModelTarget, generate_sequences
 
 ONNX = ModelTarget(
-    "esm2_onnx", 64,
-    (TensorSpec("INPUT_IDS", "INT64", (-1,)), TensorSpec("ATTENTION_MASK", "INT64", (-1,))),
-    (TensorSpec("EMBEDDING", "FP32", (320,)),),
-)  # fmt: skip
-TOKENIZER = ModelTarget("esm2_tokenizer", 64, (TensorSpec("SEQUENCE", "BYTES", (1,)),),
-                        (TensorSpec("INPUT_IDS", "INT64", (-1,)),))  # fmt: skip
+    name="esm2_onnx",
+    platform="onnxruntime_onnx",
+    backend="",
+    max_batch_size=64,
+    inputs=(TensorSpec("INPUT_IDS", "int64", (-1,)), TensorSpec("ATTENTION_MASK", "int64", (-1,))),
+    outputs=(TensorSpec("EMBEDDING", "float32", (320,)),),
+)
+TOKENIZER = ModelTarget(
+    name="esm2_tokenizer",
+    platform="",
+    backend="python",
+    max_batch_size=64,
+    inputs=(TensorSpec("SEQUENCE", "object", (1,)),),
+    outputs=(TensorSpec("INPUT_IDS", "int64", (-1,)),),
+)
 
 # Verbatim layout of perf_analyzer 2.60 `-f` output (this project's machine, esm2_onnx over gRPC).
 CONCURRENCY_CSV = (

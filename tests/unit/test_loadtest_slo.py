@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tritonfleet.loadtest.run import LoadRunConfig, locust_command, parse_duration
+from tritonfleet.loadtest.run import LoadRunConfig, locust_command
 from tritonfleet.loadtest.shapes import ShapeSettings, users_at
 from tritonfleet.loadtest.slo import SloPolicy, evaluate_slo
 
@@ -49,14 +51,20 @@ def test_policy_validation() -> None:
         SloPolicy(max_failure_ratio=1.5)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("20", 20), ("20s", 20), ("2m", 120), ("1h30m", 5400), ("1m5s", 65)])
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-def test_parse_duration_rejects_garbage() -> None:
-    with pytest.raises(ValueError):
-        parse_duration("5 minutes")
+def test_run_time_uses_locusts_parser_without_patching_this_process() -> None:
+    check = (
+        "import gevent.monkey\n"
+        "from tritonfleet.loadtest.run import parse_run_time\n"
+        "assert parse_run_time('1h30m') == 5400 and parse_run_time('20') == 20\n"
+        "assert not gevent.monkey.is_module_patched('socket')\n"
+        "try:\n"
+        "    parse_run_time('5 minutes')\n"
+        "except ValueError:\n"
+        "    print('rejected')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "rejected"
 
 
 def test_locust_command_selects_the_protocol_users(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from tritonfleet.contract import esm2_tokens as esm_tokenizer
+from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.loadtest.workload import (
     LENGTH_MIXES,
     SWISSPROT_COMPOSITION,
     LengthBin,
     LengthMix,
     ModelTarget,
-    TensorSpec,
     buckets_from_repository,
     generate_sequences,
     is_rejection,
@@ -25,17 +25,21 @@ from tritonfleet.loadtest.workload import (
     token_length_waste,
 )
 
-ENSEMBLE = ModelTarget(
+
+def _target(name: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> ModelTarget:
+    return ModelTarget(name=name, platform="", backend="", max_batch_size=64, inputs=inputs, outputs=outputs)
+
+
+ENSEMBLE = _target(
     "esm2",
-    64,
-    (TensorSpec("SEQUENCE", "BYTES", (1,)),),
-    (TensorSpec("EMBEDDING", "FP32", (320,)), TensorSpec("RESIDUE_EMBEDDINGS", "FP32", (-1, 320))),
+    (TensorSpec("SEQUENCE", "object", (1,)),),
+    (TensorSpec("EMBEDDING", "float32", (320,)), TensorSpec("RESIDUE_EMBEDDINGS", "float32", (-1, 320))),
 )
-TORCHSCRIPT = ModelTarget(
-    "esm2_torchscript", 64,
-    (TensorSpec("INPUT_IDS__0", "INT64", (-1,)), TensorSpec("ATTENTION_MASK__1", "INT64", (-1,))),
-    (TensorSpec("EMBEDDING__0", "FP32", (320,)), TensorSpec("RESIDUE_EMBEDDINGS__1", "FP32", (-1, 320))),
-)  # fmt: skip
+TORCHSCRIPT = _target(
+    "esm2_torchscript",
+    (TensorSpec("INPUT_IDS__0", "int64", (-1,)), TensorSpec("ATTENTION_MASK__1", "int64", (-1,))),
+    (TensorSpec("EMBEDDING__0", "float32", (320,)), TensorSpec("RESIDUE_EMBEDDINGS__1", "float32", (-1, 320))),
+)
 
 
 def test_swissprot_mix_matches_the_published_shape() -> None:

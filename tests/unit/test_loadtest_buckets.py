@@ -1,4 +1,4 @@
-"""The offline half of the bucket report: length mix, padding waste, batch estimate, optimal buckets."""
+"""The offline half of the bucket study (loadtest/buckets.py): padding waste, batch estimate, optimal buckets."""
 
 from __future__ import annotations
 

@@ -1,0 +1,58 @@
+"""`python -m loadtest.bench` (or `python -m tritonfleet.loadtest.bench`): run the benchmark, write its reports."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tritonfleet.loadtest.bench.report import write_report
+from tritonfleet.loadtest.bench.scenarios import DEFAULT_REPORT_DIR, BenchConfig, run_bench
+from tritonfleet.loadtest.devices import select_devices
+
+DESCRIPTION = "One-run benchmark: raw engine vs Triton (batching on/off) vs a hand-written FastAPI service."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=DESCRIPTION)
+    parser.add_argument("--quick", action="store_true", help="CI smoke: short mix, few sequences, short windows")
+    parser.add_argument("--model-size", default="8M")
+    parser.add_argument("--model-repository", type=Path, default=None, help="exported repository (default: export)")
+    parser.add_argument("--length-mix", default=None)
+    parser.add_argument("--sequences", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load point")
+    parser.add_argument("--batch-sizes", default=None, help="raw-engine batch sizes to try, e.g. 1,8,32,64")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:0,cuda:1 (PyTorch paths)")
+    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
+    parser.add_argument("--prefix", default=None, help="report file prefix (default bench, bench_quick with --quick)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    overrides = {key: value for key, value in (
+        ("length_mix", args.length_mix), ("sequences", args.sequences), ("concurrency", args.concurrency),
+        ("duration_s", args.duration),
+        ("batch_sizes", tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else None),
+    ) if value is not None}  # fmt: skip
+    common = dict(model_size=args.model_size, model_repository=args.model_repository, report_dir=args.report_dir,
+                  device=",".join(select_devices(args.device)))  # fmt: skip
+    return BenchConfig.quick_config(**common, **overrides) if args.quick else BenchConfig(**common, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers this run started (Triton, uvicorn) are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    command = "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = run_bench(config_from_args(args), command.strip())
+    path = write_report(report, args.report_dir, args.prefix or ("bench_quick" if args.quick else "bench"))
+    print(path.read_text())
+    served = [s for s in report.scenarios if s.group in "bcd"]
+    return 0 if served and all(s.requests > 0 for s in served) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
