@@ -8,6 +8,7 @@ failures, bad options) end with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -20,15 +21,18 @@ from tritonfleet.contract.esm2_tokens import (
     format_buckets,
     parse_buckets,
 )
+from tritonfleet.export.devices import MAX_CPU_INSTANCES, DevicePlan, plan_devices, usable_cores
 from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
-from tritonfleet.export.gpus import DevicePlan, plan_devices
-from tritonfleet.export.model_config import FORMATS, BatchingOptions, check_formats
+from tritonfleet.export.model_config import FORMATS, GPU_BATCHING, BatchingOptions, check_formats, default_batching
 from tritonfleet.export.network import ExportReport
 from tritonfleet.export.signature import ExportError, parse_names
 
 logger = logging.getLogger("tritonfleet.export")
 PROGRAM = "python -m export"
-DEFAULT_PREFERRED_BATCH_SIZES = (8, 16, 32, 64)
+
+
+def format_sizes(sizes: tuple[int, ...]) -> str:
+    return ",".join(map(str, sizes))
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -45,19 +49,36 @@ def _add_serving_options(parser: argparse.ArgumentParser, parity_default: int | 
         "--gpus", default="auto", help="auto (detect), none (CPU) or GPU ids like 0,1,2,3 (default: %(default)s)"
     )
     parser.add_argument("--instances-per-gpu", type=int, default=1, metavar="N", help="(default: %(default)s)")
-    parser.add_argument(
-        "--cpu-instances", type=int, default=1, metavar="N", help="instances when on CPU (default: %(default)s)"
+    cpu = parser.add_argument_group("CPU plan (used when there is no GPU; reports/cpu_plan.md)")
+    cpu.add_argument(
+        "--cpu-cores",
+        type=int,
+        metavar="N",
+        help=f"cores the CPU plan fills (default: the cores this process may use, here {usable_cores()})",
+    )
+    cpu.add_argument(
+        "--cpu-instances",
+        type=int,
+        metavar="N",
+        help=f"network instances (default: one per core, at most {MAX_CPU_INSTANCES})",
+    )
+    cpu.add_argument(
+        "--cpu-threads", type=int, metavar="N", help="intra-op threads per instance (default: cores / instances)"
     )
     parser.add_argument("--max-batch-size", type=int, default=64, metavar="N", help="(default: %(default)s)")
     parser.add_argument(
         "--preferred-batch-sizes",
         type=_int_list,
-        default=DEFAULT_PREFERRED_BATCH_SIZES,
         metavar="N,N,...",
-        help="sizes the dynamic batcher aims for; those above --max-batch-size are dropped (default: 8,16,32,64)",
+        help="sizes the dynamic batcher aims for; those above --max-batch-size are dropped "
+        f"(default: none on CPU, {format_sizes(GPU_BATCHING.preferred_batch_sizes)} on GPUs)",
     )
     parser.add_argument(
-        "--max-queue-delay-us", type=int, default=2000, metavar="US", help="batcher delay (default: %(default)s)"
+        "--max-queue-delay-us",
+        type=int,
+        metavar="US",
+        help=f"how long a request may wait for batch-mates (default: 0 on CPU, {GPU_BATCHING.max_queue_delay_us} "
+        "on GPUs)",
     )
     parser.add_argument(
         "--max-queue-size",
@@ -134,16 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _devices(args: argparse.Namespace) -> DevicePlan:
     try:
-        return plan_devices(args.gpus, args.instances_per_gpu, args.cpu_instances)
+        return plan_devices(args.gpus, args.instances_per_gpu, args.cpu_instances, args.cpu_threads, args.cpu_cores)
     except ValueError as error:
         raise ExportError(str(error)) from None
 
 
-def _batching(args: argparse.Namespace, max_queue_delay_us: int | None = None) -> BatchingOptions:
-    preferred = tuple(size for size in args.preferred_batch_sizes if size <= args.max_batch_size)
-    delay = args.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us
+def _batching(args: argparse.Namespace, plan: DevicePlan, tokenizer: bool = False) -> BatchingOptions:
+    """The device's batching policy with the command line's overrides; tokenizers keep their own queue delay."""
+    policy = default_batching(plan, tokenizer)
+    overrides = {}
+    if args.preferred_batch_sizes is not None:
+        overrides["preferred_batch_sizes"] = tuple(args.preferred_batch_sizes)
+    if args.max_queue_delay_us is not None and not tokenizer:
+        overrides["max_queue_delay_us"] = args.max_queue_delay_us
     try:
-        return BatchingOptions(args.max_batch_size, preferred, delay, args.max_queue_size)
+        return dataclasses.replace(policy, **overrides).with_limits(args.max_batch_size, args.max_queue_size)
     except ValueError as error:
         raise ExportError(f"batching options: {error}") from None
 
@@ -162,8 +188,8 @@ def run_torch(args: argparse.Namespace) -> ExportReport:
         input_names=parse_names(args.input_names),
         output_names=parse_names(args.output_names),
         formats=_formats(args.formats),
-        devices=_devices(args),
-        batching=_batching(args),
+        devices=(devices := _devices(args)),
+        batching=_batching(args, devices),
         onnx_exporter=args.onnx_exporter,
         parity_samples=args.parity_samples,
         parameters={"factory": args.factory},
@@ -184,9 +210,9 @@ def run_esm2(args: argparse.Namespace) -> ExportReport:
 
     options = RepositoryOptions(
         output=args.output,
-        devices=_devices(args),
-        batching=_batching(args),
-        tokenizer_batching=_batching(args, max_queue_delay_us=500),
+        devices=(devices := _devices(args)),
+        batching=_batching(args, devices),
+        tokenizer_batching=_batching(args, devices, tokenizer=True),
         length_buckets=args.length_buckets,
         run_overhead_tokens=args.run_overhead_tokens,
         ensemble_target=args.ensemble_target,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tritonfleet.contract.model_config import write_config
-from tritonfleet.export.gpus import DevicePlan
+from tritonfleet.export.devices import DevicePlan, plan_devices
 from tritonfleet.export.model_config import (
     FORMATS,
     GENERATED_HEADER,
@@ -25,6 +25,7 @@ from tritonfleet.export.model_config import (
     Format,
     WarmupSample,
     check_formats,
+    default_batching,
     network_config,
     served_names,
 )
@@ -48,8 +49,8 @@ class TorchExportOptions:
         output: repository root (other models in it are left alone).
         input_names, output_names: tensor names in forward order (default INPUT0.. / OUTPUT0..).
         formats: "onnx" and/or "torchscript".
-        devices: instance placement (export.gpus.plan_devices).
-        batching: dynamic batching and the bounded queue.
+        devices: instance placement (default: the CPU plan of this machine, export.devices.plan_devices).
+        batching: dynamic batching and the bounded queue (default: the devices' policy).
         onnx_exporter: "dynamo" or "legacy".
         parity_samples: how many samples (from the first) parity checks every format on; None: all, 0: none.
         parameters: extra config `parameters` (strings), e.g. where the model came from.
@@ -60,13 +61,15 @@ class TorchExportOptions:
     input_names: tuple[str, ...] | None = None
     output_names: tuple[str, ...] | None = None
     formats: tuple[Format, ...] = FORMATS
-    devices: DevicePlan = field(default_factory=lambda: DevicePlan("KIND_CPU"))
-    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    devices: DevicePlan = field(default_factory=lambda: plan_devices("none"))
+    batching: BatchingOptions | None = None
     onnx_exporter: OnnxExporter = "dynamo"
     parity_samples: int | None = None
     parameters: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.batching is None:
+            object.__setattr__(self, "batching", default_batching(self.devices))
         if not MODEL_NAME.fullmatch(self.name):
             raise ExportError(f"--name {self.name!r}: use letters, digits, '_', '.' or '-' (it names directories)")
         check_formats(self.formats)

@@ -7,6 +7,7 @@ axes leave the batch axis out, exactly like `dims` of a config with max_batch_si
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -14,7 +15,7 @@ from typing import Literal
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonfleet.contract.tensors import TensorSpec
-from tritonfleet.export.gpus import DevicePlan
+from tritonfleet.export.devices import DevicePlan
 from tritonfleet.export.onnx_export import OPSET
 from tritonfleet.export.signature import ExportError
 
@@ -72,10 +73,32 @@ class BatchingOptions:
         if self.max_queue_delay_us < 0 or self.max_queue_size < 0:
             raise ValueError("queue delay and size must be >= 0")
 
+    def with_limits(self, max_batch_size: int, max_queue_size: int) -> BatchingOptions:
+        """The same policy for another max batch size (preferred sizes clipped to it) and queue bound."""
+        preferred = tuple(size for size in self.preferred_batch_sizes if size <= max_batch_size)
+        return BatchingOptions(max_batch_size, preferred, self.max_queue_delay_us, max_queue_size)
+
     def limited_to(self, max_batch_size: int) -> BatchingOptions:
         """The same options with preferred sizes clipped to a smaller max batch size."""
         preferred = tuple(size for size in self.preferred_batch_sizes if size <= max_batch_size)
         return BatchingOptions(max_batch_size, preferred, self.max_queue_delay_us, self.max_queue_size)
+
+
+# On CPU the networks are compute-bound (batch 64 runs no faster per sequence than batch 1), so waiting for batch-mates
+# only adds latency (a 2 ms delay was the 2 ms of server overhead at concurrency 1); requests that queue while every
+# instance is busy still run together. GPUs gain from full batches, worth a short wait. Tokenizers are cheap.
+CPU_BATCHING = BatchingOptions(preferred_batch_sizes=(), max_queue_delay_us=0)
+GPU_BATCHING = BatchingOptions(preferred_batch_sizes=(8, 16, 32, 64), max_queue_delay_us=2000)
+GPU_TOKENIZER_QUEUE_DELAY_US = 500
+
+
+def default_batching(plan: DevicePlan, tokenizer: bool = False) -> BatchingOptions:
+    """The batching policy for a device plan: the networks', or (`tokenizer`) the python pre-processing models'."""
+    if plan.kind == "KIND_CPU":
+        return CPU_BATCHING
+    if tokenizer:
+        return dataclasses.replace(GPU_BATCHING, max_queue_delay_us=GPU_TOKENIZER_QUEUE_DELAY_US)
+    return GPU_BATCHING
 
 
 @dataclass(frozen=True)
@@ -162,6 +185,7 @@ def network_config(
     `<NAME>__<index>` tensor names."""
     input_names, output_names = served_names(inputs, fmt), served_names(outputs, fmt)
     extra = {"onnx_opset": str(OPSET)} if fmt == "onnx" else {"INFERENCE_MODE": "true"}
+    extra.update(plan.engine_parameters(fmt))
     config = _model_config(name, platform=PLATFORMS[fmt])
     _set_dynamic_batching(config, batching)
     _add_tensors(config.input, inputs, input_names)

@@ -30,9 +30,9 @@ def export_esm2(
 
     `options` are `RepositoryOptions` fields (batching, formats, parity_samples, configs_only, ...).
     """
+    from tritonfleet.export.devices import plan_devices
     from tritonfleet.export.esm2.recipe import Esm2Recipe
     from tritonfleet.export.esm2.repository import RepositoryOptions, export_repository
-    from tritonfleet.export.gpus import plan_devices
 
     recipe = Esm2Recipe(
         checkpoint=checkpoint, random_init=None if checkpoint else random_init, seed=seed, precision=precision

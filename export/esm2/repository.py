@@ -33,8 +33,8 @@ from tritonfleet.contract.esm2_tokens import (
 )
 from tritonfleet.contract.model_config import write_config
 from tritonfleet.contract.tensors import TensorSpec
+from tritonfleet.export.devices import DevicePlan, plan_devices
 from tritonfleet.export.esm2.recipe import SEQUENCE_AXIS, Esm2Recipe
-from tritonfleet.export.gpus import DevicePlan
 from tritonfleet.export.model_config import (
     FORMATS,
     GENERATED_HEADER,
@@ -44,6 +44,7 @@ from tritonfleet.export.model_config import (
     EnsembleStep,
     Format,
     WarmupSample,
+    default_batching,
     ensemble_config,
     network_config,
     python_model_config,
@@ -56,7 +57,9 @@ from tritonfleet.export.signature import ExportError
 logger = logging.getLogger(__name__)
 
 # The committed model_repository/ is exactly what this command writes (CPU-portable, random 8M weights).
-CANONICAL_ARGS: tuple[str, ...] = ("esm2", "--random-init", "8M", "--gpus", "none", "--output", "model_repository")
+CANONICAL_ARGS: tuple[str, ...] = (
+    "esm2", "--random-init", "8M", "--gpus", "none", "--cpu-cores", "2", "--output", "model_repository"
+)  # fmt: skip
 CANONICAL_COMMAND = "python -m export " + " ".join(CANONICAL_ARGS)
 CONFIG_HEADER = GENERATED_HEADER + f"# Canonical command for the committed repository: {CANONICAL_COMMAND}\n"
 
@@ -99,9 +102,9 @@ class RepositoryOptions:
 
     Attributes:
         output: repository root.
-        devices: instance placement.
-        batching: dynamic batching of the exported networks.
-        tokenizer_batching: dynamic batching of the tokenizer.
+        devices: instance placement (default: the CPU plan of this machine).
+        batching: dynamic batching of the exported networks (default: the devices' policy).
+        tokenizer_batching: dynamic batching of the tokenizer and BLS models (default: the devices' policy).
         length_buckets: token-length buckets of the tokenizer (config parameter, tunable without code).
         run_overhead_tokens: the tokenizer pads consecutive requests to one width when that costs fewer padded
             tokens than this per extra execution (config parameter; 0 keeps per-request buckets; None picks the
@@ -114,9 +117,9 @@ class RepositoryOptions:
     """
 
     output: Path
-    devices: DevicePlan = field(default_factory=lambda: DevicePlan("KIND_CPU"))
-    batching: BatchingOptions = field(default_factory=BatchingOptions)
-    tokenizer_batching: BatchingOptions = field(default_factory=lambda: BatchingOptions(max_queue_delay_us=500))
+    devices: DevicePlan = field(default_factory=lambda: plan_devices("none"))
+    batching: BatchingOptions | None = None
+    tokenizer_batching: BatchingOptions | None = None
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     run_overhead_tokens: int | None = None
     ensemble_target: EnsembleTarget = "onnx"
@@ -124,6 +127,12 @@ class RepositoryOptions:
     onnx_exporter: OnnxExporter = "dynamo"
     parity_samples: int = 4
     configs_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batching is None:
+            object.__setattr__(self, "batching", default_batching(self.devices))
+        if self.tokenizer_batching is None:
+            object.__setattr__(self, "tokenizer_batching", default_batching(self.devices, tokenizer=True))
 
     @property
     def resolved_run_overhead_tokens(self) -> int:

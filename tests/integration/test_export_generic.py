@@ -21,8 +21,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
 from tritonfleet.deploy.local import local_server
+from tritonfleet.export.devices import plan_devices
 from tritonfleet.export.generic import TorchExportOptions, export_torch
-from tritonfleet.export.gpus import plan_devices
 from tritonfleet.export.model_config import BatchingOptions
 from tritonfleet.export.parity import ParityError
 from tritonfleet.export.signature import ExportError

@@ -87,11 +87,32 @@ def test_dynamic_batching_with_a_bounded_rejecting_queue(generated):
     _, configs = generated
     for name in (TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL):
         batching = configs[name].dynamic_batching
-        assert batching.preferred_batch_size and max(batching.preferred_batch_size) <= configs[name].max_batch_size
-        assert batching.max_queue_delay_microseconds > 0
+        # CPU plan: no waiting for batch-mates (compute-bound), whatever queued while instances were busy batches
+        assert not batching.preferred_batch_size and batching.max_queue_delay_microseconds == 0
         assert batching.default_queue_policy.max_queue_size > 0
         assert batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
         assert configs[name].max_batch_size >= configs[ENSEMBLE_MODEL].max_batch_size
+
+
+def test_gpu_plans_wait_briefly_for_preferred_batches(tmp_path):
+    configs = export_configs(tmp_path, "--gpus", "0,1")
+    for name in (ONNX_MODEL, TORCHSCRIPT_MODEL):
+        batching = configs[name].dynamic_batching
+        assert list(batching.preferred_batch_size) == [8, 16, 32, 64] and batching.max_queue_delay_microseconds > 0
+        assert "intra_op_thread_count" not in configs[name].parameters
+    assert 0 < configs[TOKENIZER_MODEL].dynamic_batching.max_queue_delay_microseconds < 2000
+
+
+def test_cpu_plan_fills_the_cores_with_single_threaded_instances(tmp_path):
+    configs = export_configs(tmp_path, "--cpu-cores", "4")  # the later --cpu-cores wins over the canonical 2
+    for name, threads_key in ((ONNX_MODEL, "intra_op_thread_count"), (TORCHSCRIPT_MODEL, "INTRA_OP_THREAD_COUNT")):
+        (group,) = configs[name].instance_group
+        assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 4
+        assert configs[name].parameters[threads_key].string_value == "1"
+    configs = export_configs(tmp_path, "--cpu-cores", "4", "--cpu-instances", "1")
+    assert configs[ONNX_MODEL].instance_group[0].count == 1
+    assert configs[ONNX_MODEL].parameters["intra_op_thread_count"].string_value == "4"
+    assert configs[TORCHSCRIPT_MODEL].parameters["INTER_OP_THREAD_COUNT"].string_value == "1"
 
 
 def test_ensemble_wiring_is_consistent(generated):
@@ -200,9 +221,15 @@ def test_cli_options_reach_the_configs(tmp_path):
         "64,256,1024",
         "--ensemble-target",
         "torchscript",
+        "--preferred-batch-sizes",
+        "4,16,64",
+        "--max-queue-delay-us",
+        "300",
     )
+    assert list(configs[ONNX_MODEL].dynamic_batching.preferred_batch_size) == [4, 16]  # 64 > --max-batch-size
+    assert configs[ONNX_MODEL].dynamic_batching.max_queue_delay_microseconds == 300
+    assert configs[TOKENIZER_MODEL].dynamic_batching.max_queue_delay_microseconds == 0  # the tokenizer's own
     assert configs[ONNX_MODEL].max_batch_size == 32
-    assert max(configs[ONNX_MODEL].dynamic_batching.preferred_batch_size) <= 32
     assert configs[TOKENIZER_MODEL].dynamic_batching.default_queue_policy.max_queue_size == 7
     assert configs[TOKENIZER_MODEL].parameters["length_buckets"].string_value == "64,256,1024"
     assert configs[ENSEMBLE_MODEL].ensemble_scheduling.step[1].model_name == TORCHSCRIPT_MODEL

@@ -14,9 +14,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonfleet.contract.model_config import ServedModel, read_config
 from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.__main__ import main
+from tritonfleet.export.devices import plan_devices
 from tritonfleet.export.factory import call_factory, load_factory
 from tritonfleet.export.generic import TorchExportOptions, model_names, write_models
-from tritonfleet.export.gpus import plan_devices
 from tritonfleet.export.model_config import WARMUP_DIRNAME, BatchingOptions
 from tritonfleet.export.network import ExportReport, Network
 from tritonfleet.export.signature import ExportError, Signature
