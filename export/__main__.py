@@ -21,9 +21,19 @@ from tritonfleet.contract.esm2_tokens import (
     format_buckets,
     parse_buckets,
 )
-from tritonfleet.export.devices import MAX_CPU_INSTANCES, DevicePlan, plan_devices, usable_cores
+from tritonfleet.contract.priorities import PRIORITY_CLASSES
+from tritonfleet.export.devices import MAX_CPU_INSTANCES, DevicePlan, default_precision, plan_devices, usable_cores
+from tritonfleet.export.esm2.recipe import PRECISIONS
 from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
-from tritonfleet.export.model_config import FORMATS, GPU_BATCHING, BatchingOptions, check_formats, default_batching
+from tritonfleet.export.generic import TORCH_PRECISIONS
+from tritonfleet.export.model_config import (
+    FORMATS,
+    GPU_BATCHING,
+    BatchingOptions,
+    PriorityQueues,
+    check_formats,
+    default_batching,
+)
 from tritonfleet.export.network import ExportReport
 from tritonfleet.export.signature import ExportError, parse_names
 
@@ -85,14 +95,55 @@ def _add_serving_options(parser: argparse.ArgumentParser, parity_default: int | 
         type=int,
         default=256,
         metavar="N",
-        help="queued requests beyond this are rejected at once with 503/UNAVAILABLE (default: %(default)s)",
+        help="queued requests beyond this (with priorities: bulk requests) are rejected at once with "
+        "503/UNAVAILABLE (default: %(default)s)",
     )
+    _add_priority_options(parser)
     parser.add_argument("--formats", default=",".join(FORMATS), help="onnx and/or torchscript (default: %(default)s)")
     parser.add_argument(
         "--onnx-exporter", choices=("dynamo", "legacy"), default="dynamo", help="(default: %(default)s)"
     )
     parser.add_argument("--parity-samples", type=int, default=parity_default, metavar="N", help=parity_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_priority_options(parser: argparse.ArgumentParser) -> None:
+    defaults = PriorityQueues()
+    group = parser.add_argument_group(
+        "priorities (every batching model: interactive = level 1 is served before bulk = level 2; docs/design.md)"
+    )
+    group.add_argument(
+        "--no-priorities", action="store_true", help="one first-come queue per model instead of two levels"
+    )
+    group.add_argument(
+        "--interactive-budget-ms",
+        type=float,
+        default=defaults.interactive_budget_us / 1000,
+        metavar="MS",
+        help="an interactive request that waits longer than this in a model's queue is refused (503/UNAVAILABLE) "
+        "instead of computed late; a shorter client deadline wins (default: %(default)g)",
+    )
+    group.add_argument(
+        "--interactive-queue-size",
+        type=int,
+        default=defaults.interactive_queue_size,
+        metavar="N",
+        help="queued interactive requests beyond this are rejected at once (default: %(default)s)",
+    )
+    group.add_argument(
+        "--bulk-queue-timeout-s",
+        type=float,
+        default=defaults.bulk_timeout_us / 1e6,
+        metavar="S",
+        help="ceiling on a bulk request's queue wait; client deadlines can only shorten a non-zero ceiling, so 0 "
+        "(none) makes Triton ignore them for bulk requests (default: %(default)g)",
+    )
+    group.add_argument(
+        "--default-priority",
+        choices=PRIORITY_CLASSES,
+        default=defaults.default_level,
+        help="class of requests that name no priority (default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     torch_parser.add_argument(
         "--output-names", metavar="C,D,...", help="output names in return order (default: OUTPUT0,OUTPUT1,...)"
     )
+    torch_parser.add_argument(
+        "--precision",
+        choices=TORCH_PRECISIONS,
+        default="fp32",
+        help="int8: dynamically quantized linear layers; bf16: TorchScript under CPU autocast (both gated on cosine "
+        "similarity to eager fp32) (default: %(default)s)",
+    )
     _add_serving_options(torch_parser, None, "parity-check every format on the first N samples (default: all; 0 skips)")
 
     esm2 = models.add_parser(
@@ -129,7 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--random-init", choices=RANDOM_INIT_SIZES, help="RANDOM weights of this size (tests)")
     esm2.add_argument("--seed", type=int, default=0, help="seed of --random-init weights (default: %(default)s)")
     esm2.add_argument(
-        "--precision", choices=("fp32", "fp16"), default="fp32", help="fp16 is meant for GPUs (default: %(default)s)"
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="auto: int8 on a CPU plan whose CPU has VNNI, else fp32. int8 (dynamically quantized linear layers) and "
+        "bf16 (TorchScript only, CPUs with AVX512-BF16/AMX) keep fp32 outputs and must pass the quality gate "
+        "(pooled cosine >= 0.999, per-residue >= 0.99 vs eager fp32); fp16 is meant for GPUs (default: %(default)s)",
+    )
+    esm2.add_argument(
+        "--onnx-graph",
+        choices=("fused", "exported"),
+        default="fused",
+        help="fused: ESM-2 built with ONNX Runtime's fused rotary attention ops; exported: torch.onnx's graph "
+        "(fp16 always uses it) (default: %(default)s)",
     )
     esm2.add_argument(
         "--length-buckets",
@@ -146,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"execution (default: {RUN_OVERHEAD_TOKENS_CPU} on CPU, {RUN_OVERHEAD_TOKENS_GPU} on GPUs; 0 disables)",
     )
     esm2.add_argument(
-        "--ensemble-target", choices=("onnx", "torchscript"), default="onnx", help="(default: %(default)s)"
+        "--ensemble-target",
+        choices=("onnx", "torchscript"),
+        help="the network the esm2 ensemble and esm2_bls call (default: the first of --formats)",
     )
     esm2.add_argument("--configs-only", action="store_true", help="write configs and support files, no weights")
     _add_serving_options(esm2, 4, "parity cases per network; 0 skips parity (default: %(default)s)")
@@ -160,10 +232,24 @@ def _devices(args: argparse.Namespace) -> DevicePlan:
         raise ExportError(str(error)) from None
 
 
+def _priorities(args: argparse.Namespace) -> PriorityQueues | None:
+    if args.no_priorities:
+        return None
+    return PriorityQueues(
+        interactive_queue_size=args.interactive_queue_size,
+        interactive_budget_us=round(args.interactive_budget_ms * 1000),
+        bulk_timeout_us=round(args.bulk_queue_timeout_s * 1e6),
+        default_level=args.default_priority,
+    )
+
+
 def _batching(args: argparse.Namespace, plan: DevicePlan, tokenizer: bool = False) -> BatchingOptions:
     """The device's batching policy with the command line's overrides; tokenizers keep their own queue delay."""
     policy = default_batching(plan, tokenizer)
-    overrides = {}
+    try:
+        overrides: dict[str, object] = {"priorities": _priorities(args)}
+    except ValueError as error:
+        raise ExportError(f"priority options: {error}") from None
     if args.preferred_batch_sizes is not None:
         overrides["preferred_batch_sizes"] = tuple(args.preferred_batch_sizes)
     if args.max_queue_delay_us is not None and not tokenizer:
@@ -191,6 +277,7 @@ def run_torch(args: argparse.Namespace) -> ExportReport:
         devices=(devices := _devices(args)),
         batching=_batching(args, devices),
         onnx_exporter=args.onnx_exporter,
+        precision=args.precision,
         parity_samples=args.parity_samples,
         parameters={"factory": args.factory},
     )
@@ -225,12 +312,14 @@ def run_esm2(args: argparse.Namespace) -> ExportReport:
         checkpoint=args.checkpoint,
         random_init=None if args.checkpoint else args.random_init,
         seed=args.seed,
-        precision=args.precision,
+        precision=default_precision(devices) if args.precision == "auto" else args.precision,
+        onnx_graph=args.onnx_graph,
     )
     report = export_repository(recipe, options)
     print(f"model repository: {report.output}")
     print(f"  weights: {recipe.weights_source}")
-    print(f"  devices: {options.devices.describe()}; buckets: {format_buckets(options.length_buckets)}")
+    print(f"  devices: {options.devices.describe()}; precision: {recipe.precision}; onnx graph: {recipe.onnx_graph}")
+    print(f"  buckets: {format_buckets(options.length_buckets)}")
     if recipe.is_random:
         print("  WARNING: RANDOM WEIGHTS - embeddings are meaningless; use --checkpoint for a real model")
     return report
@@ -250,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for variant, diff in report.parity.items():
         print(f"  parity {variant}: max abs diff {diff:.2e}")
+    for variant, cosines in report.similarity.items():
+        figures = ", ".join(f"{name} {value:.5f}" for name, value in cosines.items())
+        print(f"  quality gate {variant}: min cosine vs eager fp32 {figures}")
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.seconds.items())
     print(f"  done in {time.perf_counter() - started:.1f} s" + (f" ({timings})" if timings else ""))
     return 0

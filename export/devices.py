@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
@@ -23,6 +24,27 @@ THREAD_PARAMETERS: dict[str, tuple[str, str]] = {
     "onnx": ("intra_op_thread_count", "inter_op_thread_count"),
     "torchscript": ("INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"),
 }
+
+
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has 8-bit dot-product instructions (VNNI / AMX), from its /proc/cpuinfo flags."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(VNNI_FLAGS & set(line.split(":", 1)[1].split()))
+    return False
+
+
+def default_precision(plan: DevicePlan) -> str:
+    """int8 on CPU plans where the CPU has VNNI (dynamic int8 ran 1.6-3x eager fp32 on ESM-2 here, within its
+    quality gate), fp32 otherwise: without VNNI int8 needs 7-bit weights, which failed the gate on ESM-2 35M."""
+    return "int8" if plan.kind == "KIND_CPU" and cpu_has_vnni() else "fp32"
 
 
 def usable_cores() -> int:

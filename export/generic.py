@@ -37,6 +37,8 @@ from tritonfleet.export.signature import ExportError, Sample, Signature
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# fp16 needs inputs and module in half precision, which only a model-specific recipe knows (ESM-2 has it).
+TORCH_PRECISIONS = ("fp32", "int8", "bf16")
 WARMUP_SAMPLE = "sample_0"
 
 
@@ -52,6 +54,8 @@ class TorchExportOptions:
         devices: instance placement (default: the CPU plan of this machine, export.devices.plan_devices).
         batching: dynamic batching and the bounded queue (default: the devices' policy).
         onnx_exporter: "dynamo" or "legacy".
+        precision: "fp32", "int8" (dynamically quantized linear layers) or "bf16" (TorchScript under CPU autocast);
+            int8 and bf16 pass a similarity gate against eager fp32 instead of the fp32 tolerance.
         parity_samples: how many samples (from the first) parity checks every format on; None: all, 0: none.
         parameters: extra config `parameters` (strings), e.g. where the model came from.
     """
@@ -64,6 +68,7 @@ class TorchExportOptions:
     devices: DevicePlan = field(default_factory=lambda: plan_devices("none"))
     batching: BatchingOptions | None = None
     onnx_exporter: OnnxExporter = "dynamo"
+    precision: str = "fp32"
     parity_samples: int | None = None
     parameters: Mapping[str, str] = field(default_factory=dict)
 
@@ -73,6 +78,8 @@ class TorchExportOptions:
         if not MODEL_NAME.fullmatch(self.name):
             raise ExportError(f"--name {self.name!r}: use letters, digits, '_', '.' or '-' (it names directories)")
         check_formats(self.formats)
+        if self.precision not in TORCH_PRECISIONS:
+            raise ExportError(f"--precision {self.precision!r}: choose one of {', '.join(TORCH_PRECISIONS)}")
         if self.parity_samples is not None and self.parity_samples < 0:
             raise ExportError("--parity-samples must be >= 0")
 
@@ -101,9 +108,8 @@ def export_torch(module: Any, samples: Sequence[Any], options: TorchExportOption
     network = describe_network(module, samples, options.input_names, options.output_names)
     report = ExportReport(options.output)
     models = model_names(options.name, options.formats)
-    export_network(
-        network, options.output, models, report, parity_cases(network, options.parity_samples), options.onnx_exporter
-    )
+    cases = parity_cases(network, options.parity_samples)
+    export_network(network, options.output, models, report, cases, options.onnx_exporter, precision=options.precision)
     write_models(network, options, models, report)
     return report
 
@@ -138,6 +144,6 @@ def write_models(
             options.devices,
             options.batching,
             [warmup],
-            options.parameters,
+            {**options.parameters, "precision": options.precision},
         )
         report.configs.append(write_config(config, options.output / model, header=GENERATED_HEADER))

@@ -14,6 +14,7 @@ from typing import Literal
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tritonfleet.contract.priorities import PRIORITY_LEVEL_COUNT, PRIORITY_LEVELS
 from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.devices import DevicePlan
 from tritonfleet.export.onnx_export import OPSET
@@ -50,6 +51,37 @@ def served_names(specs: Sequence[TensorSpec], fmt: Format) -> list[str]:
 
 
 @dataclass(frozen=True)
+class PriorityQueues:
+    """Two priority levels on every batching model: interactive (level 1) is served before bulk (level 2).
+
+    Triton 24.10 lets a request's own timeout only *shorten* a level's non-zero default timeout
+    (`core:src/scheduler_utils.cc` `PolicyQueue::Enqueue`), so "no timeout" for bulk is a long ceiling: with 0
+    there, client deadlines on bulk requests would be ignored.
+
+    Attributes:
+        interactive_queue_size: interactive requests beyond this many queued are rejected at once (UNAVAILABLE).
+        interactive_budget_us: longest an interactive request may wait in one model's queue before Triton refuses
+            it (UNAVAILABLE "Request timeout expired") instead of computing it late; a client deadline can shorten it.
+        bulk_timeout_us: the bulk level's queue-wait ceiling (0: none, and then client deadlines cannot apply there).
+        default_level: the class of requests that name no priority ("bulk": only traffic that opts in may use the
+            short, budgeted interactive queue).
+    """
+
+    interactive_queue_size: int = 32
+    interactive_budget_us: int = 1_000_000
+    bulk_timeout_us: int = 3_600_000_000
+    default_level: str = "bulk"
+
+    def __post_init__(self) -> None:
+        if self.interactive_queue_size < 1:
+            raise ValueError("the interactive queue size must be >= 1")
+        if self.interactive_budget_us < 1 or self.bulk_timeout_us < 0:
+            raise ValueError("the interactive budget must be > 0 and the bulk timeout >= 0")
+        if self.default_level not in PRIORITY_LEVELS:
+            raise ValueError(f"default priority must be one of {tuple(PRIORITY_LEVELS)}, got {self.default_level!r}")
+
+
+@dataclass(frozen=True)
 class BatchingOptions:
     """Dynamic batching and admission control shared by the batching models.
 
@@ -57,13 +89,16 @@ class BatchingOptions:
         max_batch_size: largest batch Triton forms (and the largest client batch accepted).
         preferred_batch_sizes: sizes the batcher tries to form before the queue delay expires.
         max_queue_delay_us: how long a request may wait for batch-mates.
-        max_queue_size: requests beyond this many queued are rejected at once (UNAVAILABLE / HTTP 503).
+        max_queue_size: requests beyond this many queued are rejected at once (UNAVAILABLE / HTTP 503); with
+            priorities, the bulk level's bound.
+        priorities: the interactive / bulk levels and their queue policies; None keeps one first-come queue.
     """
 
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     max_queue_delay_us: int = 2000
     max_queue_size: int = 256
+    priorities: PriorityQueues | None = PriorityQueues()
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -75,13 +110,12 @@ class BatchingOptions:
 
     def with_limits(self, max_batch_size: int, max_queue_size: int) -> BatchingOptions:
         """The same policy for another max batch size (preferred sizes clipped to it) and queue bound."""
-        preferred = tuple(size for size in self.preferred_batch_sizes if size <= max_batch_size)
-        return BatchingOptions(max_batch_size, preferred, self.max_queue_delay_us, max_queue_size)
+        return dataclasses.replace(self.limited_to(max_batch_size), max_queue_size=max_queue_size)
 
     def limited_to(self, max_batch_size: int) -> BatchingOptions:
         """The same options with preferred sizes clipped to a smaller max batch size."""
         preferred = tuple(size for size in self.preferred_batch_sizes if size <= max_batch_size)
-        return BatchingOptions(max_batch_size, preferred, self.max_queue_delay_us, self.max_queue_size)
+        return dataclasses.replace(self, max_batch_size=max_batch_size, preferred_batch_sizes=preferred)
 
 
 # On CPU the networks are compute-bound (batch 64 runs no faster per sequence than batch 1), so waiting for batch-mates
@@ -133,9 +167,28 @@ def _set_dynamic_batching(config: mc.ModelConfig, batching: BatchingOptions) -> 
     dynamic = config.dynamic_batching
     dynamic.preferred_batch_size.extend(batching.preferred_batch_sizes)
     dynamic.max_queue_delay_microseconds = batching.max_queue_delay_us
-    policy = dynamic.default_queue_policy
+    _set_queue_policy(dynamic.default_queue_policy, batching.max_queue_size, 0, override=False)
+    priorities = batching.priorities
+    if priorities is None:
+        return
+    dynamic.priority_levels = PRIORITY_LEVEL_COUNT
+    dynamic.default_priority_level = PRIORITY_LEVELS[priorities.default_level]
+    interactive, bulk = PRIORITY_LEVELS["interactive"], PRIORITY_LEVELS["bulk"]
+    _set_queue_policy(
+        dynamic.priority_queue_policy[interactive], priorities.interactive_queue_size, priorities.interactive_budget_us
+    )
+    _set_queue_policy(dynamic.priority_queue_policy[bulk], batching.max_queue_size, priorities.bulk_timeout_us)
+    # Levels without an entry of their own get the default policy: keep it the bulk one.
+    dynamic.default_queue_policy.CopyFrom(dynamic.priority_queue_policy[bulk])
+
+
+def _set_queue_policy(policy: mc.ModelQueuePolicy, max_queue_size: int, timeout_us: int, override: bool = True) -> None:
+    """Reject (not delay) requests beyond `max_queue_size` or older than `timeout_us` (0: no timeout); with
+    `override`, a request's own (smaller) timeout applies instead."""
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
-    policy.max_queue_size = batching.max_queue_size
+    policy.max_queue_size = max_queue_size
+    policy.default_timeout_microseconds = timeout_us
+    policy.allow_timeout_override = override
 
 
 def _set_instances(config: mc.ModelConfig, plan: DevicePlan) -> None:

@@ -14,14 +14,21 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tritonfleet.export.model_config import MODEL_FILENAMES, Format
 from tritonfleet.export.onnx_export import OPSET, OnnxExporter
-from tritonfleet.export.parity import ParityCase, as_outputs, check_parity, eager_runner
+from tritonfleet.export.parity import (
+    SIMILARITY_GATES,
+    ParityCase,
+    as_outputs,
+    check_parity,
+    check_similarity,
+    eager_runner,
+)
 from tritonfleet.export.signature import (
     ExportError,
     Sample,
@@ -35,6 +42,11 @@ from tritonfleet.export.signature import (
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
+# fp32/fp16: the module as it is; int8: dynamically quantized linear layers; bf16: CPU autocast (TorchScript only).
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+# Builds an ONNX graph of the module itself (e.g. ESM-2's fused attention) instead of torch.onnx:
+# builder(module, path, data_location=<file name for external weights>).
+OnnxBuilder = Callable[..., Any]
 
 
 @dataclass
@@ -43,9 +55,11 @@ class ExportReport:
 
     output: Path
     signature: Signature | None = None
+    precision: str = "fp32"
     configs: list[Path] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
     parity: dict[str, float] = field(default_factory=dict)
+    similarity: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -123,8 +137,11 @@ def export_network(
     parity_cases: Sequence[ParityCase] = (),
     onnx_exporter: OnnxExporter = "dynamo",
     max_dynamic_size: int | None = None,
+    precision: str = "fp32",
+    onnx_builder: OnnxBuilder | None = None,
 ) -> None:
-    """Exports the network in every format of `models` ({format: model name}) and checks parity on `parity_cases`.
+    """Exports the network in every format of `models` ({format: model name}) and checks it on `parity_cases`:
+    fp32/fp16 against eager within the dtype's tolerance, int8/bf16 with the similarity gate (export.parity).
 
     Each file is written next to its final name and moved there only when every format has passed, so a failure
     leaves the repository as it was (model directories this call created are removed again).
@@ -134,13 +151,24 @@ def export_network(
             disagrees with eager PyTorch (ParityError, with the figures).
     """
     report.signature = network.signature
+    report.precision = precision
     created = [output / model for model in models.values() if not (output / model).exists()]
     staged: list[tuple[Path, Path]] = []
     try:
         for fmt, model in models.items():
             path = output_path(output, model, MODEL_FILENAMES[fmt])
             staged.append((path.with_name(path.name + ".tmp"), path))
-            _export_format(network, fmt, staged[-1][0], report, parity_cases, onnx_exporter, max_dynamic_size)
+            _export_format(
+                network,
+                fmt,
+                staged[-1][0],
+                report,
+                parity_cases,
+                onnx_exporter,
+                max_dynamic_size,
+                precision,
+                onnx_builder,
+            )
     except BaseException:
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)
@@ -160,24 +188,30 @@ def _export_format(
     parity_cases: Sequence[ParityCase],
     onnx_exporter: OnnxExporter,
     max_dynamic_size: int | None,
+    precision: str,
+    onnx_builder: OnnxBuilder | None,
 ) -> None:
-    from tritonfleet.export.onnx_export import export_onnx, onnx_runner
+    from tritonfleet.export.onnx_export import onnx_runner
     from tritonfleet.export.torchscript import export_torchscript, torchscript_runner
 
+    if fmt == "onnx" and precision == "bf16":
+        raise ExportError(
+            "onnx: ONNX Runtime's CPU provider has no bfloat16 arithmetic; export bf16 with --formats torchscript"
+        )
     started = time.perf_counter()
     # torch.export prints the partial graph of a failed export to stderr: kept for --verbose, not the user's screen
     exporter_output = io.StringIO()
+    exporter = "torch.jit.trace"
+    if fmt == "onnx":
+        exporter = "graph builder" if onnx_builder is not None else f"{onnx_exporter} torch.onnx exporter"
     try:
         with contextlib.redirect_stderr(exporter_output):
             if fmt == "onnx":
-                export_onnx(
-                    network.module, network.signature, network.example, path, onnx_exporter, OPSET, max_dynamic_size
-                )
+                exporter = _write_onnx(network, path, onnx_exporter, max_dynamic_size, precision, onnx_builder)
             else:
-                export_torchscript(network.module, network.example, network.samples, path)
+                export_torchscript(network.module, network.example, network.samples, path, precision)
     except Exception as error:
         logger.debug("%s exporter output:\n%s", fmt, exporter_output.getvalue())
-        exporter = f"{onnx_exporter} torch.onnx exporter" if fmt == "onnx" else "torch.jit.trace"
         if isinstance(error, ExportError):
             raise ExportError(f"{fmt} export ({exporter}): {error}") from error
         raise ExportError(f"{fmt} export failed ({exporter}): {_first_line(error)}; {_EXPORT_HINTS[fmt]}") from error
@@ -187,9 +221,44 @@ def _export_format(
         return
     started = time.perf_counter()
     candidate = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path)
-    result = check_parity(fmt, eager_runner(network.module), candidate, parity_cases, network.signature.outputs)
-    report.parity[fmt] = result.worst
+    reference, outputs = eager_runner(network.module), network.signature.outputs
+    if precision in SIMILARITY_GATES:
+        gate = check_similarity(f"{precision} {fmt}", reference, candidate, parity_cases, outputs)
+        report.similarity[fmt] = gate.min_cosine
+    else:
+        report.parity[fmt] = check_parity(fmt, reference, candidate, parity_cases, outputs).worst
     report.seconds[f"{fmt}_parity"] = time.perf_counter() - started
+
+
+def _write_onnx(
+    network: Network,
+    path: Path,
+    onnx_exporter: OnnxExporter,
+    max_dynamic_size: int | None,
+    precision: str,
+    onnx_builder: OnnxBuilder | None,
+) -> str:
+    """Writes the fp32 graph (the builder's or torch.onnx's), quantized when int8; returns what wrote it."""
+    from tritonfleet.export.onnx_export import export_onnx
+
+    graph_path = path if precision != "int8" else path.with_name(path.name + ".fp32")
+    if onnx_builder is not None:
+        onnx_builder(network.module, graph_path, data_location=MODEL_FILENAMES["onnx"] + ".data")
+        exporter = "graph builder"
+    else:
+        export_onnx(
+            network.module, network.signature, network.example, graph_path, onnx_exporter, OPSET, max_dynamic_size
+        )
+        exporter = f"{onnx_exporter} torch.onnx exporter"
+    if precision == "int8":
+        from tritonfleet.export.quantize import quantize_onnx_int8
+
+        try:
+            quantize_onnx_int8(graph_path, path)
+        finally:
+            graph_path.unlink(missing_ok=True)
+        exporter += " + ONNX Runtime int8 quantization"
+    return exporter
 
 
 _EXPORT_HINTS: dict[str, str] = {

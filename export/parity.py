@@ -112,6 +112,78 @@ def check_parity(
     return result
 
 
+# Reduced-precision variants (int8, bf16) differ from eager fp32 by design, so they are gated on similarity instead:
+# the cosine between exported and eager vectors along the last axis, per row of a [batch, D] output (a pooled
+# embedding: >= 0.999) and per position of a higher-rank output (per-token vectors: >= 0.99); rows that are all zero
+# in eager (padding) are skipped. Non-float outputs must match exactly.
+SIMILARITY_GATES = frozenset({"int8", "bf16"})
+MIN_COSINE_POOLED = 0.999
+MIN_COSINE_PER_TOKEN = 0.99
+
+
+@dataclass(frozen=True)
+class SimilarityResult:
+    """The lowest cosine of every output over every case, against its threshold."""
+
+    variant: str
+    min_cosine: dict[str, float]
+    thresholds: dict[str, float]
+    cases: int
+
+    @property
+    def passed(self) -> bool:
+        return all(self.min_cosine[name] >= self.thresholds[name] for name in self.min_cosine)
+
+    def describe(self) -> str:
+        figures = ", ".join(
+            f"{name} {value:.5f}" + ("" if value >= self.thresholds[name] else f" < {self.thresholds[name]}")
+            for name, value in self.min_cosine.items()
+        )
+        verdict = "OK" if self.passed else "REFUSED"
+        return f"quality {self.variant}: min cosine vs eager fp32 {figures} over {self.cases} case(s) {verdict}"
+
+
+def cosine_threshold(spec: TensorSpec) -> float:
+    return MIN_COSINE_POOLED if len(spec.axes) <= 1 else MIN_COSINE_PER_TOKEN
+
+
+def min_cosine(want: np.ndarray, got: np.ndarray) -> float:
+    """The lowest cosine of matching vectors (last axis) of two arrays, skipping vectors that are zero in `want`."""
+    want = want.astype(np.float64).reshape(-1, want.shape[-1] if want.ndim > 1 else want.size)
+    got = got.astype(np.float64).reshape(want.shape)
+    norms = np.linalg.norm(want, axis=1)
+    keep = norms > 0
+    if not keep.any():
+        return 1.0 if not got.any() else 0.0
+    dots = np.sum(want[keep] * got[keep], axis=1)
+    return float(np.min(dots / (norms[keep] * np.maximum(np.linalg.norm(got[keep], axis=1), 1e-30))))
+
+
+def check_similarity(
+    variant: str, reference: Runner, candidate: Runner, cases: Sequence[ParityCase], outputs: Sequence[TensorSpec]
+) -> SimilarityResult:
+    """The similarity gate of a reduced-precision variant; raises ParityError (with the figures) when it fails."""
+    lowest = {spec.name: 1.0 for spec in outputs}
+    for case in cases:
+        expected, actual = reference(*case.inputs), candidate(*case.inputs)
+        for spec, want, got in zip(outputs, expected, actual, strict=True):
+            if want.shape != got.shape:
+                raise ParityError(f"{variant} {spec.name} [{case.label}]: shape {got.shape} != eager {want.shape}")
+            if not np.isfinite(got).all():
+                raise ParityError(f"{variant} {spec.name} [{case.label}]: non-finite values")
+            if not np.issubdtype(want.dtype, np.floating):
+                lowest[spec.name] = min(lowest[spec.name], 1.0 if np.array_equal(want, got) else 0.0)
+            elif want.size:
+                lowest[spec.name] = min(lowest[spec.name], min_cosine(want, got))
+    result = SimilarityResult(variant, lowest, {spec.name: cosine_threshold(spec) for spec in outputs}, len(cases))
+    logger.info(result.describe())
+    if not result.passed:
+        raise ParityError(
+            f"{result.describe()}; export in fp32 (--precision fp32), or leave this format out (--formats)"
+        )
+    return result
+
+
 def as_outputs(result) -> tuple:
     """A forward result (one tensor, or a tuple/list of them) as a tuple."""
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)

@@ -56,9 +56,10 @@ def triton_server_factory() -> Iterator[Callable[..., LocalTritonServer]]:
 
 @pytest.fixture(scope="session")
 def esm2_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ESM-2 repository exported once per session with random weights (no downloads here)."""
+    """An fp32 ESM-2 repository (served outputs must equal eager within 1e-4) exported once per session with random
+    weights (no downloads here); the int8/bf16 variants have their own tests (test_export_variants.py)."""
     output = tmp_path_factory.mktemp("esm2_repository")
-    export_esm2(output, random_init=ESM2_TEST_SIZE, gpus="auto")
+    export_esm2(output, random_init=ESM2_TEST_SIZE, gpus="auto", precision="fp32")
     return output
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import site
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -85,23 +84,6 @@ class TritonRuntime:
             backend_dir.mkdir(exist_ok=True)
             _copy(PYTHON_BASED_BACKENDS_DIR / backend / "model.py", backend_dir / "model.py")
         return destination
-
-
-def write_stub_site(destination: Path) -> Path:
-    """A folder for the stub's PYTHONPATH whose `sitecustomize.py` adds this virtualenv's site-packages.
-
-    The stub embeds the interpreter without this virtualenv's site set-up, so the venv's `.pth` files (among them
-    the hook of an editable `tritonfleet` install) would never run; `site.addsitedir` processes them, and the stub
-    imports exactly what this interpreter imports.
-    """
-    destination.mkdir(parents=True, exist_ok=True)
-    directories = ", ".join(repr(directory) for directory in dict.fromkeys(site.getsitepackages()))
-    (destination / "sitecustomize.py").write_text(
-        "# Written by tritonfleet.deploy.local.runtime.write_stub_site: the launcher's site-packages for the stub.\n"
-        f"import site\n\nfor directory in ({directories},):\n    site.addsitedir(directory)\n",
-        encoding="utf-8",
-    )
-    return destination
 
 
 def _copy(source: Path, target: Path) -> None:

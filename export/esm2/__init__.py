@@ -22,22 +22,28 @@ def export_esm2(
     random_init: str | None = "8M",
     checkpoint: str | None = None,
     seed: int = 0,
-    precision: str = "fp32",
+    precision: str = "auto",
+    onnx_graph: str = "fused",
     gpus: str = "none",
     **options: Any,
 ) -> ExportReport:
     """Exports the ESM-2 repository into `output` (random weights of `random_init` unless `checkpoint` is given).
 
-    `options` are `RepositoryOptions` fields (batching, formats, parity_samples, configs_only, ...).
+    `precision` "auto" is the command line's default (int8 on a CPU plan with VNNI, else fp32); `options` are
+    `RepositoryOptions` fields (devices, batching, formats, parity_samples, configs_only, ...).
     """
-    from tritonfleet.export.devices import plan_devices
+    from tritonfleet.export.devices import default_precision, plan_devices
     from tritonfleet.export.esm2.recipe import Esm2Recipe
     from tritonfleet.export.esm2.repository import RepositoryOptions, export_repository
 
+    devices = options.setdefault("devices", plan_devices(gpus))
     recipe = Esm2Recipe(
-        checkpoint=checkpoint, random_init=None if checkpoint else random_init, seed=seed, precision=precision
+        checkpoint=checkpoint,
+        random_init=None if checkpoint else random_init,
+        seed=seed,
+        precision=default_precision(devices) if precision == "auto" else precision,
+        onnx_graph=onnx_graph,
     )
-    options.setdefault("devices", plan_devices(gpus))
     return export_repository(recipe, RepositoryOptions(output=Path(output), **options))
 
 

@@ -22,8 +22,11 @@ from tritonfleet.export.signature import Sample, Signature
 if TYPE_CHECKING:
     import torch
 
-Precision = Literal["fp32", "fp16"]
-NUMPY_DTYPES: dict[str, str] = {"fp32": "float32", "fp16": "float16"}
+# fp16 runs the module in half precision (GPUs) and serves fp16 outputs; int8 and bf16 are engine variants of the
+# fp32 module (export.network) with fp32 outputs, so their configs and clients are those of fp32.
+Precision = Literal["fp32", "fp16", "int8", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "bf16")
+OnnxGraph = Literal["fused", "exported"]
 
 # Longest residue count in generated parity cases: long enough to cross several buckets, short enough to be quick.
 PARITY_MAX_RESIDUES = 300
@@ -39,19 +42,24 @@ class Esm2Recipe:
         checkpoint: HF id or local directory of real weights; None for random weights.
         random_init: the ESM-2 size to build with random weights when no checkpoint is given.
         seed: torch seed of the random weights.
-        precision: "fp32" or "fp16" (GPU serving); output dtypes follow.
+        precision: "fp32", "fp16" (GPU serving, fp16 outputs), "int8" or "bf16" (CPU engine variants).
+        onnx_graph: "fused" (export.esm2.onnx_graph: ONNX Runtime's fused rotary attention, fp32/int8) or
+            "exported" (torch.onnx's graph; always used for fp16).
     """
 
     checkpoint: str | None = None
     random_init: str | None = "8M"
     seed: int = 0
     precision: Precision = "fp32"
+    onnx_graph: OnnxGraph = "fused"
 
     def __post_init__(self) -> None:
         if self.checkpoint is None and self.random_init not in RANDOM_INIT_SIZES:
             raise ValueError(f"--random-init must be one of {', '.join(RANDOM_INIT_SIZES)}, got {self.random_init!r}")
-        if self.precision not in NUMPY_DTYPES:
-            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.onnx_graph not in ("fused", "exported"):
+            raise ValueError(f"onnx_graph must be fused or exported, got {self.onnx_graph!r}")
 
     @property
     def is_random(self) -> bool:
@@ -78,7 +86,12 @@ class Esm2Recipe:
 
     @property
     def output_dtype(self) -> str:
-        return NUMPY_DTYPES[self.precision]
+        return "float16" if self.precision == "fp16" else "float32"
+
+    @property
+    def fused_onnx(self) -> bool:
+        """Whether the ONNX model is built with fused attention (the builder writes fp32 weights: not for fp16)."""
+        return self.onnx_graph == "fused" and self.precision != "fp16"
 
     @property
     def signature(self) -> Signature:

@@ -58,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 # The committed model_repository/ is exactly what this command writes (CPU-portable, random 8M weights).
 CANONICAL_ARGS: tuple[str, ...] = (
-    "esm2", "--random-init", "8M", "--gpus", "none", "--cpu-cores", "2", "--output", "model_repository"
+    "esm2", "--random-init", "8M", "--gpus", "none", "--cpu-cores", "2", "--precision", "int8",
+    "--output", "model_repository",
 )  # fmt: skip
 CANONICAL_COMMAND = "python -m export " + " ".join(CANONICAL_ARGS)
 CONFIG_HEADER = GENERATED_HEADER + f"# Canonical command for the committed repository: {CANONICAL_COMMAND}\n"
@@ -109,7 +110,8 @@ class RepositoryOptions:
         run_overhead_tokens: the tokenizer pads consecutive requests to one width when that costs fewer padded
             tokens than this per extra execution (config parameter; 0 keeps per-request buckets; None picks the
             device's default, RUN_OVERHEAD_TOKENS_CPU or RUN_OVERHEAD_TOKENS_GPU).
-        ensemble_target: which exported network the `esm2` ensemble calls.
+        ensemble_target: which exported network the `esm2` ensemble and `esm2_bls` call (default: the first of
+            `formats`); only the exported formats get a config, so the repository serves as it is.
         formats: which networks to export.
         onnx_exporter: "dynamo" or "legacy".
         parity_samples: parity cases per exported network (0 disables the check).
@@ -122,7 +124,7 @@ class RepositoryOptions:
     tokenizer_batching: BatchingOptions | None = None
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     run_overhead_tokens: int | None = None
-    ensemble_target: EnsembleTarget = "onnx"
+    ensemble_target: EnsembleTarget | None = None
     formats: tuple[Format, ...] = FORMATS
     onnx_exporter: OnnxExporter = "dynamo"
     parity_samples: int = 4
@@ -133,6 +135,12 @@ class RepositoryOptions:
             object.__setattr__(self, "batching", default_batching(self.devices))
         if self.tokenizer_batching is None:
             object.__setattr__(self, "tokenizer_batching", default_batching(self.devices, tokenizer=True))
+        if self.ensemble_target is None:
+            object.__setattr__(self, "ensemble_target", self.formats[0])
+        if self.ensemble_target not in self.formats:
+            raise ExportError(
+                f"--ensemble-target {self.ensemble_target} is not among the exported --formats {','.join(self.formats)}"
+            )
 
     @property
     def resolved_run_overhead_tokens(self) -> int:
@@ -151,9 +159,11 @@ def _common_parameters(recipe: Esm2Recipe) -> dict[str, str]:
     }
 
 
-def _network_warmups(input_names: list[str]) -> list[WarmupSample]:
+def _network_warmups(input_names: list[str], max_batch_size: int) -> list[WarmupSample]:
+    """Warmup samples of a network; a batch never exceeds the model's max_batch_size (Triton refuses the model)."""
     samples = []
-    for tokens, batch_size in NETWORK_WARMUPS:
+    for tokens, wanted_batch in NETWORK_WARMUPS:
+        batch_size = min(wanted_batch, max_batch_size)
         files = {name: f"{base}_{tokens}" for name, base in zip(input_names, ("input_ids", "attention_mask"))}
         dims = {name: (tokens,) for name in input_names}
         samples.append(WarmupSample(f"tokens_{tokens}_batch_{batch_size}", batch_size, files, dims))
@@ -174,10 +184,12 @@ def build_configs(recipe: Esm2Recipe, options: RepositoryOptions) -> dict[str, M
     common = _common_parameters(recipe)
     network = recipe.signature
     configs = {}
-    for fmt, model in NETWORK_MODELS.items():
-        warmups = _network_warmups(served_names(network.inputs, fmt))
+    for fmt in options.formats:
+        model = NETWORK_MODELS[fmt]
+        warmups = _network_warmups(served_names(network.inputs, fmt), options.batching.max_batch_size)
+        graph = {"onnx_graph": "fused attention" if recipe.fused_onnx else "torch.onnx"} if fmt == "onnx" else {}
         configs[model] = network_config(
-            model, fmt, network.inputs, network.outputs, options.devices, options.batching, warmups, common
+            model, fmt, network.inputs, network.outputs, options.devices, options.batching, warmups, {**common, **graph}
         )
     tokenizer_inputs, tokenizer_outputs = _tokenizer_specs()
     tokenization = {
@@ -264,7 +276,7 @@ def write_support_files(output: Path, options: RepositoryOptions) -> list[Path]:
     tokenizer_warmup = output / TOKENIZER_MODEL / WARMUP_DIRNAME / "sequence"
     _write_bytes_atomically(tokenizer_warmup, struct.pack("<I", len(sequence)) + sequence)  # BYTES wire format
     written.append(tokenizer_warmup)
-    for model in (ONNX_MODEL, TORCHSCRIPT_MODEL):
+    for model in (NETWORK_MODELS[fmt] for fmt in options.formats):
         for tokens, _ in NETWORK_WARMUPS:
             repeats = (tokens - 2) // len(WARMUP_PROTEIN) + 1
             protein = (WARMUP_PROTEIN * repeats)[: tokens - 2 - tokens // 8]  # leave some padding
@@ -295,6 +307,8 @@ def export_repository(recipe: Esm2Recipe, options: RepositoryOptions) -> ExportR
 
 def _export_networks(recipe: Esm2Recipe, options: RepositoryOptions, report: ExportReport) -> None:
     """The network through the export core; its inferred signature must be the one the configs declare."""
+    from tritonfleet.export.esm2.onnx_graph import build_esm2_onnx
+
     started = time.perf_counter()
     logger.info("building the eager ESM-2 module (%s, %s)", recipe.weights_source, recipe.precision)
     module = recipe.build_module()
@@ -320,4 +334,6 @@ def _export_networks(recipe: Esm2Recipe, options: RepositoryOptions, report: Exp
         cases,
         options.onnx_exporter,
         MAX_DYNAMIC_SIZE,
+        precision=recipe.precision,
+        onnx_builder=build_esm2_onnx if recipe.fused_onnx else None,
     )

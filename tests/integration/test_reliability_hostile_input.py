@@ -39,7 +39,8 @@ CLIENT_ERROR_GRPC = {
 TRITON_JSON_PARSE_500 = ("Unable to parse", "failed to parse the request JSON", "failed to get request params")
 # 2. Requests Triton accepts although they are odd: zero or huge batch dims on a BYTES input with one element,
 #    surplus raw contents, a model name cut at a NUL byte, version "1.0" read as 1; negative token ids are valid
-#    ONNX Gather indices (counted from the end of the table).
+#    ONNX Gather indices (counted from the end of the table); the fused-attention ONNX graph computes an empty
+#    [1, 0] token sequence (an all-zero EMBEDDING: the mean over no residues).
 TRITON_LENIENT = {
     "grpc:shape_zero_batch",
     "grpc:shape_huge",
@@ -50,6 +51,8 @@ TRITON_LENIENT = {
     "grpc:unknown_version_1.0",
     "grpc:esm2_onnx_ids_negative",
     "http:esm2_onnx_ids_negative",
+    "grpc:esm2_onnx_empty_sequence",
+    "http:esm2_onnx_empty_sequence",
 }
 # 4. The repository API with model control "none" answers 503 ("explicit model load / unload is not allowed"): a
 #    status clients treat as "retry later" for a request that can never succeed on this server.

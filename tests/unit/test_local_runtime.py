@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -181,4 +182,5 @@ def test_server_environment_does_not_inherit_another_virtualenv(tmp_path, monkey
     monkeypatch.setenv("VIRTUAL_ENV", "/elsewhere/venv")
     monkeypatch.setenv("PYTHONPATH", "/elsewhere/site-packages")
     env = LocalTritonServer(ServerOptions(Path(tmp_path))).environment()
-    assert "/elsewhere" not in env["PYTHONPATH"] and env["VIRTUAL_ENV"] != "/elsewhere/venv"
+    assert "PYTHONPATH" not in env and env["VIRTUAL_ENV"] != "/elsewhere/venv"
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)  # the stub embeds this venv's python3

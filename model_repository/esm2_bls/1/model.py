@@ -10,6 +10,12 @@ the outputs back per request.
 
 Tokenization is the `esm2_tokenizer` model's own code: `python -m export esm2` copies its `model.py` beside this
 file as `esm2_tokenizer_model.py`, with `esm2_tokens.py` (the python backend puts this directory on `sys.path`).
+
+Priorities and deadlines (docs/design.md): Triton orders this model's own queue by the clients' priority levels,
+but in Triton 24.10 a python model can neither read a request's priority nor give one to a BLS request, so the
+network calls made here take the network's default level. A client deadline does travel: each network call carries
+its group's timeout (`request.timeout()`, microseconds: the longest, none if a request has none), so the network's
+queue refuses work whose clients have given up instead of computing it.
 """
 
 from __future__ import annotations
@@ -23,11 +29,30 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 OUTPUTS = ("EMBEDDING", "RESIDUE_EMBEDDINGS")
+# Triton's messages for a request refused by a full queue or a queue-wait timeout (both UNAVAILABLE).
+BACKPRESSURE_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 
 
 def _name_map(text: str) -> dict[str, str]:
     """ "A=B,C=D" -> {"A": "B", "C": "D"}."""
     return dict(pair.split("=", 1) for pair in text.split(",") if pair)
+
+
+def _backpressure_status(error):
+    """The network's error with its back-pressure status restored: Triton 24.10 hands a BLS caller every failed
+    response as INTERNAL (`python_backend:src/request_executor.cc` builds a PbError from the message alone), so a
+    full queue or an expired timeout would reach clients as a 500 instead of a 503 / UNAVAILABLE to back off on."""
+    message = error.message()
+    if any(marker in message for marker in BACKPRESSURE_MESSAGES):
+        return pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE)
+    return error
+
+
+def _group_timeout(requests) -> int:
+    """The timeout (microseconds) of a network call serving `requests`: the longest of theirs, 0 (none) if any has
+    none, so the call is refused only when every request in it would be, never for a neighbour's deadline."""
+    timeouts = [request.timeout() for request in requests]
+    return 0 if 0 in timeouts else max(timeouts, default=0)
 
 
 class TritonPythonModel:
@@ -57,7 +82,8 @@ class TritonPythonModel:
         groups = self._groups(valid, widths, [encoded[i][0].shape[0] for i in valid])
         wanted = self._wanted_outputs(requests)
         answers = await asyncio.gather(
-            *(self._infer_group(group, width, encoded, wanted) for group, width in groups), return_exceptions=True
+            *(self._infer_group(requests, group, width, encoded, wanted) for group, width in groups),
+            return_exceptions=True,
         )
         responses = list(encoded)
         for (group, _), answer in zip(groups, answers):
@@ -86,7 +112,7 @@ class TritonPythonModel:
             names.update(requested if requested else OUTPUTS)
         return tuple(name for name in OUTPUTS if name in names)
 
-    async def _infer_group(self, group: list[int], width: int, encoded, wanted: tuple[str, ...]):
+    async def _infer_group(self, requests, group: list[int], width: int, encoded, wanted: tuple[str, ...]):
         padded = [esm2_tokens.pad_to_width(*encoded[index], width) for index in group]
         input_ids = np.concatenate([ids for ids, _ in padded])
         attention_mask = np.concatenate([mask for _, mask in padded])
@@ -97,6 +123,7 @@ class TritonPythonModel:
                 pb_utils.Tensor(self.target_inputs["ATTENTION_MASK"], attention_mask),
             ],
             requested_output_names=[self.target_outputs[name] for name in wanted],
+            timeout=_group_timeout([requests[index] for index in group]),
         )
         return await request.async_exec()
 
@@ -105,8 +132,8 @@ class TritonPythonModel:
             error = pb_utils.TritonError(f"{self.target} call failed: {answer}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in group]
         if answer.has_error():
-            # Keep the network's status (e.g. UNAVAILABLE when its queue is full) so clients can back off.
-            return [pb_utils.InferenceResponse(output_tensors=[], error=answer.error()) for _ in group]
+            error = _backpressure_status(answer.error())
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in group]
         outputs = {
             name: pb_utils.get_output_tensor_by_name(answer, self.target_outputs[name]).as_numpy() for name in wanted
         }

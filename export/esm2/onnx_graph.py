@@ -1,0 +1,329 @@
+"""ESM-2 as an ONNX graph with fused rotary attention, built node by node from the eager module's weights.
+
+Why: the exporters spell ESM's rotary attention as ~50 small ops per model (MatMul, Slice, Neg, Concat, ...) that
+ONNX Runtime cannot fuse (its transformer optimizer knows rotary attention only for GPT-2/LLaMA graphs), so long
+sequences ran slower than eager PyTorch. The ESM-2 encoder is small and fixed (pre-LN transformer, rotary, erf-GELU,
+final LayerNorm), so it is written here directly with ONNX Runtime's contrib ops, and the export's parity check
+compares it with eager PyTorch like any exported graph.
+
+Per layer: one packed QKV MatMul, two `com.microsoft::RotaryEmbedding` (interleaved=0: the rotate_half form ESM uses,
+cos/sin caches from the checkpoint's stored `inv_freq`), one `com.microsoft::MultiHeadAttention` (int32
+`key_padding_mask`), two `com.microsoft::SkipLayerNormalization` (dense bias + residual + LayerNorm; ORT's own fusion
+does not fire on pre-LN blocks, whose residual sum has two consumers). ESM scales the query by head_dim**-0.5 before
+rotary; rotary is linear, so the scale moves into MultiHeadAttention's `scale` unchanged. The erf-GELU is written as
+ESM writes it and ORT fuses it into BiasGelu.
+
+Loadable by ONNX Runtime 1.19.2, the one in Triton's NGC 24.10 image (server v2.51.0 `build.py` pins it): every op
+above has CPU and CUDA kernels there; the graph is opset 18 / IR 10 (ORT 1.19 rejects IR 11, onnx's current default).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tritonfleet.contract.esm2_tokens import CLS_ID, EOS_ID
+
+OPSET = 18
+IR_VERSION = 10
+MS_DOMAIN = "com.microsoft"
+# Rows of the rotary caches = the longest sequence the graph accepts (the exporters' dynamic axes stop there too).
+MAX_POSITIONS = 4096
+# Above this many weight bytes the weights go to `model.onnx.data` (a protobuf holds at most 2 GB): ESM-2 650M+.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+INPUT_NAMES = ("INPUT_IDS", "ATTENTION_MASK")
+OUTPUT_NAMES = ("EMBEDDING", "RESIDUE_EMBEDDINGS")
+
+
+@dataclass(frozen=True)
+class Esm2Shape:
+    """What the graph needs from the HF `EsmConfig`."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    layer_norm_eps: float
+    token_dropout: bool
+    emb_layer_norm_before: bool
+    mask_token_id: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_config(cls, config) -> Esm2Shape:
+        problems = []
+        if getattr(config, "position_embedding_type", "absolute") != "rotary":
+            problems.append(f"position_embedding_type={config.position_embedding_type!r} (need 'rotary')")
+        if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+            problems.append("decoder / cross-attention configs")
+        if getattr(config, "hidden_act", "gelu") != "gelu":
+            problems.append(f"hidden_act={config.hidden_act!r} (need 'gelu')")
+        if config.hidden_size % config.num_attention_heads:
+            problems.append("hidden_size is not a multiple of num_attention_heads")
+        if problems:
+            raise ValueError("the fused ONNX graph supports ESM-2 configs only: " + "; ".join(problems))
+        return cls(
+            num_layers=int(config.num_hidden_layers),
+            hidden_size=int(config.hidden_size),
+            num_heads=int(config.num_attention_heads),
+            layer_norm_eps=float(config.layer_norm_eps),
+            token_dropout=bool(config.token_dropout),
+            emb_layer_norm_before=bool(getattr(config, "emb_layer_norm_before", False)),
+            mask_token_id=int(config.mask_token_id),
+        )
+
+
+def _numpy(tensor) -> np.ndarray:
+    return tensor.detach().to("cpu").float().numpy()
+
+
+def _inv_freq(esm) -> np.ndarray:
+    """The stored rotary `inv_freq` (model-level in recent transformers, per layer in older ones): ESM-2 was trained
+    in fp16, and recomputing it gives subtly different rotations (HF convert_esm.py)."""
+    rotary = getattr(esm, "rotary_embeddings", None) or getattr(
+        esm.encoder.layer[0].attention.self, "rotary_embeddings", None
+    )
+    if rotary is None or not hasattr(rotary, "inv_freq"):
+        raise ValueError("cannot find the rotary inv_freq buffer in the ESM model")
+    return _numpy(rotary.inv_freq)
+
+
+def rotary_tables(inv_freq: np.ndarray, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin caches [positions, head_dim/2], computed as transformers does (fp32 position * inv_freq)."""
+    import torch
+
+    angles = torch.arange(positions, dtype=torch.float32)[:, None] * torch.from_numpy(inv_freq.astype(np.float32))
+    return angles.cos().numpy(), angles.sin().numpy()
+
+
+class _Graph:
+    """Nodes, initializers and the value types ONNX shape inference cannot derive (contrib op outputs)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.value_info: list[onnx.ValueInfoProto] = []
+        self._names: dict[str, int] = {}
+        self._constants: dict[tuple, str] = {}
+
+    def fresh(self, stem: str) -> str:
+        count = self._names.get(stem, 0)
+        self._names[stem] = count + 1
+        return stem if count == 0 else f"{stem}_{count}"
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        name = self.fresh(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, value, dtype=np.float32) -> str:
+        array = np.array(value, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            self._constants[key] = self.weight("const", array)
+        return self._constants[key]
+
+    def op(self, op_type: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "", **attributes):
+        node = self.fresh(name)
+        names = [node] if outputs == 1 else [f"{node}_out{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=node, domain=domain or None, **attributes))
+        return names[0] if outputs == 1 else names
+
+    def contrib(self, op_type: str, inputs: list[str], name: str, hidden: int, **attributes) -> str:
+        """A com.microsoft op whose one output is [batch, sequence, hidden] float."""
+        output = self.op(op_type, inputs, name, domain=MS_DOMAIN, **attributes)
+        self.value_info.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "sequence", hidden]))
+        return output
+
+    def unsqueeze(self, tensor: str, axes: list[int], name: str) -> str:
+        return self.op("Unsqueeze", [tensor, self.const(axes, np.int64)], name)
+
+
+def _embeddings(g: _Graph, esm, shape: Esm2Shape, mask_float: str) -> str:
+    """EsmEmbeddings.forward: token lookup, token-dropout rescaling, optional LayerNorm, padding rows zeroed."""
+    ids = INPUT_NAMES[0]
+    word = g.weight("embeddings.word_embeddings.weight", _numpy(esm.embeddings.word_embeddings.weight))
+    hidden = g.op("Gather", [word, ids], "embeddings.gather", axis=0)
+    if shape.token_dropout:
+        is_mask = g.op("Equal", [ids, g.const(shape.mask_token_id, np.int64)], "is_mask_token")
+        hidden = g.op("Where", [g.unsqueeze(is_mask, [-1], "is_mask_3d"), g.const(0.0), hidden], "embeddings.unmask")
+        masked = g.op("Cast", [is_mask], "mask_tokens_float", to=TensorProto.FLOAT)
+        masked_count = g.op("ReduceSum", [masked, g.const([-1], np.int64)], "mask_token_count", keepdims=1)
+        lengths = g.op("ReduceSum", [mask_float, g.const([-1], np.int64)], "lengths", keepdims=1)
+        keep = g.op("Sub", [g.const(1.0), g.op("Div", [masked_count, lengths], "mask_ratio")], "keep_ratio")
+        hidden = g.op("Mul", [hidden, g.const(1.0 - 0.15 * 0.8)], "embeddings.scale_train")
+        hidden = g.op("Div", [hidden, g.unsqueeze(keep, [-1], "keep_ratio_3d")], "embeddings.scale_observed")
+    if shape.emb_layer_norm_before:
+        norm = esm.embeddings.layer_norm
+        gamma = g.weight("embeddings.layer_norm.weight", _numpy(norm.weight))
+        beta = g.weight("embeddings.layer_norm.bias", _numpy(norm.bias))
+        hidden = g.op(
+            "LayerNormalization", [hidden, gamma, beta], "embeddings.layer_norm", epsilon=shape.layer_norm_eps
+        )
+    return g.op("Mul", [hidden, g.unsqueeze(mask_float, [-1], "mask_3d")], "embeddings.zero_padding")
+
+
+def _linear(g: _Graph, x: str, weight: np.ndarray, bias: np.ndarray, name: str) -> str:
+    """x @ weight.T + bias (weight as nn.Linear stores it: [out, in])."""
+    product = g.op("MatMul", [x, g.weight(f"{name}.weight_t", weight.T.copy())], f"{name}.matmul")
+    return g.op("Add", [product, g.weight(f"{name}.bias", bias)], f"{name}.add")
+
+
+def _add_and_norm(g: _Graph, product: str, bias, residual: str, norm, name: str, shape: Esm2Shape) -> tuple[str, str]:
+    """(LayerNorm(product + bias + residual), product + bias + residual) as one SkipLayerNormalization."""
+    normed, summed = f"{name}.normed", f"{name}.residual"
+    inputs = [
+        product,
+        residual,
+        g.weight(f"{name}.weight", _numpy(norm.weight)),
+        g.weight(f"{name}.bias", _numpy(norm.bias)),
+        g.weight(f"{name}.dense_bias", bias),
+    ]
+    g.nodes.append(
+        helper.make_node(
+            "SkipLayerNormalization",
+            inputs,
+            [normed, "", "", summed],  # output 3 is the pre-LayerNorm residual stream
+            name=g.fresh(name),
+            domain=MS_DOMAIN,
+            epsilon=shape.layer_norm_eps,
+        )
+    )
+    for output in (normed, summed):
+        g.value_info.append(
+            helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "sequence", shape.hidden_size])
+        )
+    return normed, summed
+
+
+def _pool(g: _Graph, hidden: str, mask_float: str) -> None:
+    """The serving contract's outputs: per-residue rows zeroed at padding, and their mean over residues only."""
+    ids, mask = INPUT_NAMES
+    g.op("Mul", [hidden, g.unsqueeze(mask_float, [-1], "mask_3d_out")], OUTPUT_NAMES[1])
+    is_token = g.op("Not", [g.op("Equal", [mask, g.const(0, np.int64)], "is_padding")], "is_token")
+    not_cls = g.op("Not", [g.op("Equal", [ids, g.const(CLS_ID, np.int64)], "is_cls")], "not_cls")
+    not_eos = g.op("Not", [g.op("Equal", [ids, g.const(EOS_ID, np.int64)], "is_eos")], "not_eos")
+    is_residue = g.op("And", [g.op("And", [is_token, not_cls], "token_not_cls"), not_eos], "is_residue")
+    weights = g.unsqueeze(g.op("Cast", [is_residue], "residue_weights_2d", to=TensorProto.FLOAT), [-1], "weights")
+    weighted = g.op("Mul", [hidden, weights], "pool_weighted")
+    summed = g.op("ReduceSum", [weighted, g.const([1], np.int64)], "pool_sum", keepdims=0)
+    count = g.op("ReduceSum", [weights, g.const([1], np.int64)], "pool_count_raw", keepdims=0)
+    g.op("Div", [summed, g.op("Max", [count, g.const(1.0)], "pool_count")], OUTPUT_NAMES[0])
+
+
+def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data_location: str | None = None) -> Path:
+    """Writes the ESM-2 embedder (docs/design.md's contract) with fused attention to `path`.
+
+    Args:
+        module: the eager `Esm2Embedder` (with `.esm`) or a `transformers.EsmModel`, fp32 or fp16 (weights are
+            written as fp32).
+        path: the .onnx file.
+        max_positions: the longest sequence (tokens) the graph accepts.
+        data_location: file name, beside the model, for weights over ~1.8 GB (default `<name>.data`); ONNX Runtime
+            loads it from the model's directory.
+    """
+    esm = getattr(module, "esm", module)
+    shape = Esm2Shape.from_config(esm.config)
+    hidden_size, heads = shape.hidden_size, shape.num_heads
+    g = _Graph()
+    ids, mask = INPUT_NAMES
+    mask_float = g.op("Cast", [mask], "mask_float", to=TensorProto.FLOAT)
+    residual = _embeddings(g, esm, shape, mask_float)
+
+    cos, sin = rotary_tables(_inv_freq(esm), max_positions)
+    cos_cache, sin_cache = g.weight("rotary.cos_cache", cos), g.weight("rotary.sin_cache", sin)
+    ids_shape = g.op("Shape", [ids], "ids_shape")
+    length = g.op("Gather", [ids_shape, g.const(1, np.int64)], "length", axis=0)
+    positions = g.op("Range", [g.const(0, np.int64), length, g.const(1, np.int64)], "positions")
+    position_ids = g.op("Expand", [g.unsqueeze(positions, [0], "positions_2d"), ids_shape], "position_ids")
+    key_padding_mask = g.op("Cast", [mask], "key_padding_mask", to=TensorProto.INT32)
+
+    layers = list(esm.encoder.layer)
+    first_norm = layers[0].attention.LayerNorm
+    x = g.op(
+        "LayerNormalization",
+        [
+            residual,
+            g.weight("layer0.norm.weight", _numpy(first_norm.weight)),
+            g.weight("layer0.norm.bias", _numpy(first_norm.bias)),
+        ],
+        "layer0.attention.layer_norm",
+        epsilon=shape.layer_norm_eps,
+    )
+    for index, layer in enumerate(layers):
+        name = f"layer{index}"
+        attention = layer.attention.self
+        projections = (attention.query, attention.key, attention.value)
+        weight = np.concatenate([_numpy(p.weight) for p in projections], axis=0)
+        bias = np.concatenate([_numpy(p.bias) for p in projections], axis=0)
+        qkv = _linear(g, x, weight, bias, f"{name}.qkv")
+        split = g.const([hidden_size] * 3, np.int64)
+        query, key, value = g.op("Split", [qkv, split], f"{name}.split", outputs=3, axis=-1)
+        rotary = {"interleaved": 0, "num_heads": heads}
+        query = g.contrib(
+            "RotaryEmbedding", [query, position_ids, cos_cache, sin_cache], f"{name}.rotary_q", hidden_size, **rotary
+        )
+        key = g.contrib(
+            "RotaryEmbedding", [key, position_ids, cos_cache, sin_cache], f"{name}.rotary_k", hidden_size, **rotary
+        )
+        context = g.contrib(
+            "MultiHeadAttention",
+            [query, key, value, "", key_padding_mask],
+            f"{name}.attention",
+            hidden_size,
+            num_heads=heads,
+            scale=float(shape.head_dim) ** -0.5,
+        )
+        dense = layer.attention.output.dense
+        product = g.op(
+            "MatMul", [context, g.weight(f"{name}.output.weight_t", _numpy(dense.weight).T.copy())], f"{name}.output"
+        )
+        x, residual = _add_and_norm(
+            g, product, _numpy(dense.bias), residual, layer.LayerNorm, f"{name}.ffn_norm", shape
+        )
+        x = _linear(
+            g, x, _numpy(layer.intermediate.dense.weight), _numpy(layer.intermediate.dense.bias), f"{name}.ffn_in"
+        )
+        erf = g.op("Erf", [g.op("Div", [x, g.const(math.sqrt(2.0))], f"{name}.gelu_div")], f"{name}.gelu_erf")
+        gated = g.op("Mul", [x, g.op("Add", [erf, g.const(1.0)], f"{name}.gelu_add")], f"{name}.gelu_mul")
+        x = g.op("Mul", [gated, g.const(0.5)], f"{name}.gelu")
+        dense = layer.output.dense
+        product = g.op(
+            "MatMul", [x, g.weight(f"{name}.ffn_out.weight_t", _numpy(dense.weight).T.copy())], f"{name}.ffn_out"
+        )
+        last = index + 1 == len(layers)
+        norm = esm.encoder.emb_layer_norm_after if last else layers[index + 1].attention.LayerNorm
+        norm_name = "final_norm" if last else f"layer{index + 1}.attention_norm"
+        x, residual = _add_and_norm(g, product, _numpy(dense.bias), residual, norm, norm_name, shape)
+    _pool(g, x, mask_float)
+
+    graph = helper.make_graph(
+        g.nodes,
+        f"esm2_{shape.num_layers}_layers_{hidden_size}_fused",
+        [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"]) for name in INPUT_NAMES],
+        [
+            helper.make_tensor_value_info(OUTPUT_NAMES[0], TensorProto.FLOAT, ["batch", hidden_size]),
+            helper.make_tensor_value_info(OUTPUT_NAMES[1], TensorProto.FLOAT, ["batch", "sequence", hidden_size]),
+        ],
+        g.initializers,
+        value_info=g.value_info,
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="tritonfleet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if sum(len(array.raw_data) for array in g.initializers) > EXTERNAL_DATA_THRESHOLD:
+        data_file = path.with_name(data_location or path.name + ".data")
+        data_file.unlink(missing_ok=True)
+        onnx.save_model(model, str(path), save_as_external_data=True, location=data_file.name, size_threshold=1024)
+        onnx.checker.check_model(str(path))
+    else:
+        onnx.checker.check_model(model)
+        onnx.save_model(model, str(path))
+    return path
