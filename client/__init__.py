@@ -11,6 +11,7 @@ from tritonfleet.client.aio import AsyncEmbeddingClient
 from tritonfleet.client.config import ClientConfig, RetryPolicy
 from tritonfleet.client.embedding_client import EmbeddingClient
 from tritonfleet.client.errors import (
+    DeadlineExceededError,
     InvalidRequestError,
     InvalidSequenceError,
     ModelNotFoundError,
@@ -22,15 +23,19 @@ from tritonfleet.client.errors import (
     UnsupportedModelError,
 )
 from tritonfleet.client.model import ModelSpec
+from tritonfleet.contract.priorities import PRIORITY_CLASSES, PriorityClass
 
 __all__ = [
     "AsyncEmbeddingClient",
     "ClientConfig",
+    "DeadlineExceededError",
     "EmbeddingClient",
     "InvalidRequestError",
     "InvalidSequenceError",
     "ModelNotFoundError",
     "ModelSpec",
+    "PRIORITY_CLASSES",
+    "PriorityClass",
     "RequestTimeoutError",
     "RetryPolicy",
     "ServerCallError",

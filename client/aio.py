@@ -17,7 +17,7 @@ from tritonfleet.client import core
 from tritonfleet.client.config import ClientConfig
 from tritonfleet.client.errors import TritonFleetError, classify_exception
 from tritonfleet.client.model import ModelSpec, OutputKind
-from tritonfleet.client.retry import call_with_retry_async
+from tritonfleet.client.retry import Deadline, call_with_retry_async, time_left
 from tritonfleet.client.transport import AsyncTransport
 
 T = TypeVar("T")
@@ -92,7 +92,12 @@ class AsyncEmbeddingClient:
             arrays = core.build_input_arrays(spec, core.batch_texts(call, batch))
             operation = f"infer {spec.name}, {batch.describe(len(call.batches))}"
             async with semaphore:
-                answer = await self._call(operation, lambda t: t.infer(spec.name, spec.version, arrays, [output]))
+                deadline = Deadline.after(self.config.deadline_s)
+                answer = await self._call(
+                    operation,
+                    lambda t: t.infer(spec.name, spec.version, arrays, [output], time_left(deadline)),
+                    deadline,
+                )
             return answer[output]
 
         if len(call.batches) == 1:
@@ -105,11 +110,14 @@ class AsyncEmbeddingClient:
                 task.cancel()
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
-    async def _call(self, operation: str, function: Callable[[AsyncTransport], Awaitable[T]]) -> T:
+    async def _call(
+        self, operation: str, function: Callable[[AsyncTransport], Awaitable[T]], deadline: Deadline | None = None
+    ) -> T:
         return await call_with_retry_async(
             lambda: function(self._transport()),
             self.config.retry,
             f"{operation} at {self.config.protocol}://{self.config.url}",
+            deadline,
         )
 
     async def _probe(self, function: Callable[[AsyncTransport], Awaitable[bool]]) -> bool:

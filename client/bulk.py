@@ -38,6 +38,7 @@ from tritonfleet.client.journal import (
 )
 from tritonfleet.client.long_sequences import DEFAULT_WINDOW_OVERLAP, combine_windows, split_windows
 from tritonfleet.contract import esm2_tokens as tokenizer
+from tritonfleet.contract.priorities import PriorityClass
 
 OutputFormat = Literal["npz", "parquet"]
 LongSequencePolicy = Literal["skip", "chunk"]
@@ -57,6 +58,7 @@ class BulkOptions:
         window_overlap: residues shared by consecutive windows in "chunk" mode.
         chunk_size: records per journal chunk (the unit of resumption).
         overwrite: discard an existing journal/output from a different run instead of refusing.
+        priority: the requests' class; "bulk" lets interactive traffic on the same server go first.
     """
 
     fasta: Path
@@ -67,6 +69,7 @@ class BulkOptions:
     window_overlap: int = DEFAULT_WINDOW_OVERLAP
     chunk_size: int = 256
     overwrite: bool = False
+    priority: PriorityClass = "bulk"
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ async def embed_fasta(
     """Embeds every record of `options.fasta` into `options.output`, resuming a previous interrupted run.
 
     Args:
-        config: client configuration (its max_in_flight is replaced by options.concurrency).
+        config: client configuration (its max_in_flight and priority are replaced by options.concurrency and
+            options.priority).
         options: what to do.
         on_progress: called with (records_done, records_total) once at start and after each chunk.
     """
@@ -158,7 +162,7 @@ async def embed_fasta(
     if on_progress:
         on_progress(records_done, len(records))
 
-    client_config = dataclasses.replace(config, max_in_flight=options.concurrency)
+    client_config = dataclasses.replace(config, max_in_flight=options.concurrency, priority=options.priority)
     async with AsyncEmbeddingClient(client_config) as client:
         embedding_dim = (await client.model_spec()).embedding_dim
         chunk_slots = asyncio.Semaphore(options.concurrency + 1)  # bounds memory, keeps the pipe full

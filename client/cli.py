@@ -1,8 +1,8 @@
 """`python -m client`: embed sequences or a whole FASTA file through a Triton server.
 
 Exit codes: 0 done, 1 server or client failure, 2 bad usage or input (argparse errors, malformed FASTA, duplicate
-ids, an invalid sequence given to `embed`), 75 server unavailable after every retry (re-run to resume),
-130 interrupted (re-run to resume).
+ids, an invalid sequence given to `embed`), 75 server unavailable after every retry or a `--deadline-s` missed
+(re-run to resume), 130 interrupted (re-run to resume).
 """
 
 from __future__ import annotations
@@ -19,10 +19,16 @@ import numpy as np
 from tritonfleet.client.bulk import BulkOptions, embed_fasta
 from tritonfleet.client.config import DEFAULT_PORTS, PROTOCOLS, ClientConfig, RetryPolicy
 from tritonfleet.client.embedding_client import EmbeddingClient
-from tritonfleet.client.errors import InvalidSequenceError, ServerUnavailableError, TritonFleetError
+from tritonfleet.client.errors import (
+    DeadlineExceededError,
+    InvalidSequenceError,
+    ServerUnavailableError,
+    TritonFleetError,
+)
 from tritonfleet.client.fasta import FastaFormatError
 from tritonfleet.client.journal import JournalMismatchError, parts_dir_for
 from tritonfleet.client.long_sequences import DEFAULT_WINDOW_OVERLAP
+from tritonfleet.contract.priorities import PRIORITY_CLASSES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 
@@ -39,18 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
     connection.add_argument(
         "--retry-budget", type=_positive_float, default=180.0, help="seconds one request may spend retrying"
     )
+    connection.add_argument(
+        "--priority",
+        choices=PRIORITY_CLASSES,
+        default=None,
+        help="interactive requests are served before bulk ones (default: interactive for embed and health, bulk "
+        "for embed-fasta)",
+    )
+    connection.add_argument(
+        "--deadline-s",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="seconds one request may take, retries included; the server refuses it once it cannot start in time "
+        "(default: none)",
+    )
 
     parser = argparse.ArgumentParser(prog="python -m client", description="ESM-2 embeddings from a Triton server.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     health = commands.add_parser("health", parents=[common], help="server liveness/readiness and the model's spec")
-    health.set_defaults(handler=_run_health)
+    health.set_defaults(handler=_run_health, default_priority="interactive")
 
     embed = commands.add_parser("embed", parents=[common], help="embed sequences given on the command line")
     embed.add_argument("sequences", nargs="+", metavar="SEQUENCE")
     embed.add_argument("--json", action="store_true", help="print the embeddings as JSON")
     embed.add_argument("--residues", action="store_true", help="per-residue embeddings instead of the mean")
-    embed.set_defaults(handler=_run_embed)
+    embed.set_defaults(handler=_run_embed, default_priority="interactive")
 
     fasta = commands.add_parser(
         "embed-fasta",
@@ -75,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     fasta.add_argument("--chunk-size", type=_positive_int, default=256, help="records per journal chunk")
     fasta.add_argument("--overwrite", action="store_true", help="discard an output or journal from another run")
     fasta.add_argument("--no-progress", action="store_true", help="no progress bar")
-    fasta.set_defaults(handler=_run_embed_fasta)
+    fasta.set_defaults(handler=_run_embed_fasta, default_priority="bulk")
     return parser
 
 
@@ -90,6 +111,8 @@ def config_from_args(args: argparse.Namespace, max_in_flight: int = 4) -> Client
         timeout_s=args.timeout,
         max_in_flight=max_in_flight,
         retry=retry,
+        priority=args.priority or args.default_priority,
+        deadline_s=args.deadline_s,
     )
 
 
@@ -106,6 +129,7 @@ def bulk_options_from_args(args: argparse.Namespace) -> BulkOptions:
         window_overlap=args.window_overlap,
         chunk_size=args.chunk_size,
         overwrite=args.overwrite,
+        priority=args.priority or args.default_priority,
     )
 
 
@@ -121,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ServerUnavailableError as error:
         _fail(f"{error}\nthe server is unavailable; re-run the same command to retry (finished work is kept)")
+        return EXIT_UNAVAILABLE
+    except DeadlineExceededError as error:
+        _fail(f"{error}\nthe server could not answer in time; re-run the same command to retry")
         return EXIT_UNAVAILABLE
     except TritonFleetError as error:
         _fail(str(error))

@@ -1,10 +1,13 @@
-"""Typed client configuration: where the server is, which model to call, timeouts, concurrency and retries."""
+"""Typed client configuration: where the server is, which model to call, priority, deadlines, concurrency and
+retries."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 from typing import Literal
+
+from tritonfleet.contract.priorities import PRIORITY_CLASSES, PriorityClass
 
 Protocol = Literal["http", "grpc"]
 PROTOCOLS: tuple[str, ...] = ("http", "grpc")
@@ -66,6 +69,10 @@ class ClientConfig:
         max_in_flight: the most requests one client has outstanding at a time.
         retry: the retry policy for transient failures.
         validate: check sequences locally before sending, so errors name the offending index.
+        priority: "interactive" (served first; Triton level 1) or "bulk" (level 2: large jobs, e.g. embed-fasta).
+        deadline_s: time one request may take, retries included; sent as Triton's request timeout (the remaining
+            time, microseconds), so a request that cannot start in time is refused (`DeadlineExceededError`)
+            instead of computed late. None: no deadline (the server's queue policy and `timeout_s` still apply).
     """
 
     url: str = "127.0.0.1:8000"
@@ -76,8 +83,14 @@ class ClientConfig:
     max_in_flight: int = 4
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     validate: bool = True
+    priority: PriorityClass = "interactive"
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.priority not in PRIORITY_CLASSES:
+            raise ValueError(f"priority must be one of {PRIORITY_CLASSES}, got {self.priority!r}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0 (or None), got {self.deadline_s}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if "://" in self.url:

@@ -19,7 +19,7 @@ from tritonfleet.client import core
 from tritonfleet.client.config import ClientConfig
 from tritonfleet.client.errors import TritonFleetError, classify_exception, is_connection_failure
 from tritonfleet.client.model import ModelSpec, OutputKind
-from tritonfleet.client.retry import call_with_retry
+from tritonfleet.client.retry import Deadline, call_with_retry, time_left
 from tritonfleet.client.transport import Transport
 
 T = TypeVar("T")
@@ -77,6 +77,9 @@ class EmbeddingClient:
     def embed(self, sequences: Sequence[str], ids: Sequence[str] | None = None) -> np.ndarray:
         """Mean-pooled embeddings, float32 [N, D], in input order.
 
+        Every request carries the configured priority (`interactive` unless configured otherwise) and, with
+        `deadline_s`, its deadline.
+
         Args:
             sequences: protein sequences (one-letter codes; lower case is accepted).
             ids: optional names used in error messages (e.g. FASTA ids).
@@ -85,6 +88,7 @@ class EmbeddingClient:
             InvalidSequenceError: a sequence the tokenizer would reject (names its index and id).
             InvalidRequestError: the server rejected a request (HTTP 400 / INVALID_ARG).
             ServerUnavailableError: the server stayed unavailable through every retry.
+            DeadlineExceededError: a request could not be answered within `deadline_s`.
         """
         texts = core.normalize_sequences(sequences, self.config.validate, ids)
         spec = self.model_spec()
@@ -104,7 +108,13 @@ class EmbeddingClient:
         def run(batch: core.Batch) -> np.ndarray:
             arrays = core.build_input_arrays(spec, core.batch_texts(call, batch))
             operation = f"infer {spec.name}, {batch.describe(len(call.batches))}"
-            return self._call(operation, lambda t: t.infer(spec.name, spec.version, arrays, [output]))[output]
+            deadline = Deadline.after(self.config.deadline_s)
+            answer = self._call(
+                operation,
+                lambda t: t.infer(spec.name, spec.version, arrays, [output], time_left(deadline)),
+                deadline,
+            )
+            return answer[output]
 
         if len(call.batches) <= 1 or self.config.max_in_flight == 1:
             return [run(batch) for batch in call.batches]
@@ -115,7 +125,7 @@ class EmbeddingClient:
             _cancel_pending(futures)
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
-    def _call(self, operation: str, function: Callable[[Transport], T]) -> T:
+    def _call(self, operation: str, function: Callable[[Transport], T], deadline: Deadline | None = None) -> T:
         def attempt() -> T:
             transport = self._transport()
             try:
@@ -125,7 +135,8 @@ class EmbeddingClient:
                     self._discard(transport)  # pooled sockets to a restarted server are dead
                 raise
 
-        return call_with_retry(attempt, self.config.retry, f"{operation} at {self.config.protocol}://{self.config.url}")
+        where = f"{operation} at {self.config.protocol}://{self.config.url}"
+        return call_with_retry(attempt, self.config.retry, where, deadline)
 
     def _probe(self, function: Callable[[Transport], bool]) -> bool:
         transport = self._transport()

@@ -4,7 +4,9 @@ Classification (what retries): HTTP 429/502/503/504, gRPC UNAVAILABLE/RESOURCE_E
 connections are transient (`ServerUnavailableError`); so are the answers of a model that is being reloaded or
 repaired (Triton 24.10 says "has no available versions" with 404/NOT_FOUND while a version is swapped, and
 "Stub process ... is not healthy" with 500/INTERNAL after its python stub died, until the supervisor reloads it).
-INVALID_ARG / HTTP 400 never is (`InvalidRequestError`).
+INVALID_ARG / HTTP 400 never is (`InvalidRequestError`). A request refused because its queue wait passed its timeout
+("Request timeout expired", UNAVAILABLE) is transient too; once the client's own deadline has passed, the retry
+loop turns it (and client timeouts) into `DeadlineExceededError`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ _NOT_FOUND_STATUSES = frozenset({"404", "StatusCode.NOT_FOUND"})
 _TIMEOUT_STATUSES = frozenset({"StatusCode.DEADLINE_EXCEEDED"})
 # Messages of a model in repair or reload: inference is idempotent, so these are retried like a 503.
 _MODEL_REPAIR_MARKERS = ("has no available versions", "is not healthy", "is not ready")
+# Triton's answer (UNAVAILABLE) to a request that waited in a model's queue longer than its timeout; a python BLS
+# model relaying it may turn the status into INTERNAL, so the message decides.
+QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
+_TRANSIENT_MARKERS = (*_MODEL_REPAIR_MARKERS, QUEUE_TIMEOUT_MESSAGE)
 
 
 class TritonFleetError(Exception):
@@ -92,6 +98,23 @@ class RequestTimeoutError(ServerCallError):
     """No answer within the client timeout."""
 
 
+class DeadlineExceededError(RequestTimeoutError):
+    """The request's deadline (`ClientConfig.deadline_s`) passed: refused by the server's queue, cut by the client,
+    or left no time for another attempt. Never retried.
+
+    Attributes:
+        deadline_s: the deadline that was missed, in seconds.
+        attempts: attempts made (0 when the deadline passed before the first could be sent).
+    """
+
+    def __init__(
+        self, operation: str, deadline_s: float, detail: str, status: str | None = None, attempts: int = 0
+    ) -> None:
+        self.deadline_s = deadline_s
+        self.attempts = attempts
+        super().__init__(operation, f"deadline of {deadline_s:g} s exceeded: {detail}", status)
+
+
 class ServerError(ServerCallError):
     """Any other server-side failure (HTTP 500, gRPC INTERNAL, ...)."""
 
@@ -112,7 +135,7 @@ def classify_exception(error: BaseException, operation: str) -> TritonFleetError
 def _classify_server_exception(error: InferenceServerException, operation: str) -> TritonFleetError:
     status = error.status()
     message = error.message() or str(error)
-    if status not in _INVALID_STATUSES and any(marker in message for marker in _MODEL_REPAIR_MARKERS):
+    if status not in _INVALID_STATUSES and any(marker in message for marker in _TRANSIENT_MARKERS):
         return ServerUnavailableError(operation, message, status)
     if "unknown model" in message.lower() or status in _NOT_FOUND_STATUSES:
         return ModelNotFoundError(operation, message, status)

@@ -2,13 +2,20 @@
 
 Each adapter takes numpy arrays keyed by tensor name and returns numpy arrays keyed by output name; everything
 protocol-specific (binary tensors on HTTP, gRPC's JSON metadata, where the timeout goes) lives here and only here.
-`infer_inputs` and `requested_outputs` are the one place a tritonclient request is built; the load tools use them too.
-Timeouts: HTTP sync applies `timeout_s` to connecting and to every socket read/write; HTTP asyncio to the whole
-request; gRPC to the whole call (deadline).
+`infer_inputs`, `requested_outputs` and `request_options` are the one place a tritonclient request is built; the load
+tools use them too. Timeouts: HTTP sync applies `timeout_s` to connecting and to every socket read/write; HTTP asyncio
+to the whole request; gRPC to the whole call (deadline).
+
+Priority and deadline: every inference carries Triton's `priority` level of the configured class and, when the
+call has a deadline, Triton's request `timeout` (the time left, in microseconds): each model's queue refuses the
+request once it has waited that long. gRPC calls (sync and asyncio) and asyncio HTTP calls are also cut by the
+client at the deadline; sync HTTP is bounded by the server's queues and `timeout_s` only (tritonclient.http has
+no per-call timeout).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +27,7 @@ import tritonclient.http.aio as http_aio_client
 from tritonclient.utils import np_to_triton_dtype
 
 from tritonfleet.client.config import ClientConfig, Protocol
+from tritonfleet.contract.priorities import priority_level
 
 # The asyncio clients take the same InferInput / InferRequestedOutput classes as their sync twins.
 _REQUEST_MODULES: dict[str, Any] = {"http": http_client, "grpc": grpc_client}
@@ -45,6 +53,22 @@ def requested_outputs(protocol: Protocol, names: Sequence[str]) -> list[Any]:
     return [module.InferRequestedOutput(name) for name in names]  # HTTP defaults to binary data
 
 
+def request_options(
+    protocol: Protocol, priority_level: int = 0, timeout_s: float | None = None, client_timeout_s: float | None = None
+) -> dict[str, Any]:
+    """tritonclient `infer` keyword arguments for a request's priority level (0: the model's default level) and
+    deadline (`timeout_s` left: Triton's request timeout, at least 1 us; 0 would mean none); gRPC also gets the
+    client-side call deadline, the smaller of `client_timeout_s` and `timeout_s`."""
+    options: dict[str, Any] = {"priority": priority_level}
+    if timeout_s is not None:
+        options["timeout"] = max(1, int(timeout_s * 1_000_000))
+    if protocol == "grpc":
+        limits = [limit for limit in (client_timeout_s, timeout_s) if limit is not None]
+        if limits:
+            options["client_timeout"] = max(1e-6, min(limits))
+    return options
+
+
 def output_arrays(result: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The named outputs of a tritonclient `InferResult` as numpy arrays."""
     return {name: result.as_numpy(name) for name in names}
@@ -55,16 +79,20 @@ class _ProtocolCalls:
 
     def __init__(self, config: ClientConfig) -> None:
         self.protocol = config.protocol
+        self.timeout_s = config.timeout_s
+        self.priority_level = priority_level(config.priority)
         grpc = config.protocol == "grpc"
         self.deadline: dict[str, Any] = {"client_timeout": config.timeout_s} if grpc else {}
         self.answers: dict[str, Any] = {"as_json": True, **self.deadline} if grpc else {}
 
-    def infer_arguments(self, version: str, arrays: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+    def infer_arguments(
+        self, version: str, arrays: Mapping[str, np.ndarray], outputs: Sequence[str], timeout_s: float | None
+    ) -> dict:
         return {
             "inputs": infer_inputs(self.protocol, arrays),
             "model_version": version,
             "outputs": requested_outputs(self.protocol, outputs),
-            **self.deadline,
+            **request_options(self.protocol, self.priority_level, timeout_s, self.timeout_s),
         }
 
 
@@ -96,9 +124,15 @@ class Transport:
         return self._client.get_model_config(model, version, **self._calls.answers)
 
     def infer(
-        self, model: str, version: str, arrays: Mapping[str, np.ndarray], outputs: Sequence[str]
+        self,
+        model: str,
+        version: str,
+        arrays: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
-        result = self._client.infer(model, **self._calls.infer_arguments(version, arrays, outputs))
+        """One inference at the configured priority; `timeout_s`: the time left before the request's deadline."""
+        result = self._client.infer(model, **self._calls.infer_arguments(version, arrays, outputs, timeout_s))
         return output_arrays(result, outputs)
 
     def close(self) -> None:
@@ -133,10 +167,18 @@ class AsyncTransport:
         return await self._client.get_model_config(model, version, **self._calls.answers)
 
     async def infer(
-        self, model: str, version: str, arrays: Mapping[str, np.ndarray], outputs: Sequence[str]
+        self,
+        model: str,
+        version: str,
+        arrays: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
-        result = await self._client.infer(model, **self._calls.infer_arguments(version, arrays, outputs))
-        return output_arrays(result, outputs)
+        """One inference at the configured priority; `timeout_s`: the time left before the request's deadline."""
+        call = self._client.infer(model, **self._calls.infer_arguments(version, arrays, outputs, timeout_s))
+        if timeout_s is not None and self._calls.protocol == "http":
+            call = asyncio.wait_for(call, timeout=max(1e-6, timeout_s))  # gRPC cuts it with client_timeout
+        return output_arrays(await call, outputs)
 
     async def close(self) -> None:
         await self._client.close()
