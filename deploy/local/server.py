@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tritonfleet.deploy.local.runtime import TritonRuntime, write_stub_site
+from tritonfleet.deploy.local.runtime import TritonRuntime
 from tritonfleet.deploy.local.supervisor import ModelSupervisor, SupervisorOptions
 from tritonfleet.deploy.local.triton_admin import TritonAdmin
 
@@ -104,38 +104,11 @@ class LocalTritonServer:
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def command(self) -> list[str]:
         """The tritonserver command line (also useful to print for debugging)."""
-        opts = self.options
-        command = [
-            str(self.runtime.server_binary),
-            f"--model-repository={Path(opts.model_repository).resolve()}",
-            f"--backend-directory={self._workdir / 'backends'}",
-            f"--http-address={opts.host}",
-            f"--http-port={opts.http_port}",
-            f"--grpc-address={opts.host}",
-            f"--grpc-port={opts.grpc_port}",
-            f"--metrics-address={opts.host}",
-            f"--metrics-port={opts.metrics_port}",
-            "--allow-gpu-metrics=false",
-            f"--exit-timeout-secs={opts.exit_timeout_s}",
-            f"--log-verbose={opts.log_verbose}",
-            f"--model-control-mode={opts.model_control_mode}",
-        ]
-        if opts.model_control_mode == "explicit":
-            command.extend(f"--load-model={name}" for name in opts.load_models)
-        command.extend(opts.extra_args)
-        return command
+        return tritonserver_command(self.options, self.runtime, self._workdir / "backends")
 
     def environment(self) -> dict[str, str]:
-        """The server's environment, set here rather than inherited so another activated venv cannot leak in."""
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV")}
-        venv_bin = str(Path(sys.executable).parent)
-        env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
-        env["VIRTUAL_ENV"] = sys.prefix
-        env["PYTHONPATH"] = str(write_stub_site(self._workdir / "stub-site"))
-        env["LD_LIBRARY_PATH"] = ":".join(
-            part for part in (self.runtime.library_path(), os.environ.get("LD_LIBRARY_PATH", "")) if part
-        )
-        return env
+        """The server's environment (see `tritonserver_environment`)."""
+        return tritonserver_environment(self.runtime)
 
     def start(self) -> LocalTritonServer:
         """Start tritonserver and block until it is ready, or raise TritonStartError with its error lines."""
@@ -155,7 +128,7 @@ class LocalTritonServer:
                 stdin=subprocess.DEVNULL,
                 env=self.environment(),
                 start_new_session=True,
-                preexec_fn=_terminate_with_parent,
+                preexec_fn=terminate_with_parent,
             )
         self._wait_until_ready()
         if self.options.self_heal:
@@ -240,6 +213,48 @@ class LocalTritonServer:
             os.killpg(server_pid, signal.SIGKILL)
 
 
+def tritonserver_command(options: ServerOptions, runtime: TritonRuntime, backend_directory: Path) -> list[str]:
+    """tritonserver's command line for `options`, with `backend_directory` (see
+    `TritonRuntime.assemble_backend_directory`): shared by `LocalTritonServer` and the exec launcher
+    (`deploy.local.tritonserver_exec`) that tools such as Model Analyzer start instead of the bare binary."""
+    command = [
+        str(runtime.server_binary),
+        f"--model-repository={Path(options.model_repository).resolve()}",
+        f"--backend-directory={backend_directory}",
+        f"--http-address={options.host}",
+        f"--http-port={options.http_port}",
+        f"--grpc-address={options.host}",
+        f"--grpc-port={options.grpc_port}",
+        f"--metrics-address={options.host}",
+        f"--metrics-port={options.metrics_port}",
+        "--allow-gpu-metrics=false",
+        f"--exit-timeout-secs={options.exit_timeout_s}",
+        f"--log-verbose={options.log_verbose}",
+        f"--model-control-mode={options.model_control_mode}",
+    ]
+    if options.model_control_mode == "explicit":
+        command.extend(f"--load-model={name}" for name in options.load_models)
+    command.extend(options.extra_args)
+    return command
+
+
+def tritonserver_environment(runtime: TritonRuntime) -> dict[str, str]:
+    """The server's environment, set here rather than inherited so another activated venv cannot leak in.
+
+    The python stub's embedded interpreter takes its prefix from the `python3` it finds on PATH (PYTHONPATH does not
+    redirect it), so this interpreter's bin directory goes first on PATH: the stub then imports what this
+    interpreter imports, the hook of an editable tritonfleet install included.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV")}
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["VIRTUAL_ENV"] = sys.prefix
+    env["LD_LIBRARY_PATH"] = ":".join(
+        part for part in (runtime.library_path(), os.environ.get("LD_LIBRARY_PATH", "")) if part
+    )
+    return env
+
+
 @contextlib.contextmanager
 def local_server(model_repository: Path | str, **options: Any) -> Iterator[LocalTritonServer]:
     """A ready tritonserver for `model_repository` on free loopback ports, stopped on exit.
@@ -258,7 +273,7 @@ def local_server(model_repository: Path | str, **options: Any) -> Iterator[Local
         yield server
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
     """In the child before exec: SIGTERM tritonserver if its launcher dies, even by SIGKILL (Linux only).
 
     The server runs in its own session (so a Ctrl-C in the terminal reaches only the launcher, which then stops it
