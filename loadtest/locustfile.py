@@ -1,17 +1,25 @@
-"""Locust load test for the ESM-2 models on Triton: an HTTP user and a gRPC user, selectable load shapes.
+"""Locust load test for the ESM-2 models on Triton: HTTP and gRPC users, a mixed interactive + bulk scenario, and
+selectable load shapes.
 
     locust -f loadtest/locustfile.py --headless -H http://127.0.0.1:8000 --triton-grpc-url 127.0.0.1:8001 \
         -u 8 -r 4 -t 30s --load-shape ramp TritonHttpEmbedUser TritonGrpcEmbedUser
+    locust -f loadtest/locustfile.py --headless -H http://127.0.0.1:8000 --triton-grpc-url 127.0.0.1:8001 \
+        -u 12 -r 12 -t 120s --interactive-users 4 --bulk-users 8 TritonInteractiveUser TritonBulkUser
 
-`python -m loadtest.run` wraps this (server start, reports, SLO exit code). Every user sends one protein per request,
-drawn from a fixed-seed pool with the chosen length mix (loadtest/workload.py). Exact latencies (not Locust's
-2-significant-digit buckets) are recorded and written with the counts to `--summary-json` when the run ends;
-rejections (HTTP 503 / gRPC UNAVAILABLE) are kept apart from errors.
+`python -m loadtest.run` wraps this (server start, reports, SLO exit code; `--scenario mixed` for the second form).
+The embed users send one protein per request, drawn from a fixed-seed pool with the chosen length mix
+(loadtest/workload.py), without a priority (the models' default level applies). The mixed scenario runs bulk users
+(64-sequence requests of long proteins, length-sorted like embed-fasta's, priority bulk, back to back) beside
+interactive users (one short protein, priority interactive, a random think time and an optional deadline); their
+requests are named `<model> interactive` and `<model> bulk`, so Locust's statistics and the summary are per class.
+Exact latencies (not Locust's 2-significant-digit buckets) are recorded and written with the counts to
+`--summary-json` when the run ends; refusals (HTTP 503 / gRPC UNAVAILABLE: `rejections`; a queue budget or deadline
+ran out: `expired`) are kept apart from errors.
 """
 
 from __future__ import annotations
 
-from locust import LoadTestShape, constant, events, stats, task
+from locust import LoadTestShape, between, constant, events, stats, task
 
 import json
 import threading
@@ -20,8 +28,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gevent
+
 from tritonfleet.loadtest.shapes import SHAPES, ShapeSettings, users_at
-from tritonfleet.loadtest.triton_user import REJECTED_SUFFIX, TritonGrpcUser, TritonUser
+from tritonfleet.loadtest.triton_user import (
+    EXPIRED_SUFFIX,
+    IN_FLIGHT,
+    REJECTED_SUFFIX,
+    TritonGrpcUser,
+    TritonUser,
+)
 from tritonfleet.loadtest.workload import DEFAULT_SEED, generate_sequences, percentile
 
 stats.PERCENTILES_TO_REPORT = [0.50, 0.90, 0.95, 0.99, 0.999, 1.0]
@@ -41,51 +57,111 @@ def _add_triton_options(parser) -> None:
     group.add_argument("--load-shape", default="none", choices=sorted(SHAPES), help="none uses -u/-r/-t as given")
     group.add_argument("--shape-duration", type=float, default=0.0, help="seconds; 0 = --run-time")
     group.add_argument("--summary-json", default="", help="write exact latencies + counts here at the end")
+    group.add_argument("--triton-timeout-s", type=float, default=60.0, help="client-side limit per request")
+    group.add_argument("--measure-after-s", type=float, default=0.0, help="warm-up left out of the throughput")
+    mixed = parser.add_argument_group("tritonfleet mixed scenario (TritonInteractiveUser + TritonBulkUser)")
+    mixed.add_argument("--mixed-protocol", choices=["http", "grpc"], default="grpc")
+    mixed.add_argument("--interactive-users", type=int, default=2)
+    mixed.add_argument("--interactive-length-mix", default="interactive", help="lengths of interactive requests")
+    mixed.add_argument("--interactive-think-s", type=float, default=0.5, help="pause after each interactive answer")
+    mixed.add_argument("--interactive-deadline-s", type=float, default=0.0, help="0: no deadline")
+    mixed.add_argument(
+        "--interactive-start-delay-s", type=float, default=0.0, help="let the bulk backlog form before starting"
+    )
+    mixed.add_argument("--bulk-users", type=int, default=4)
+    mixed.add_argument("--bulk-batch", type=int, default=64, help="sequences per bulk request")
+    mixed.add_argument("--bulk-length-mix", default="long", help="lengths of bulk requests")
+
+
+OUTCOMES = ("successes", "errors", "rejections", "expired")
+
+
+@dataclass
+class _Group:
+    """One protocol's or traffic class's counts, exact latencies of its successes and when they completed."""
+
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    latencies_ms: list[float] = field(default_factory=list)
+    completions: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, sequences)
 
 
 @dataclass
 class RunRecorder:
-    """Exact latencies and counts per protocol, from Locust's request events (thread-safe for greenlets too)."""
+    """Exact latencies and counts per protocol and per traffic class, from Locust's request events (thread-safe).
 
-    latencies_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    counts: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    Throughput (`sequences_per_s`) counts the sequences answered between `measure_after_s` past the start and the
+    moment the test began stopping, so a warm-up and the drain of in-flight requests stay out of it.
+    """
+
+    protocols: dict[str, _Group] = field(default_factory=lambda: defaultdict(_Group))
+    classes: dict[str, _Group] = field(default_factory=lambda: defaultdict(_Group))
     started: float = field(default_factory=time.monotonic)
+    stopping: float | None = None
+    measure_after_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    recorded: int = 0
 
     def record(self, request_type: str, name: str, response_time: float, exception, context) -> None:
+        context = context or {}
+        outcome = _outcome(name, exception, context)
+        traffic_class = context.get("class")
+        now = time.monotonic()
         with self.lock:
-            counts = self.counts[request_type]
-            counts["requests"] += 1
-            if name.endswith(REJECTED_SUFFIX):
-                counts["rejections"] += 1
-            elif exception is not None:
-                counts["errors"] += 1
-            else:
-                counts["successes"] += 1
-                counts["sequences"] += int((context or {}).get("sequences", 1))
-                if sum(len(v) for v in self.latencies_ms.values()) < MAX_RECORDED_LATENCIES:
-                    self.latencies_ms[request_type].append(response_time)
+            groups = [self.protocols[request_type]] + ([self.classes[traffic_class]] if traffic_class else [])
+            keep = outcome == "successes" and self.recorded < MAX_RECORDED_LATENCIES
+            for group in groups:
+                group.counts["requests"] += 1
+                group.counts[outcome] += 1
+                if outcome == "successes":
+                    sequences = int(context.get("sequences", 1))
+                    group.counts["sequences"] += sequences
+                    if keep:
+                        group.latencies_ms.append(response_time)
+                        group.completions.append((now, sequences))
+            self.recorded += keep
 
     def summary(self) -> dict:
-        duration = time.monotonic() - self.started
-        by_protocol = {}
-        for protocol, counts in self.counts.items():
-            values = self.latencies_ms.get(protocol, [])
-            by_protocol[protocol] = {
-                **counts,
-                "sequences_per_s": counts["sequences"] / duration if duration > 0 else 0.0,
-                "latency_ms": {f"p{q}": percentile(values, q) for q in (50, 90, 99)},
-            }
-        everything = [v for values in self.latencies_ms.values() for v in values]
-        totals = {key: sum(c.get(key, 0) for c in self.counts.values())
-                  for key in ("requests", "successes", "errors", "rejections", "sequences")}  # fmt: skip
-        return {
-            "duration_s": duration,
-            **totals,
-            "sequences_per_s": totals["sequences"] / duration if duration > 0 else 0.0,
-            "latency_ms": {f"p{q}": percentile(everything, q) for q in (50, 90, 99)},
-            "by_protocol": by_protocol,
+        end = time.monotonic()
+        window = (self.started + self.measure_after_s, self.stopping or end)
+        everything = _Group(
+            counts=defaultdict(int, {key: sum(g.counts.get(key, 0) for g in self.protocols.values())
+                                     for key in ("requests", *OUTCOMES, "sequences")}),
+            latencies_ms=[v for g in self.protocols.values() for v in g.latencies_ms],
+            completions=[c for g in self.protocols.values() for c in g.completions],
+        )  # fmt: skip
+        result = {
+            "duration_s": end - self.started,
+            "measured_s": window[1] - window[0],
+            **_group_summary(everything, window),
+            "by_protocol": {name: _group_summary(group, window) for name, group in self.protocols.items()},
         }
+        if self.classes:
+            result["by_class"] = {name: _group_summary(group, window) for name, group in self.classes.items()}
+            for name, row in result["by_class"].items():
+                row["unanswered"] = IN_FLIGHT.get(name, 0)
+                row["latencies_ms"] = self.classes[name].latencies_ms  # so runs can be pooled (loadtest.priorities)
+        result["unanswered"] = sum(IN_FLIGHT.values())
+        return result
+
+
+def _outcome(name: str, exception, context: dict) -> str:
+    refusal = context.get("refusal")
+    if refusal == "expired" or name.endswith(EXPIRED_SUFFIX):
+        return "expired"
+    if refusal == "rejected" or name.endswith(REJECTED_SUFFIX):
+        return "rejections"
+    return "errors" if exception is not None else "successes"
+
+
+def _group_summary(group: _Group, window: tuple[float, float]) -> dict:
+    start, end = window
+    measured = sum(sequences for at, sequences in group.completions if start <= at <= end)
+    return {
+        **{key: group.counts.get(key, 0) for key in ("requests", *OUTCOMES, "sequences")},
+        "measured_sequences": measured,
+        "sequences_per_s": measured / (end - start) if end > start else 0.0,
+        "latency_ms": {f"p{q}": percentile(group.latencies_ms, q) for q in (50, 90, 99)},
+    }
 
 
 RECORDER = RunRecorder()
@@ -96,15 +172,37 @@ def _configure(environment, **_kwargs) -> None:
     options = environment.parsed_options
     if options is None:
         return
-    for user_class in (TritonHttpEmbedUser, TritonGrpcEmbedUser):
+    for user_class in (TritonHttpEmbedUser, TritonGrpcEmbedUser, TritonInteractiveUser, TritonBulkUser):
         user_class.model = options.triton_model
         user_class.outputs = options.triton_outputs
-        user_class.sequences = generate_sequences(options.sequence_pool, options.length_mix, options.sequence_seed)
+        user_class.timeout_s = options.triton_timeout_s
+    pool, seed = options.sequence_pool, options.sequence_seed
+    for user_class in (TritonHttpEmbedUser, TritonGrpcEmbedUser):
+        user_class.sequences = generate_sequences(pool, options.length_mix, seed)
+    interactive, bulk = TritonInteractiveUser, TritonBulkUser
+    interactive.sequences = generate_sequences(pool, options.interactive_length_mix, seed)
+    # Length-sorted, as embed-fasta sends its chunks: consecutive requests pad little, and users at different
+    # offsets hit different buckets (equal-length bulk requests would keep the instances' executions in lockstep).
+    bulk_pool = generate_sequences(max(pool, options.bulk_batch), options.bulk_length_mix, seed + 1)
+    bulk.sequences = sorted(bulk_pool, key=len)
+    interactive.fixed_count, bulk.fixed_count = options.interactive_users, options.bulk_users
+    interactive.protocol = bulk.protocol = options.mixed_protocol
+    think = options.interactive_think_s
+    interactive.wait_time = between(0.5 * think, 1.5 * think)  # random: users do not fall into step with the server
+    interactive.deadline_s = options.interactive_deadline_s or None
+    interactive.start_delay_s = options.interactive_start_delay_s
+    bulk.batch = options.bulk_batch
 
 
 @events.test_start.add_listener
-def _reset_recorder(**_kwargs) -> None:
+def _reset_recorder(environment, **_kwargs) -> None:
     RECORDER.started = time.monotonic()
+    RECORDER.measure_after_s = getattr(environment.parsed_options, "measure_after_s", 0.0) or 0.0
+
+
+@events.test_stopping.add_listener
+def _mark_stopping(**_kwargs) -> None:
+    RECORDER.stopping = RECORDER.stopping or time.monotonic()
 
 
 @events.request.add_listener
@@ -133,6 +231,35 @@ class TritonHttpEmbedUser(TritonUser):
 class TritonGrpcEmbedUser(TritonGrpcUser):
     """Embeds one protein per request over gRPC, back-to-back (closed loop)."""
 
+    wait_time = constant(0)
+
+    @task
+    def embed(self) -> None:
+        self.embed_next_sequence()
+
+
+class TritonInteractiveUser(TritonUser):
+    """Mixed scenario: one short protein per request at priority interactive, a think time between requests."""
+
+    abstract = False
+    priority = "interactive"
+    wait_time = constant(0.5)
+    start_delay_s = 0.0
+
+    def on_start(self) -> None:
+        gevent.sleep(self.start_delay_s)
+
+    @task
+    def embed(self) -> None:
+        self.embed_next_sequence()
+
+
+class TritonBulkUser(TritonUser):
+    """Mixed scenario: 64-sequence requests of long proteins at priority bulk, back to back."""
+
+    abstract = False
+    priority = "bulk"
+    batch = 64
     wait_time = constant(0)
 
     @task

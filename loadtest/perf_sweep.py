@@ -144,6 +144,36 @@ def parse_perf_csv(text: str, model: str, protocol: str) -> list[PerfPoint]:
     return points
 
 
+def measure_point(
+    url: str,
+    model: str,
+    input_data: Path,
+    concurrency: int,
+    csv_path: Path,
+    interval_ms: int = 5000,
+    request_count: int = 0,
+) -> PerfPoint | None:
+    """One perf_analyzer point over gRPC at `concurrency`: stabilising windows (or exactly `request_count` requests),
+    falling back to a fixed count on a noisy (shared) CPU that never stabilises; None (reason printed) on failure."""
+    csv_path.unlink(missing_ok=True)
+    base = ["-m", model, "-u", url.split("://", 1)[-1], "-i", "grpc", "--input-data", str(input_data),
+            "-f", str(csv_path), "--concurrency-range", str(concurrency),
+            "--warmup-request-count", str(2 * concurrency)]  # fmt: skip
+    if request_count:
+        completed = run_perf_analyzer(base + ["--request-count", str(request_count)])
+    else:
+        completed = run_perf_analyzer(
+            base + ["--measurement-interval", str(interval_ms), "-s", "15", "--max-trials", "6"]
+        )
+    if completed.returncode == UNSTABLE_EXIT_CODE:
+        completed = run_perf_analyzer(base + ["--request-count", str(max(40, 8 * concurrency))])
+    if completed.returncode != 0 or not csv_path.exists():
+        print(f"  perf_analyzer failed: {(completed.stderr or completed.stdout).strip()[-300:]}", flush=True)
+        return None
+    points = parse_perf_csv(csv_path.read_text(), model, "grpc")
+    return points[0] if points else None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sweeps
 # ---------------------------------------------------------------------------------------------------------------

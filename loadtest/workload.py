@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tritonfleet.client.core import sequence_array
+from tritonfleet.client.errors import QUEUE_TIMEOUT_MESSAGE
 from tritonfleet.contract import esm2_tokens as esm_tokenizer
 from tritonfleet.contract.model_config import (
     CONFIG_FILENAME,
@@ -96,6 +97,26 @@ LENGTH_MIXES: dict[str, LengthMix] = {
         tuple(LengthBin(*row) for row in _SWISSPROT_BINS[:6]),
         "the Swiss-Prot bins up to 300 aa (CI smoke)",
     ),
+    # Interactive traffic in the mixed scenario: single short proteins (one 128-token bucket).
+    "interactive": LengthMix(
+        "interactive",
+        tuple(LengthBin(*row) for row in _SWISSPROT_BINS[:2]),
+        "the Swiss-Prot bins up to 100 aa (interactive requests of the mixed scenario)",
+    ),
+    # Bulk traffic in the mixed scenario: proteins from the Swiss-Prot median up to the 480-token bucket (longer
+    # ones only slow the run on small CPUs); bulk users send them length-sorted, as embed-fasta does, so requests
+    # fall in different buckets and take different times.
+    "long": LengthMix(
+        "long",
+        (
+            LengthBin(251, 300, 10.0),
+            LengthBin(301, 350, 9.0),
+            LengthBin(351, 400, 8.0),
+            LengthBin(401, 450, 7.0),
+            LengthBin(451, 478, 3.0),
+        ),
+        "Swiss-Prot bins 251-478 aa (bulk requests of the mixed scenario; token buckets 256 to 480)",
+    ),  # fmt: skip
 }
 
 _FIXED_MIX = re.compile(r"^fixed[-:](\d+)$")
@@ -220,6 +241,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 _REJECTION_STATUSES = frozenset({"503", "StatusCode.UNAVAILABLE", "UNAVAILABLE"})
+_EXPIRY_STATUSES = frozenset({"StatusCode.DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"})
 
 
 @dataclass(frozen=True)
@@ -243,7 +265,28 @@ def prepare_request(
 
 
 def is_rejection(error: BaseException) -> bool:
-    """True for Triton's explicit back-pressure answers: HTTP 503, gRPC UNAVAILABLE, or "Exceeds maximum queue size"."""
+    """True for Triton's explicit back-pressure answers: HTTP 503, gRPC UNAVAILABLE, or "Exceeds maximum queue size"
+    (a queue-wait timeout, "Request timeout expired", is one too)."""
+    status, message = _status_and_message(error)
+    return status in _REJECTION_STATUSES or "exceeds maximum queue size" in message.lower()
+
+
+def is_expiry(error: BaseException) -> bool:
+    """True when a request ran out of time: Triton refused it after waiting past its timeout in a queue ("Request
+    timeout expired": the level's budget or the client's deadline) or the client's call deadline cut it."""
+    status, message = _status_and_message(error)
+    return QUEUE_TIMEOUT_MESSAGE.lower() in message.lower() or status in _EXPIRY_STATUSES
+
+
+def refusal_kind(error: BaseException) -> str | None:
+    """How a failed request was refused: "expired" (deadline / queue budget), "rejected" (queue full, server
+    unavailable), or None for any other error."""
+    if is_expiry(error):
+        return "expired"
+    return "rejected" if is_rejection(error) else None
+
+
+def _status_and_message(error: BaseException) -> tuple[str, str]:
     status = error.status() if callable(getattr(error, "status", None)) else getattr(error, "status_code", None)
     message = error.message() if callable(getattr(error, "message", None)) else str(error)
-    return str(status) in _REJECTION_STATUSES or "exceeds maximum queue size" in str(message).lower()
+    return str(status), str(message)

@@ -1,11 +1,17 @@
-"""One-run benchmark on one machine: does batching on Triton win? Same model, same length mix, same load generator.
+"""One-run benchmark on one machine, engine variants as rows (the repository's precision, the shipped defaults, and
+the other precisions the export offers, exported with the same device plan), two questions kept apart:
 
-    python -m loadtest.bench                 # full run (needs a quiet machine: minutes)
-    python -m loadtest.bench --quick         # CI smoke: tiny mix, short windows
+1. serving efficiency: served / raw at the same engine file and the same thread budget (target P1);
+2. engine gain: each variant's raw engine / eager fp32 PyTorch (SDPA) at the same threads on the same sequences;
 
-What is measured (groups a-d) is in `scenarios.py`; `engines.py` holds the raw in-process engines (a), `load.py` the
-closed-loop load generator that drives b, c and d (threads, one connection each, one sequence per request),
-`report.py` the results, ratios and the reports/bench.md, reports/bench.json and reports/bench_*.png it writes.
-Server overhead = client latency at concurrency 1 minus the compute time Triton's statistics API reports for that
-request.
+plus the README's entry point against a hand-written FastAPI + eager service (P2) and the per-request server-side
+overhead at concurrency 1 (P3).
+
+    python -m loadtest.bench --model-repository model_repository   # full run (needs a quiet machine: ~20 min)
+    python -m loadtest.bench --quick                                 # CI smoke: exports, tiny mix, short windows
+
+What is measured (groups a-d) is in `scenarios.py`; `engines.py` holds the raw in-process engines and the two ways of
+spending the cores on them (a; loadtest/cpu_plan.py takes its ceiling from there), `load.py` the closed-loop load
+generator that drives b, c and d (threads, one connection each, one sequence per request), `report.py` the results,
+the figures against their targets and the reports/bench.md, reports/bench.json and reports/bench_*.png it writes.
 """

@@ -9,17 +9,38 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tritonfleet.loadtest.bench.report import write_report
-from tritonfleet.loadtest.bench.scenarios import DEFAULT_REPORT_DIR, BenchConfig, run_bench
+from tritonfleet.loadtest.bench.scenarios import DEFAULT_REPORT_DIR, VARIANT_PRECISIONS, BenchConfig, run_bench
 from tritonfleet.loadtest.devices import select_devices
 
-DESCRIPTION = "One-run benchmark: raw engine vs Triton (batching on/off) vs a hand-written FastAPI service."
+DESCRIPTION = (
+    "One-run benchmark of the engine variants: served / raw (same engine, same threads), raw / eager fp32 PyTorch, "
+    "and Triton vs a hand-written FastAPI service."
+)
+
+
+def variant_list(text: str) -> tuple[str, ...]:
+    """`--variants`: comma-separated precisions, each one the export offers, or auto."""
+    variants = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(variants) - set(VARIANT_PRECISIONS))
+    if not variants or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(VARIANT_PRECISIONS)} (got {text!r})")
+    return variants
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=DESCRIPTION)
     parser.add_argument("--quick", action="store_true", help="CI smoke: short mix, few sequences, short windows")
     parser.add_argument("--model-size", default="8M")
-    parser.add_argument("--model-repository", type=Path, default=None, help="exported repository (default: export)")
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="exported repository: the default variant (default: export one with the export's defaults)",
+    )
+    parser.add_argument("--variants", type=variant_list, default=None,
+                        help="engine precisions to measure, e.g. int8,fp32,bf16 (default auto,fp32; auto = the "
+                        "repository's precision; the others are exported with random weights of --model-size and the "
+                        "repository's device plan)")  # fmt: skip
     parser.add_argument("--length-mix", default=None)
     parser.add_argument("--sequences", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=None)
@@ -36,6 +57,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ("length_mix", args.length_mix), ("sequences", args.sequences), ("concurrency", args.concurrency),
         ("duration_s", args.duration),
         ("batch_sizes", tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else None),
+        ("variants", args.variants),
     ) if value is not None}  # fmt: skip
     common = dict(model_size=args.model_size, model_repository=args.model_repository, report_dir=args.report_dir,
                   device=",".join(select_devices(args.device)))  # fmt: skip

@@ -1,9 +1,19 @@
-"""The raw engines in-process (group a, the ceiling): ONNX Runtime and TorchScript on the exported files."""
+"""The raw engines in-process (group a, the ceilings): ONNX Runtime and TorchScript on the exported files, and eager
+PyTorch (SDPA attention) as the reference every engine variant is compared with.
+
+The thread budget (the usable cores) is spent two ways, as a served network can spend it: one engine with a thread
+per core, and one single-threaded engine per core run side by side from as many Python threads (ONNX Runtime and
+TorchScript release the GIL while they compute; eager PyTorch between its Python steps). The better of the two is
+the ceiling that served / raw is taken against (loadtest/cpu_plan.py takes it the same way).
+"""
 
 from __future__ import annotations
 
+import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -13,6 +23,8 @@ from tritonfleet.contract import esm2_tokens as esm_tokenizer
 from tritonfleet.loadtest.bench.report import ScenarioResult
 from tritonfleet.loadtest.devices import GpuUtilisationSampler
 from tritonfleet.loadtest.workload import percentile
+
+Batch = tuple[np.ndarray, np.ndarray]  # (input_ids, attention_mask), int64 [N, T]
 
 
 class Engine(Protocol):
@@ -25,10 +37,14 @@ class Engine(Protocol):
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 
 
+# threads -> a new engine using that many intra-op threads
+EngineFactory = Callable[[int], Engine]
+
+
 class OnnxEngine:
     name = "onnx"
 
-    def __init__(self, model_path: Path, threads: int) -> None:
+    def __init__(self, model_path: Path, threads: int, precision: str = "fp32") -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -38,13 +54,16 @@ class OnnxEngine:
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = next(o.name for o in self.session.get_outputs() if o.name.upper().startswith("EMBEDDING"))
-        self.device, self.precision = "cpu", "fp32"
+        self.device, self.precision = "cpu", precision
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], dict(zip(self.input_names, (input_ids, attention_mask))))[0]
 
 
 class TorchScriptEngine:
+    """A TorchScript file as exported: fp32, int8 (dynamically quantized) or bf16 (autocast traced in); `precision`
+    fp16 halves the module (CUDA only). Threads are torch's process-wide intra-op setting."""
+
     name = "torchscript"
 
     def __init__(self, model_path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> None:
@@ -68,6 +87,45 @@ class TorchScriptEngine:
             return outputs[0].float().cpu().numpy()
 
 
+class EagerEngine:
+    """Eager fp32 PyTorch with SDPA attention (`build_esm2`, the export's reference), random weights of `size`."""
+
+    name = "eager"
+
+    def __init__(self, size: str, threads: int = 0) -> None:
+        import torch
+
+        from tritonfleet.export.esm2.model import build_esm2
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device, self.precision = "cpu", "fp32"
+        self.module = build_esm2(random_init=size)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.module(self.torch.from_numpy(input_ids), self.torch.from_numpy(attention_mask))[0].numpy()
+
+
+@dataclass(frozen=True)
+class ThreadSplit:
+    """How one engine spends the thread budget: `engines` side by side with `threads` intra-op threads each."""
+
+    engines: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        engines = "engine" if self.engines == 1 else "engines"
+        return f"{self.engines} {engines} x {self.threads} thread{'' if self.threads == 1 else 's'}"
+
+
+def thread_splits(cores: int) -> tuple[ThreadSplit, ...]:
+    """One engine on every core, and one single-threaded engine per core (the same when there is one core)."""
+    return (ThreadSplit(1, cores),) if cores <= 1 else (ThreadSplit(1, cores), ThreadSplit(cores, 1))
+
+
 def bucketed_batches(sequences: Sequence[str], batch_size: int,
                      buckets: Sequence[int] = esm_tokenizer.DEFAULT_BUCKETS) -> list[list[str]]:  # fmt: skip
     """Group sequences by token-length bucket (what the batcher can combine), then chunk by `batch_size`."""
@@ -81,26 +139,110 @@ def bucketed_batches(sequences: Sequence[str], batch_size: int,
     return batches
 
 
-def measure_engine(engine: Engine, sequences: Sequence[str], batch_size: int, repeats: int = 1) -> ScenarioResult:
-    """Sequences/s of `engine` over all `sequences` in bucketed batches of `batch_size` (tokenization excluded)."""
+def encoded_batches(sequences: Sequence[str], batch_size: int, seed: int = 0) -> list[Batch]:
+    """The bucketed batches tokenized as the tokenizer pads them, in a fixed shuffled order (so that no engine ends on
+    a run of the longest batches while the others idle, and any prefix is a fair sample of the mix)."""
     batches = [esm_tokenizer.encode_batch(batch) for batch in bucketed_batches(sequences, batch_size)]
-    # Warm-up: every distinct shape twice (allocator, CUDA context, TorchScript's profiling executor specialises
-    # per shape on its first runs); not measured.
-    first_of_shape = {ids.shape: (ids, mask) for ids, mask in reversed(batches)}
-    for ids, mask in list(first_of_shape.values()) * 2:
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+def warm_up(engine: Engine, batches: Sequence[Batch], budget_s: float) -> None:
+    """Distinct shapes, cheapest first, twice each (allocator arenas; TorchScript's profiling executor specialises
+    per shape on its first runs), until `budget_s` is spent: the first shape always runs."""
+    shapes: dict[tuple[int, ...], Batch] = {}
+    for ids, mask in batches:
+        shapes.setdefault(ids.shape, (ids, mask))
+    started = time.perf_counter()
+    for ids, mask in sorted(shapes.values(), key=lambda batch: batch[0].size):
         engine(ids, mask)
-    latencies = []
-    with GpuUtilisationSampler() as sampler:
-        start = time.perf_counter()
-        for _ in range(repeats):
-            for input_ids, attention_mask in batches:
+        engine(ids, mask)
+        if time.perf_counter() - started > budget_s:
+            return
+
+
+@dataclass
+class SideBySideRun:
+    sequences: int
+    elapsed_s: float
+    latencies_ms: list[float]
+
+    @property
+    def sequences_per_s(self) -> float:
+        return self.sequences / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def run_side_by_side(engines: Sequence[Engine], batches: Sequence[Batch], min_seconds: float = 0.0) -> SideBySideRun:
+    """Each engine on its own thread takes the next batch of the shared list; whole passes over `batches` (every
+    batch once per pass: the same work for every engine and split) are run until `min_seconds` have passed, at least
+    one. Throughput counts every batch over the time until the last engine finished."""
+    if not batches:
+        raise ValueError("no batches to run")
+    lock = threading.Lock()
+    cursor, stopped = [0], [False]
+    done = [0] * len(engines)
+    latencies: list[list[float]] = [[] for _ in engines]
+    failures: list[BaseException] = []
+
+    def next_batch() -> Batch | None:
+        with lock:
+            index = cursor[0]
+            # A new pass starts only while the minimum time has not passed.
+            if stopped[0] or (index and index % len(batches) == 0 and time.perf_counter() >= deadline):
+                stopped[0] = True
+                return None
+            cursor[0] += 1
+        return batches[index % len(batches)]
+
+    def worker(index: int) -> None:
+        try:
+            while (batch := next_batch()) is not None:
                 began = time.perf_counter()
-                engine(input_ids, attention_mask)
-                latencies.append((time.perf_counter() - began) * 1e3)
-        elapsed = time.perf_counter() - start
+                engines[index](*batch)
+                latencies[index].append((time.perf_counter() - began) * 1e3)
+                done[index] += batch[0].shape[0]
+        except Exception as error:  # noqa: BLE001 - re-raised in the calling thread
+            stopped[0] = True
+            failures.append(error)
+
+    started = time.perf_counter()
+    deadline = started + min_seconds
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(engines))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return SideBySideRun(sum(done), time.perf_counter() - started, [v for values in latencies for v in values])
+
+
+def measure_engine(make_engine: EngineFactory, sequences: Sequence[str], batch_size: int, split: ThreadSplit,
+                   min_seconds: float = 0.0, warmup_s: float = 3.0) -> ScenarioResult:  # fmt: skip
+    """Sequences/s of `split.engines` engines with `split.threads` threads each over `sequences` in bucketed batches
+    of `batch_size`, whole passes for at least `min_seconds` (tokenization excluded)."""
+    batches = encoded_batches(sequences, batch_size)
+    engines = [make_engine(split.threads) for _ in range(split.engines)]
+    for engine in engines:
+        warm_up(engine, batches, warmup_s)
+    with GpuUtilisationSampler() as sampler:
+        run = run_side_by_side(engines, batches, min_seconds)
+    engine = engines[0]
     return ScenarioResult(
-        group="a", name=f"raw {engine.name} in-process", engine=engine.name,
-        sequences_per_s=len(sequences) * repeats / elapsed, p50_ms=percentile(latencies, 50),
-        p99_ms=percentile(latencies, 99), requests=len(latencies), batch_size=batch_size, device=engine.device,
-        precision=engine.precision, gpu_utilisation=sampler.mean, notes="latency per batch",
+        group="a", name=f"raw {engine.name} in-process", engine=engine.name, sequences_per_s=run.sequences_per_s,
+        p50_ms=percentile(run.latencies_ms, 50), p99_ms=percentile(run.latencies_ms, 99),
+        requests=len(run.latencies_ms), batch_size=batch_size, device=engine.device, precision=engine.precision,
+        threads=split.label if engine.device == "cpu" else "", gpu_utilisation=sampler.mean,
+        notes="latency per batch",
     )  # fmt: skip
+
+
+def raw_ceiling(model_path: Path, sequences: Sequence[str], cores: int, seconds: float) -> dict[str, float]:
+    """Sequences/s of the ONNX engine in-process on the served requests (one sequence each, padded to its bucket)
+    for every split of `cores` (ThreadSplit.label -> seq/s), each for whole passes over them of at least `seconds`."""
+    return {
+        split.label: measure_engine(
+            lambda threads: OnnxEngine(model_path, threads), sequences, 1, split, seconds
+        ).sequences_per_s
+        for split in thread_splits(cores)
+    }

@@ -1,9 +1,11 @@
-"""What the benchmark measures, on one machine with the same model, length mix and load generator:
+"""What the benchmark measures, on one machine with the same model, length mix and load generator, for every engine
+variant (the repository's precision, the shipped defaults, plus the other precisions exported like it):
 
-a. the raw engine in-process (ONNX Runtime; TorchScript, also on CUDA in fp32/fp16) at each batch size;
-b. Triton local with dynamic batching (esm2_onnx, esm2_torchscript, the esm2 ensemble, esm2_bls) over gRPC,
-   plus the per-request server overhead at concurrency 1;
-c. the same on a variant repository with dynamic batching removed (configs edited as protobuf);
+a. the raw engines in-process (ONNX Runtime, TorchScript; eager fp32 PyTorch as the reference; TorchScript also on
+   CUDA in fp32/fp16), the thread budget spent as one engine on every core or one single-threaded engine per core;
+b. Triton local with the repository's shipped config (esm2_onnx, esm2_torchscript, the esm2 ensemble, esm2_bls) over
+   gRPC, plus the per-request server overhead at concurrency 1;
+c. the default variant's repository with dynamic batching removed (configs edited as protobuf);
 d. a hand-written FastAPI + eager PyTorch + thread-pool service (loadtest/handwritten_service.py) under uvicorn.
 """
 
@@ -16,24 +18,33 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonfleet.contract.model_config import model_configs, write_config
-from tritonfleet.loadtest.bench.engines import Engine, OnnxEngine, TorchScriptEngine, measure_engine
+from tritonfleet.contract.model_config import instance_count, model_configs, read_config, write_config
+from tritonfleet.export.devices import DevicePlan, default_precision, usable_cores
+from tritonfleet.loadtest.bench.engines import (
+    EagerEngine,
+    EngineFactory,
+    OnnxEngine,
+    ThreadSplit,
+    TorchScriptEngine,
+    measure_engine,
+    thread_splits,
+)
 from tritonfleet.loadtest.bench.load import FastApiSender, LoadResult, TritonGrpcSender, closed_loop
 from tritonfleet.loadtest.bench.report import (
     TRITON_MODELS,
     BenchReport,
     OverheadResult,
     ScenarioResult,
-    compute_ratios,
+    compute_figures,
     machine_description,
-    usable_cores,
 )
 from tritonfleet.loadtest.devices import GpuUtilisationSampler, precisions_for, select_devices, wait_for
 from tritonfleet.loadtest.server_stats import average_batch, inference_statistics, statistics_delta
@@ -50,7 +61,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPORT_DIR = PROJECT_ROOT / "reports"
 # Sequence-in pipelines: their own statistics include the network they call, whose compute is what counts.
 PIPELINE_MODELS = ("esm2", "esm2_bls")
-ENGINE_OF_MODEL = {"esm2_onnx": "onnx", "esm2_torchscript": "torchscript"}  # the pipelines run esm2_onnx
+ENGINE_OF_PLATFORM = {"onnxruntime_onnx": "onnx", "onnxruntime": "onnx", "pytorch_libtorch": "torchscript",
+                      "pytorch": "torchscript"}  # fmt: skip
+VARIANT_PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
+# Export arguments a precision needs beyond `precision=` (bf16 exists for TorchScript only, so the pipelines call it).
+VARIANT_EXPORTS: dict[str, dict] = {"bf16": {"formats": ("torchscript",), "ensemble_target": "torchscript"}}
 
 
 @dataclass(frozen=True)
@@ -62,54 +77,189 @@ class BenchConfig:
     concurrency: int = 16
     duration_s: float = 20.0
     overhead_requests: int = 50
-    batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
+    batch_sizes: tuple[int, ...] = (1, 16)
     fastapi_batch: int = 64
     device: str = "cpu"
     report_dir: Path = DEFAULT_REPORT_DIR
     quick: bool = False
+    # "auto" is the repository's precision (the export's default when the bench exports it); others are exported.
+    variants: tuple[str, ...] = ("auto", "fp32")
+    raw_seconds: float = 10.0  # each raw point: whole passes over the sequences for at least this long
+    raw_warmup_s: float = 3.0
 
     @classmethod
     def quick_config(cls, **overrides) -> BenchConfig:
         values = dict(length_mix="short", sequences=32, concurrency=4, duration_s=4.0, overhead_requests=10,
-                      batch_sizes=(1, 8), fastapi_batch=8, quick=True)  # fmt: skip
+                      batch_sizes=(1, 8), fastapi_batch=8, raw_seconds=2.0, raw_warmup_s=1.0, quick=True)  # fmt: skip
         values.update(overrides)
         return cls(**values)
 
 
-def run_bench(config: BenchConfig, command: str) -> BenchReport:
-    """Every group in turn (exporting ESM-2 with random weights first when no repository is given)."""
-    from tritonfleet.export.esm2 import export_esm2
+@dataclass(frozen=True)
+class Variant:
+    """One engine variant: a repository whose networks hold one precision."""
 
+    precision: str
+    repository: Path
+
+
+def run_bench(config: BenchConfig, command: str) -> BenchReport:
+    """Every group in turn, for every variant (exporting ESM-2 with random weights first where needed)."""
     sequences = generate_sequences(config.sequences, length_mix(config.length_mix))
     config_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     config_dict["mean_length"] = float(np.mean([len(s) for s in sequences]))
     config_dict["padding_waste"] = token_length_waste(sequences)
     report = BenchReport(config=config_dict, machine=machine_description(), command=command)
     with tempfile.TemporaryDirectory(prefix="tritonfleet_bench_") as scratch:
-        repository = config.model_repository
-        if repository is None:
-            print(f"exporting ESM-2 {config.model_size} (random weights) ...", flush=True)
-            repository = Path(scratch) / "repository"
-            export_esm2(repository, random_init=config.model_size, gpus="auto")
+        variants = prepare_variants(config, Path(scratch), report)
+        default = variants[0]
+        report.default_precision = default.precision
+        report.config["variants_measured"] = [variant.precision for variant in variants]
         print("a. raw engines in-process", flush=True)
-        report.scenarios += raw_engine_results(config, repository, sequences)
-        print("b. Triton with dynamic batching", flush=True)
-        report.scenarios += triton_results(config, repository, sequences, "b", report, measure_overheads=True)
-        print("c. Triton with batching off", flush=True)
-        variant = Path(scratch) / "batching_off"
-        if not write_batching_off_repository(repository, variant):
+        report.scenarios += raw_engine_results(config, variants, sequences)
+        print("b. Triton with the shipped config (dynamic batching)", flush=True)
+        for variant in variants:
+            report.scenarios += triton_results(config, variant, sequences, "b", report, measure_overheads=True)
+        print(f"c. Triton with batching off ({default.precision})", flush=True)
+        batching_off = Variant(default.precision, Path(scratch) / "batching_off")
+        if not write_batching_off_repository(default.repository, batching_off.repository):
             report.problems.append("c: no model in the repository had dynamic_batching; c equals b")
-        report.scenarios += triton_results(config, variant, sequences, "c", report, measure_overheads=False)
+        report.scenarios += triton_results(config, batching_off, sequences, "c", report, measure_overheads=False)
         print("d. hand-written FastAPI service", flush=True)
         try:
             report.scenarios += handwritten_results(config, sequences, usable_cores())
         except (RuntimeError, OSError) as error:
             report.problems.append(f"d: {error}")
-    report.ratios = compute_ratios(report.scenarios)
+    report.figures = compute_figures(report.scenarios, report.overheads, report.default_precision)
     for scenario in report.scenarios:
         if scenario.errors:
-            report.problems.append(f"{scenario.group} {scenario.name}: {scenario.errors} errors ({scenario.notes})")
+            report.problems.append(f"{scenario.group} {scenario.name} ({scenario.precision}): {scenario.errors} "
+                                   f"errors ({scenario.notes})")  # fmt: skip
     return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The variants
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_variants(requested: Sequence[str], repository_precision: str) -> list[str]:
+    """The precisions to export besides the repository's own, in the order asked, each once ("auto" is the
+    repository's precision: nothing to export)."""
+    unknown = sorted(set(requested) - set(VARIANT_PRECISIONS))
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANT_PRECISIONS)}")
+    extra: list[str] = []
+    for precision in requested:
+        resolved = repository_precision if precision == "auto" else precision
+        if resolved != repository_precision and resolved not in extra:
+            extra.append(resolved)
+    return extra
+
+
+def _network_configs(repository: Path) -> dict[str, mc.ModelConfig]:
+    """The exported networks' configs (ONNX Runtime and LibTorch models) by model name."""
+    return {
+        config.name or name: config
+        for name, config in model_configs(repository)
+        if ENGINE_OF_PLATFORM.get(config.platform or config.backend)
+    }
+
+
+def repository_precision(repository: Path) -> str:
+    """The precision the repository's networks were exported in (their `precision` parameter; fp32 when absent)."""
+    for config in _network_configs(repository).values():
+        if "precision" in config.parameters:
+            return config.parameters["precision"].string_value
+    return "fp32"
+
+
+def _intra_op_threads(config: mc.ModelConfig) -> int:
+    for key in ("intra_op_thread_count", "INTRA_OP_THREAD_COUNT"):
+        if key in config.parameters:
+            return int(config.parameters[key].string_value)
+    return 0
+
+
+def repository_devices(repository: Path) -> DevicePlan:
+    """The device plan a repository's networks were exported with, read back from their instance groups."""
+    networks = _network_configs(repository)
+    if not networks:
+        raise ValueError(f"{repository} holds no ONNX Runtime or LibTorch model")
+    config = next(iter(networks.values()))
+    groups = list(config.instance_group)
+    gpus = sorted({gpu for group in groups if group.kind == mc.ModelInstanceGroup.KIND_GPU for gpu in group.gpus})
+    if gpus:
+        return DevicePlan("KIND_GPU", tuple(gpus), instances_per_gpu=groups[0].count or 1)
+    return DevicePlan("KIND_CPU", cpu_instances=instance_count(config), cpu_threads=_intra_op_threads(config))
+
+
+def network_plan(config: mc.ModelConfig) -> str:
+    """How a served network spends the cores, e.g. '2 instances x 1 thread'."""
+    instances = instance_count(config)
+    if any(group.kind == mc.ModelInstanceGroup.KIND_GPU for group in config.instance_group):
+        return f"{instances} GPU instance{'s' if instances > 1 else ''}"
+    threads = _intra_op_threads(config)
+    described = f"{threads} thread{'s' if threads > 1 else ''}" if threads else "engine-default threads"
+    return f"{instances} instance{'s' if instances > 1 else ''} x {described}"
+
+
+def served_networks(repository: Path) -> dict[str, str]:
+    """Served model -> the network whose engine runs it: a network itself; the network the ensemble's steps or the
+    BLS model's `target_model` parameter call."""
+    networks = _network_configs(repository)
+    result = {name: name for name in networks}
+    for name, config in model_configs(repository):
+        if config.platform == "ensemble":
+            called = [step.model_name for step in config.ensemble_scheduling.step if step.model_name in networks]
+        else:
+            target = config.parameters["target_model"].string_value if "target_model" in config.parameters else ""
+            called = [target] if target in networks else []
+        if called:
+            result[config.name or name] = called[0]
+    return result
+
+
+def loadable_models(repository: Path) -> tuple[str, ...]:
+    """Every model Triton can load from the repository: all but a network without a model file (an export without
+    that format, e.g. bf16 for TorchScript only, still writes its config) and the pipelines calling such a network."""
+    networks = served_networks(repository)
+    empty = {name for name in _network_configs(repository) if not any((repository / name).glob("[0-9]*/*"))}
+    return tuple(name for name, _ in model_configs(repository) if name not in empty and networks.get(name) not in empty)
+
+
+def prepare_variants(config: BenchConfig, scratch: Path, report: BenchReport) -> list[Variant]:
+    """The default variant (the given repository, or one exported with the export's defaults) first, then every
+    other precision asked for, exported with the same device plan and random weights of the same size. A variant
+    refused by its quality gate is reported, not measured."""
+    from tritonfleet.export.esm2 import export_esm2
+    from tritonfleet.export.parity import ParityError
+    from tritonfleet.export.signature import ExportError
+
+    repository = config.model_repository
+    if repository is None:
+        print(f"exporting ESM-2 {config.model_size} (random weights, the export's defaults) ...", flush=True)
+        repository = scratch / "default"
+        export_esm2(repository, random_init=config.model_size, gpus="auto")
+        source = "exported by this run with the export's defaults"
+    else:
+        source = f"`{repository}`"
+    precision, devices = repository_precision(repository), repository_devices(repository)
+    if precision != (machine_default := default_precision(devices)):
+        source += f"; the export's default on this machine would be {machine_default}"
+    report.config["default_source"], report.config["device_plan"] = source, devices.describe()
+    variants = [Variant(precision, repository)]
+    for extra in resolve_variants(config.variants, precision):
+        print(f"exporting the {extra} variant (random weights {config.model_size}, {devices.describe()}) ...",
+              flush=True)  # fmt: skip
+        try:
+            export_esm2(scratch / extra, random_init=config.model_size, precision=extra, devices=devices,
+                        **VARIANT_EXPORTS.get(extra, {}))  # fmt: skip
+        except (ParityError, ExportError, ValueError) as error:
+            report.problems.append(f"variant {extra} not measured, its export failed: {error}")
+            continue
+        variants.append(Variant(extra, scratch / extra))
+    return variants
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -117,67 +267,86 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def raw_engine_results(config: BenchConfig, repository: Path, sequences: Sequence[str]) -> list[ScenarioResult]:
-    threads = usable_cores()
-    onnx_path = repository / "esm2_onnx" / "1" / "model.onnx"
-    torchscript_path = repository / "esm2_torchscript" / "1" / "model.pt"
-    engines: list[Callable[[], Engine]] = [
-        lambda: OnnxEngine(onnx_path, threads),
-        lambda: TorchScriptEngine(torchscript_path, "cpu", "fp32", threads),
+def raw_engine_results(
+    config: BenchConfig, variants: Sequence[Variant], sequences: Sequence[str]
+) -> list[ScenarioResult]:
+    """Eager fp32 PyTorch, then every variant's ONNX and TorchScript files, at every thread split and batch size."""
+    splits = thread_splits(usable_cores())
+    engines: list[tuple[EngineFactory, Sequence[ThreadSplit]]] = [
+        (lambda threads: EagerEngine(config.model_size, threads), splits)
     ]
+    for variant in variants:
+        onnx_path = variant.repository / "esm2_onnx" / "1" / "model.onnx"
+        torchscript_path = variant.repository / "esm2_torchscript" / "1" / "model.pt"
+        if onnx_path.is_file():
+            engines.append((lambda threads, p=onnx_path, v=variant: OnnxEngine(p, threads, v.precision), splits))
+        if torchscript_path.is_file():
+            engines.append((lambda threads, p=torchscript_path, v=variant:
+                            TorchScriptEngine(p, "cpu", v.precision, threads), splits))  # fmt: skip
+    default_torchscript = variants[0].repository / "esm2_torchscript" / "1" / "model.pt"
     engines += [
-        lambda d=device, p=precision: TorchScriptEngine(torchscript_path, d, p)
+        (lambda _threads, d=device, p=precision: TorchScriptEngine(default_torchscript, d, p), splits[:1])
         for device in select_devices(config.device)
-        if device.startswith("cuda")
+        if device.startswith("cuda") and default_torchscript.is_file()
         for precision in precisions_for(device)
     ]
     results = []
-    for make_engine in engines:
-        engine = make_engine()
-        for batch_size in config.batch_sizes:
-            result = measure_engine(engine, sequences, batch_size)
-            print(f"  a {result.engine:11s} {result.device}/{result.precision} batch {batch_size:3d}: "
-                  f"{result.sequences_per_s:8.1f} seq/s", flush=True)  # fmt: skip
-            results.append(result)
+    for make_engine, engine_splits in engines:
+        for split in engine_splits:
+            for batch_size in config.batch_sizes:
+                result = measure_engine(
+                    make_engine, sequences, batch_size, split, config.raw_seconds, config.raw_warmup_s
+                )
+                print(f"  a {result.engine:11s} {result.device}/{result.precision} {result.threads or '':20s} batch "
+                      f"{batch_size:3d}: {result.sequences_per_s:8.1f} seq/s", flush=True)  # fmt: skip
+                results.append(result)
     return results
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# b, c. Triton with batching on and off
+# b, c. Triton with the shipped config, and with batching off
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def triton_results(config: BenchConfig, repository: Path, sequences: Sequence[str], group: str,
+def triton_results(config: BenchConfig, variant: Variant, sequences: Sequence[str], group: str,
                    report: BenchReport, measure_overheads: bool) -> list[ScenarioResult]:  # fmt: skip
     from tritonfleet.deploy.local import local_server
 
     label = "Triton, dynamic batching" if group == "b" else "Triton, batching off"
-    targets = repository_targets(repository)
+    targets = repository_targets(variant.repository)
+    networks = served_networks(variant.repository)
     results = []
-    with local_server(repository) as server, triton_grpc.InferenceServerClient(server.grpc_url) as stats_client:
+    loadable = loadable_models(variant.repository)
+    with (
+        local_server(variant.repository, model_control_mode="explicit", load_models=loadable) as server,
+        triton_grpc.InferenceServerClient(server.grpc_url) as stats,
+    ):
         for model in TRITON_MODELS:
-            if model not in targets:
-                report.problems.append(f"{group}: {model} is not in {repository}")
+            if model not in targets or model not in loadable:
+                print(f"  {group} {model}: not in the {variant.precision} repository", flush=True)
                 continue
-            target = targets[model]
-            before = inference_statistics(stats_client)
+            target, network = targets[model], networks[model]
+            network_config = read_config(variant.repository / network)
+            before = inference_statistics(stats)
             with GpuUtilisationSampler() as sampler:
                 load = closed_loop(lambda t=target: TritonGrpcSender(server.grpc_url, t), sequences,
                                    config.concurrency, config.duration_s)  # fmt: skip
-            delta = statistics_delta(before, inference_statistics(stats_client))
-            batch_models = ["esm2_onnx"] if model in PIPELINE_MODELS else [model]
-            result = _served_result(group, f"{label}: {model}", ENGINE_OF_MODEL.get(model, "onnx"), load,
-                                    concurrency=config.concurrency, gpu_utilisation=sampler.mean,
-                                    average_server_batch=average_batch(delta, batch_models))  # fmt: skip
-            print(f"  {group} {model:17s} c={config.concurrency}: {result.sequences_per_s:8.1f} seq/s  "
-                  f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  avg batch "
-                  f"{result.average_server_batch:.2f}  errors {load.errors}", flush=True)  # fmt: skip
+            delta = statistics_delta(before, inference_statistics(stats))
+            result = _served_result(
+                group, f"{label}: {model}", ENGINE_OF_PLATFORM[network_config.platform or network_config.backend],
+                load, concurrency=config.concurrency, gpu_utilisation=sampler.mean, precision=variant.precision,
+                model=model, threads=network_plan(network_config), average_server_batch=average_batch(delta, [network]),
+            )  # fmt: skip
+            print(f"  {group} {variant.precision:5s} {model:17s} c={config.concurrency}: "
+                  f"{result.sequences_per_s:8.1f} seq/s  p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  "
+                  f"avg batch {result.average_server_batch:.2f}  errors {load.errors}", flush=True)  # fmt: skip
             results.append(result)
             if measure_overheads:
-                overhead = measure_overhead(server.grpc_url, target, sequences, config.overhead_requests)
+                overhead = measure_overhead(server.grpc_url, target, sequences, config.overhead_requests,
+                                            variant.precision)  # fmt: skip
                 print(f"    overhead {model}: client p50 {overhead.client_p50_ms:.2f} ms, compute p50 "
-                      f"{overhead.compute_p50_ms:.2f} ms, overhead p50 {overhead.overhead_p50_ms:.2f} ms",
-                      flush=True)  # fmt: skip
+                      f"{overhead.compute_p50_ms:.2f} ms, server-side p50 {overhead.server_side_overhead_p50_ms:.2f} "
+                      "ms", flush=True)  # fmt: skip
                 report.overheads.append(overhead)
     return results
 
@@ -192,20 +361,25 @@ def _served_result(group: str, name: str, engine: str, load: LoadResult, **field
     )  # fmt: skip
 
 
-def measure_overhead(url: str, target: ModelTarget, sequences: Sequence[str], requests: int) -> OverheadResult:
+def measure_overhead(url: str, target: ModelTarget, sequences: Sequence[str], requests: int,
+                     precision: str = "fp32") -> OverheadResult:  # fmt: skip
     """Concurrency 1: per request, client latency minus the compute time (all models) from the statistics API."""
     sender = TritonGrpcSender(url, target)
     stats_client = triton_grpc.InferenceServerClient(url)
     client_ms, compute_ms, overhead_ms, server_overhead_ms = [], [], [], []
+    involved: set[str] = set()
     try:
         for index in range(requests + 2):
             before = inference_statistics(stats_client)
             began = time.perf_counter()
             sender.send([sequences[index % len(sequences)]])
             latency = (time.perf_counter() - began) * 1e3
-            delta = statistics_delta(before, inference_statistics(stats_client))
-            if index < 2:
-                continue  # warm-up
+            if index < 2:  # warm-up, which also tells which models one request runs
+                time.sleep(0.2)
+                delta = statistics_delta(before, inference_statistics(stats_client))
+                involved |= {name for name, counts in delta.items() if counts["success_count"] > 0}
+                continue
+            delta = settled_delta(stats_client, before, involved)
             # A pipeline's own statistics span the models it calls: count the compute of those models only.
             compute = sum(d["compute_input_ns"] + d["compute_infer_ns"] + d["compute_output_ns"]
                           for name, d in delta.items()
@@ -222,7 +396,20 @@ def measure_overhead(url: str, target: ModelTarget, sequences: Sequence[str], re
         model=target.name, client_p50_ms=percentile(client_ms, 50), compute_p50_ms=percentile(compute_ms, 50),
         overhead_p50_ms=percentile(overhead_ms, 50), overhead_p99_ms=percentile(overhead_ms, 99),
         server_side_overhead_p50_ms=percentile(server_overhead_ms, 50), requests=len(client_ms),
+        precision=precision,
     )  # fmt: skip
+
+
+def settled_delta(stats_client, before: dict, models: set[str], timeout_s: float = 1.0) -> dict:
+    """The statistics delta once every one of `models` has counted the request: a model reports its statistics
+    after it has sent its response, so a reading taken as soon as the client has the answer can miss the last step
+    (and count it into the next request). Bounded: after `timeout_s` the reading is taken as it is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        delta = statistics_delta(before, inference_statistics(stats_client))
+        if all(delta.get(name, {}).get("success_count", 0) >= 1 for name in models) or time.monotonic() > deadline:
+            return delta
+        time.sleep(0.002)
 
 
 def write_batching_off_repository(source: Path, destination: Path) -> list[str]:

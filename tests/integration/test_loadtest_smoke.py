@@ -60,17 +60,28 @@ def test_perf_analyzer_one_point(esm2_server, esm2_repository: Path, tmp_path: P
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1500)
 def test_bench_quick(esm2_repository: Path, tmp_path: Path) -> None:
+    """The quick bench on the session's fp32 repository (the default variant) plus an int8 variant it exports itself:
+    every group runs, both variants are served, and every target has its figure."""
     completed = subprocess.run(
         [sys.executable, "-m", "tritonfleet.loadtest.bench", "--quick", "--model-repository", str(esm2_repository),
-         "--sequences", "12", "--duration", "2", "--report-dir", str(tmp_path)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1100, stdin=subprocess.DEVNULL,
+         "--variants", "auto,int8", "--sequences", "12", "--duration", "2", "--report-dir", str(tmp_path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1400, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads((tmp_path / "bench_quick.json").read_text())
-    groups = {scenario["group"] for scenario in report["scenarios"]}
-    assert groups == {"a", "b", "c", "d"}
-    assert all(s["requests"] > 0 and s["errors"] == 0 for s in report["scenarios"]), report["problems"]
-    assert (tmp_path / "bench_quick.md").read_text().startswith("# Benchmark")
+    scenarios = report["scenarios"]
+    assert {scenario["group"] for scenario in scenarios} == {"a", "b", "c", "d"}
+    assert all(s["requests"] > 0 and s["errors"] == 0 for s in scenarios), report["problems"]
+    assert report["default_precision"] == "fp32"
+    assert {s["engine"] for s in scenarios if s["group"] == "a"} == {"eager", "onnx", "torchscript"}
+    served_variants = {s["precision"] for s in scenarios if s["group"] == "b"}
+    # int8 is exported by the bench; a machine whose int8 fails its quality gate reports that instead of a row
+    refused = any(problem.startswith("variant int8 not measured") for problem in report["problems"])
+    assert served_variants == ({"fp32"} if refused else {"fp32", "int8"}), report["problems"]
+    targets = {(f["target"]["label"], f["precision"]) for f in report["figures"] if f["target"]}
+    assert {("P1", "fp32"), ("P2", "fp32"), ("P3", "fp32")} <= targets
+    text = (tmp_path / "bench_quick.md").read_text()
+    assert text.startswith("# Benchmark") and "## Targets" in text and "## What limits these figures" in text
     assert (tmp_path / "bench_quick_throughput.png").stat().st_size > 0

@@ -1,0 +1,224 @@
+"""`make gpu-check`: the GPU path in one go, sized for at most 8 minutes on one GPU; results to reports/gpu.md.
+
+    python -m tritonfleet.loadtest.gpu_check [--model-size 150M] [--output reports/gpu.md]
+    python -m tritonfleet.loadtest.gpu_check --device cpu --quick     # the same path on CPU (what CI exercises)
+
+For fp32 and fp16: export ESM-2 with `--gpus auto` (random weights of `--model-size`), serve it on the local runtime
+(ONNX Runtime's CUDA execution provider when onnxruntime-gpu is installed, TorchScript on cuda:N), check the served
+embeddings against eager PyTorch on the same device (fp32: max abs diff; fp16: cosine against eager fp32), then
+measure esm2_onnx, esm2_torchscript and the esm2 ensemble with perf_analyzer at concurrency 1/16/64, with the
+networks' dynamic batching on (the GPU plan: preferred sizes within 2 ms) and off (no dynamic_batching: one request
+per execution), sampling GPU utilisation with nvidia-smi during every point.
+
+Needs on the GPU host: CUDA torch, onnxruntime-gpu for the ONNX rows (`make setup ORT_EXTRA=gpu`; without it the
+check serves TorchScript only and says so), nvidia-pytriton and perf_analyzer as `make setup` installs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as httpclient
+
+from tritonfleet.client import ClientConfig, EmbeddingClient
+from tritonfleet.contract import esm2_tokens
+from tritonfleet.contract.model_config import config_to_json, read_config
+from tritonfleet.deploy.local import local_server
+from tritonfleet.loadtest.bench.report import machine_description
+from tritonfleet.loadtest.devices import GpuUtilisationSampler, cuda_device_count
+from tritonfleet.loadtest.perf_sweep import PerfPoint, measure_point, write_input_data
+from tritonfleet.loadtest.workload import generate_sequences, repository_targets
+
+NETWORKS = {"onnx": "esm2_onnx", "torchscript": "esm2_torchscript"}
+PARITY_SEQUENCES = 8
+
+
+@dataclass(frozen=True)
+class ServedParity:
+    precision: str
+    model: str
+    max_abs_diff: float
+    min_cosine: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Point:
+    precision: str
+    model: str
+    batching: str
+    concurrency: int
+    perf: PerfPoint
+    gpu_utilisation: float | None
+
+
+def onnx_on_gpu() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def eager_embeddings(size: str, sequences: list[str], device: str) -> np.ndarray:
+    """Pooled embeddings of eager fp32 PyTorch on `device` (the reference of both precisions)."""
+    import torch
+
+    from tritonfleet.export.esm2.model import build_esm2
+
+    module = build_esm2(random_init=size).to(device)
+    ids, mask = esm2_tokens.encode_batch(sequences)
+    with torch.no_grad():
+        embedding, _ = module(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+    return embedding.float().cpu().numpy()
+
+
+def served_parity(url: str, model: str, precision: str, sequences: list[str], eager: np.ndarray) -> ServedParity:
+    with EmbeddingClient(ClientConfig(url=url, protocol="grpc", model=model)) as client:
+        served = client.embed(sequences)
+    difference = float(np.abs(served - eager).max())
+    cosines = np.sum(served * eager, axis=1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(eager, axis=1))
+    passed = difference <= 1e-3 if precision == "fp32" else float(cosines.min()) >= 0.999
+    return ServedParity(precision, model, difference, float(cosines.min()), passed)
+
+
+def set_batching(admin, repository: Path, models: list[str], on: bool) -> None:
+    """Reloads the networks with their exported dynamic batching (on) or none at all (off), same weights."""
+    for model in models:
+        config = read_config(repository / model)
+        if not on:
+            config.ClearField("dynamic_batching")
+        admin.load_model(model, config=json.dumps(config_to_json(config)))
+
+
+def run_precision(args, precision: str, device: str, workdir: Path) -> tuple[list[ServedParity], list[Point], dict]:
+    from tritonfleet.export.esm2 import export_esm2
+
+    formats = ("onnx", "torchscript") if device == "cpu" or onnx_on_gpu() else ("torchscript",)
+    repository = workdir / precision
+    started = time.perf_counter()
+    report = export_esm2(
+        repository,
+        random_init=args.model_size,
+        precision=precision,
+        gpus="auto" if device != "cpu" else "none",
+        formats=formats,
+        ensemble_target=formats[0],
+    )
+    export = {"seconds": time.perf_counter() - started, "parity": report.parity, "similarity": report.similarity}
+    sequences = generate_sequences(PARITY_SEQUENCES, "swissprot")
+    eager = eager_embeddings(args.model_size, sequences, device)
+    networks = [NETWORKS[fmt] for fmt in formats]
+    targets = repository_targets(repository)
+    mix = generate_sequences(args.sequences, "swissprot")
+    points = []
+    with local_server(repository, model_control_mode="explicit") as server:
+        parities = [served_parity(server.grpc_url, model, precision, sequences, eager) for model in ("esm2", *networks)]
+        admin = httpclient.InferenceServerClient(server.http_url)
+        try:
+            for batching in ("on", "off"):
+                set_batching(admin, repository, networks, on=batching == "on")
+                for model in (*networks, "esm2"):
+                    data = write_input_data(targets[model], mix, esm2_tokens.DEFAULT_BUCKETS, workdir / f"{model}.json")
+                    for concurrency in args.concurrencies:
+                        with GpuUtilisationSampler() as sampler:
+                            perf = measure_point(
+                                server.grpc_url, model, data, concurrency, workdir / "point.csv",
+                                args.interval_ms, args.request_count,
+                            )  # fmt: skip
+                        if perf is not None:
+                            points.append(Point(precision, model, batching, concurrency, perf, sampler.mean))
+                            print(f"{precision} {model} batching {batching} c={concurrency}: "
+                                  f"{perf.throughput:.1f} seq/s", flush=True)  # fmt: skip
+        finally:
+            admin.close()
+    return parities, points, export
+
+
+def render(args, device: str, exports: dict, parities: list[ServedParity], points: list[Point], minutes: float) -> str:
+    machine = machine_description()
+    lines = [
+        "# GPU check",
+        "",
+        f"Generated by `python -m tritonfleet.loadtest.gpu_check` (loadtest/gpu_check.py) in {minutes:.1f} min on "
+        f"{', '.join(machine['gpus']) or 'no GPU (device ' + device + ')'}; CPU {machine['cpu_model']}, "
+        f"{machine['usable_cores']} cores; torch {machine.get('torch')}, onnxruntime {machine.get('onnxruntime')}.",
+        "",
+        f"ESM-2 {args.model_size}, RANDOM weights; Swiss-Prot-like length mix, one sequence per request; "
+        "perf_analyzer over gRPC sharing the host's CPU with the server.",
+        "",
+        "## Export and served parity",
+        "",
+        "| precision | export s | export gate | served model | max abs diff vs eager fp32 | min cosine | verdict |",
+        "|---|---:|---|---|---:|---:|---|",
+    ]
+    for parity in parities:
+        export = exports[parity.precision]
+        gate = ", ".join(f"{fmt} {diff:.1e}" for fmt, diff in export["parity"].items()) or ", ".join(
+            f"{fmt} cos {min(values.values()):.4f}" for fmt, values in export["similarity"].items()
+        )
+        lines.append(
+            f"| {parity.precision} | {export['seconds']:.0f} | {gate} | {parity.model} | {parity.max_abs_diff:.2e} | "
+            f"{parity.min_cosine:.5f} | {'ok' if parity.passed else 'FAILED'} |"
+        )
+    lines += [
+        "",
+        "## Throughput, batching on and off",
+        "",
+        "| precision | model | batching | concurrency | seq/s | p50 ms | p99 ms | queue ms | compute ms | GPU util % |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for point in points:
+        perf = point.perf
+        compute = perf.server_compute_input_us + perf.server_compute_infer_us + perf.server_compute_output_us
+        utilisation = "—" if point.gpu_utilisation is None else f"{point.gpu_utilisation:.0f}"
+        lines.append(
+            f"| {point.precision} | {point.model} | {point.batching} | {point.concurrency} | {perf.throughput:.1f} | "
+            f"{perf.p50_us / 1e3:.1f} | {perf.p99_us / 1e3:.1f} | {perf.server_queue_us / 1e3:.2f} | "
+            f"{compute / 1e3:.1f} | {utilisation} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tritonfleet.loadtest.gpu_check", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--model-size", default=None, help="ESM-2 size (default: 150M on GPU, 8M on CPU)")
+    parser.add_argument("--precisions", default="fp32,fp16")
+    parser.add_argument("--concurrencies", default="1,16,64")
+    parser.add_argument("--sequences", type=int, default=128, help="requests in the perf_analyzer input data")
+    parser.add_argument("--interval-ms", type=int, default=3000)
+    parser.add_argument("--request-count", type=int, default=0, help="> 0: measure exactly this many requests")
+    parser.add_argument("--quick", action="store_true", help="tiny settings (the CPU test of this path)")
+    parser.add_argument("--output", type=Path, default=Path("reports/gpu.md"))
+    args = parser.parse_args(argv)
+    device = "cuda:0" if args.device in ("auto", "cuda") and cuda_device_count() else "cpu"
+    if args.device == "cuda" and device == "cpu":
+        parser.error("--device cuda: no CUDA device here (torch.cuda.is_available() is false)")
+    if device == "cpu" and args.device == "auto":
+        print("no CUDA device: running the GPU check's path on CPU (use --device cpu to say so)", flush=True)
+    args.model_size = args.model_size or ("150M" if device != "cpu" else "8M")
+    args.concurrencies = [int(value) for value in args.concurrencies.split(",")]
+    if args.quick:
+        args.concurrencies, args.sequences, args.request_count = [2], 4, 4
+    started = time.perf_counter()
+    exports, parities, points = {}, [], []
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        for precision in args.precisions.split(","):
+            served, measured, exports[precision] = run_precision(args, precision, device, Path(tmp))
+            parities += served
+            points += measured
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(args, device, exports, parities, points, (time.perf_counter() - started) / 60))
+    print(f"wrote {args.output}")
+    return 0 if parities and all(parity.passed for parity in parities) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
