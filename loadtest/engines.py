@@ -68,7 +68,7 @@ def build_runners(size: str, threads: int, workdir: Path, refused: dict[str, str
             continue
         if not output.exists():
             try:
-                export_esm2(output, random_init=size, parity_samples=2, **arguments)
+                export_esm2(output, random_init=size, **arguments)
             except (ParityError, ExportError) as error:
                 refused[f"{size} {variant}"] = str(error)
                 continue
