@@ -22,7 +22,7 @@ from tritonfleet.contract.esm2_tokens import (
     parse_buckets,
 )
 from tritonfleet.contract.priorities import PRIORITY_CLASSES
-from tritonfleet.export.devices import MAX_CPU_INSTANCES, DevicePlan, default_precision, plan_devices, usable_cores
+from tritonfleet.export.devices import MAX_CPU_INSTANCES, DevicePlan, plan_devices, usable_cores
 from tritonfleet.export.esm2.recipe import PRECISIONS
 from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
 from tritonfleet.export.generic import TORCH_PRECISIONS
@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("auto", *PRECISIONS),
         default="auto",
-        help="auto: int8 on a CPU plan whose CPU has VNNI, else fp32. int8 (dynamically quantized linear layers) and "
+        help="auto: int8 on a CPU plan whose CPU has VNNI (fp32 if an int8 engine misses its gate), else fp32. "
+        "int8 (dynamically quantized linear layers) and "
         "bf16 (TorchScript only, CPUs with AVX512-BF16/AMX) keep fp32 outputs and must pass the quality gate "
         "(pooled cosine >= 0.999, per-residue >= 0.99 vs eager fp32); fp16 is meant for GPUs (default: %(default)s)",
     )
@@ -293,7 +294,7 @@ def run_torch(args: argparse.Namespace) -> ExportReport:
 
 def run_esm2(args: argparse.Namespace) -> ExportReport:
     from tritonfleet.export.esm2.recipe import Esm2Recipe
-    from tritonfleet.export.esm2.repository import RepositoryOptions, export_repository
+    from tritonfleet.export.esm2.repository import RepositoryOptions, export_with_precision
 
     options = RepositoryOptions(
         output=args.output,
@@ -312,13 +313,12 @@ def run_esm2(args: argparse.Namespace) -> ExportReport:
         checkpoint=args.checkpoint,
         random_init=None if args.checkpoint else args.random_init,
         seed=args.seed,
-        precision=default_precision(devices) if args.precision == "auto" else args.precision,
         onnx_graph=args.onnx_graph,
     )
-    report = export_repository(recipe, options)
+    report = export_with_precision(recipe, options, args.precision)
     print(f"model repository: {report.output}")
     print(f"  weights: {recipe.weights_source}")
-    print(f"  devices: {options.devices.describe()}; precision: {recipe.precision}; onnx graph: {recipe.onnx_graph}")
+    print(f"  devices: {options.devices.describe()}; precision: {report.precision}; onnx graph: {recipe.onnx_graph}")
     print(f"  buckets: {format_buckets(options.length_buckets)}")
     if recipe.is_random:
         print("  WARNING: RANDOM WEIGHTS - embeddings are meaningless; use --checkpoint for a real model")

@@ -29,6 +29,10 @@ class ParityError(ExportError, AssertionError):
     """An exported model disagrees with eager PyTorch beyond the tolerance."""
 
 
+class QualityGateError(ParityError):
+    """A reduced-precision variant (int8, bf16) falls below its similarity gate against eager fp32."""
+
+
 @dataclass(frozen=True)
 class ParityCase:
     """One set of inputs (numpy, in input order) on which exported and eager outputs must agree."""
@@ -178,7 +182,7 @@ def check_similarity(
     result = SimilarityResult(variant, lowest, {spec.name: cosine_threshold(spec) for spec in outputs}, len(cases))
     logger.info(result.describe())
     if not result.passed:
-        raise ParityError(
+        raise QualityGateError(
             f"{result.describe()}; export in fp32 (--precision fp32), or leave this format out (--formats)"
         )
     return result

@@ -29,22 +29,19 @@ def export_esm2(
 ) -> ExportReport:
     """Exports the ESM-2 repository into `output` (random weights of `random_init` unless `checkpoint` is given).
 
-    `precision` "auto" is the command line's default (int8 on a CPU plan with VNNI, else fp32); `options` are
+    `precision` "auto" is the command line's default (int8 on a CPU plan with VNNI, else fp32; fp32 when int8
+    fails its quality gate on these weights); `options` are
     `RepositoryOptions` fields (devices, batching, formats, parity_samples, configs_only, ...).
     """
-    from tritonfleet.export.devices import default_precision, plan_devices
+    from tritonfleet.export.devices import plan_devices
     from tritonfleet.export.esm2.recipe import Esm2Recipe
-    from tritonfleet.export.esm2.repository import RepositoryOptions, export_repository
+    from tritonfleet.export.esm2.repository import RepositoryOptions, export_with_precision
 
-    devices = options.setdefault("devices", plan_devices(gpus))
+    options.setdefault("devices", plan_devices(gpus))
     recipe = Esm2Recipe(
-        checkpoint=checkpoint,
-        random_init=None if checkpoint else random_init,
-        seed=seed,
-        precision=default_precision(devices) if precision == "auto" else precision,
-        onnx_graph=onnx_graph,
+        checkpoint=checkpoint, random_init=None if checkpoint else random_init, seed=seed, onnx_graph=onnx_graph
     )
-    return export_repository(recipe, RepositoryOptions(output=Path(output), **options))
+    return export_with_precision(recipe, RepositoryOptions(output=Path(output), **options), precision)
 
 
 __all__ = ["ESM2_SIZES", "RANDOM_INIT_SIZES", "Esm2Size", "export_esm2"]

@@ -33,7 +33,7 @@ from tritonfleet.contract.esm2_tokens import (
 )
 from tritonfleet.contract.model_config import write_config
 from tritonfleet.contract.tensors import TensorSpec
-from tritonfleet.export.devices import DevicePlan, plan_devices
+from tritonfleet.export.devices import DevicePlan, default_precision, plan_devices
 from tritonfleet.export.esm2.recipe import SEQUENCE_AXIS, Esm2Recipe
 from tritonfleet.export.model_config import (
     FORMATS,
@@ -52,6 +52,7 @@ from tritonfleet.export.model_config import (
 )
 from tritonfleet.export.network import MODEL_VERSION, ExportReport, describe_network, export_network
 from tritonfleet.export.onnx_export import OnnxExporter
+from tritonfleet.export.parity import QualityGateError
 from tritonfleet.export.signature import ExportError
 
 logger = logging.getLogger(__name__)
@@ -288,11 +289,25 @@ def write_support_files(output: Path, options: RepositoryOptions) -> list[Path]:
     return written
 
 
+def export_with_precision(recipe: Esm2Recipe, options: RepositoryOptions, precision: str) -> ExportReport:
+    """Exports in `precision`. "auto" is the plan's default (`export.devices.default_precision`) and, when a
+    reduced-precision variant of these weights fails its quality gate, fp32 (with a warning): the default must not
+    make an export fail that fp32 passes. An explicit precision below its gate is refused with the figures."""
+    if precision != "auto":
+        return export_repository(replace(recipe, precision=precision), options)
+    chosen = default_precision(options.devices)
+    try:
+        return export_repository(replace(recipe, precision=chosen), options)
+    except QualityGateError as refusal:
+        logger.warning("--precision auto: %s; exporting fp32 instead", " ".join(str(refusal).split(";")[:1]))
+        return export_repository(replace(recipe, precision="fp32"), options)
+
+
 def export_repository(recipe: Esm2Recipe, options: RepositoryOptions) -> ExportReport:
     """Writes the repository; exports and parity-checks the networks unless `configs_only`."""
     validate_buckets(options.length_buckets)
     output = options.output
-    report = ExportReport(output)
+    report = ExportReport(output, precision=recipe.precision)
     if recipe.is_random:
         logger.warning("*** %s ***", recipe.weights_source)
     logger.info("devices: %s", options.devices.describe())

@@ -7,6 +7,7 @@ Weights: RANDOM (ESM-2 8M architecture, seed 0), built from the config; no check
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
+from tritonfleet.contract.model_config import read_config
 from tritonfleet.deploy.local import local_server
 from tritonfleet.export import parity
 from tritonfleet.export.devices import plan_devices
@@ -110,6 +112,19 @@ def test_a_variant_below_its_gate_is_refused_and_leaves_no_model(tmp_path, monke
         export_esm2(tmp_path, random_init="8M", precision="int8", formats=("onnx",), **ONE_INSTANCE)
     assert "REFUSED" in str(refused.value) and "EMBEDDING 0.99" in str(refused.value)
     assert not list(tmp_path.glob("esm2_onnx/1/model.onnx*"))
+
+
+def test_auto_precision_falls_back_to_fp32_when_int8_misses_its_gate(tmp_path, monkeypatch, caplog):
+    from tritonfleet.export.esm2 import repository
+
+    monkeypatch.setattr(repository, "default_precision", lambda plan: "int8")  # as on any CPU with VNNI
+    monkeypatch.setattr(parity, "MIN_COSINE_POOLED", 0.9999999)  # weights whose int8 engine misses the gate
+    with caplog.at_level(logging.WARNING):
+        report = export_esm2(tmp_path, random_init="8M", precision="auto", formats=("onnx",), **ONE_INSTANCE)
+    assert report.precision == "fp32" and set(report.parity) == {"onnx"} and not report.similarity
+    assert "REFUSED" in caplog.text and "exporting fp32 instead" in caplog.text
+    assert read_config(tmp_path / "esm2_onnx").parameters["precision"].string_value == "fp32"
+    assert (tmp_path / "esm2_onnx" / "1" / "model.onnx").is_file()
 
 
 def test_bf16_onnx_is_refused_with_the_way_out(tmp_path):
