@@ -23,7 +23,6 @@ from tritonfleet.contract.esm2_tokens import (
 )
 from tritonfleet.contract.priorities import PRIORITY_CLASSES
 from tritonfleet.export.devices import MAX_CPU_INSTANCES, DevicePlan, plan_devices, usable_cores
-from tritonfleet.export.esm2.recipe import PRECISIONS
 from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
 from tritonfleet.export.generic import TORCH_PRECISIONS
 from tritonfleet.export.model_config import (
@@ -34,7 +33,7 @@ from tritonfleet.export.model_config import (
     check_formats,
     default_batching,
 )
-from tritonfleet.export.network import ExportReport
+from tritonfleet.export.network import PRECISIONS, ExportReport
 from tritonfleet.export.signature import ExportError, parse_names
 
 logger = logging.getLogger("tritonfleet.export")

@@ -207,7 +207,7 @@ def _export_format(
     try:
         with contextlib.redirect_stderr(exporter_output):
             if fmt == "onnx":
-                exporter = _write_onnx(network, path, onnx_exporter, max_dynamic_size, precision, onnx_builder)
+                _write_onnx(network, path, onnx_exporter, max_dynamic_size, precision, onnx_builder)
             else:
                 export_torchscript(network.module, network.example, network.samples, path, precision)
     except Exception as error:
@@ -237,19 +237,17 @@ def _write_onnx(
     max_dynamic_size: int | None,
     precision: str,
     onnx_builder: OnnxBuilder | None,
-) -> str:
-    """Writes the fp32 graph (the builder's or torch.onnx's), quantized when int8; returns what wrote it."""
+) -> None:
+    """Writes the fp32 graph (the builder's or torch.onnx's), quantized when int8."""
     from tritonfleet.export.onnx_export import export_onnx
 
     graph_path = path if precision != "int8" else path.with_name(path.name + ".fp32")
     if onnx_builder is not None:
         onnx_builder(network.module, graph_path, data_location=MODEL_FILENAMES["onnx"] + ".data")
-        exporter = "graph builder"
     else:
         export_onnx(
             network.module, network.signature, network.example, graph_path, onnx_exporter, OPSET, max_dynamic_size
         )
-        exporter = f"{onnx_exporter} torch.onnx exporter"
     if precision == "int8":
         from tritonfleet.export.quantize import quantize_onnx_int8
 
@@ -257,8 +255,6 @@ def _write_onnx(
             quantize_onnx_int8(graph_path, path)
         finally:
             graph_path.unlink(missing_ok=True)
-        exporter += " + ONNX Runtime int8 quantization"
-    return exporter
 
 
 _EXPORT_HINTS: dict[str, str] = {

@@ -31,8 +31,8 @@ def _signature(model: onnx.ModelProto) -> list[tuple]:
     return [describe(value) for value in (*model.graph.input, *model.graph.output)]
 
 
-def quantize_onnx_int8(source: Path, destination: Path, reduce_range: bool | None = None) -> dict[str, str]:
-    """Writes the int8 form of the fp32 ONNX model `source` to `destination`; returns settings for the config.
+def quantize_onnx_int8(source: Path, destination: Path, reduce_range: bool | None = None) -> None:
+    """Writes the int8 form of the fp32 ONNX model `source` to `destination`.
 
     The opset and IR version of the source are kept (Triton 24.10's ONNX Runtime 1.19 reads IR <= 10).
     """
@@ -65,7 +65,6 @@ def quantize_onnx_int8(source: Path, destination: Path, reduce_range: bool | Non
     if not integer:
         raise ValueError("quantization found no MatMul with a constant weight to quantize")
     logger.info("int8: %d MatMuls quantized (per channel, reduce_range=%s)", integer, reduce_range)
-    return {"int8_weights": "per-channel QInt8, dynamic activations", "int8_reduce_range": str(reduce_range).lower()}
 
 
 def quantize_torch_int8(module: Any) -> Any:

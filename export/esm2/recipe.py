@@ -16,6 +16,7 @@ import numpy as np
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS, encode_batch, random_proteins
 from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
+from tritonfleet.export.network import PRECISIONS
 from tritonfleet.export.parity import ParityCase
 from tritonfleet.export.signature import Sample, Signature
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 # fp16 runs the module in half precision (GPUs) and serves fp16 outputs; int8 and bf16 are engine variants of the
 # fp32 module (export.network) with fp32 outputs, so their configs and clients are those of fp32.
 Precision = Literal["fp32", "fp16", "int8", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "bf16")
 OnnxGraph = Literal["fused", "exported"]
 
 # Longest residue count in generated parity cases: long enough to cross several buckets, short enough to be quick.

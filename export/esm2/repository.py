@@ -299,7 +299,7 @@ def export_with_precision(recipe: Esm2Recipe, options: RepositoryOptions, precis
     try:
         return export_repository(replace(recipe, precision=chosen), options)
     except QualityGateError as refusal:
-        logger.warning("--precision auto: %s; exporting fp32 instead", " ".join(str(refusal).split(";")[:1]))
+        logger.warning("--precision auto: %s; exporting fp32 instead", str(refusal).split(";")[0])
         return export_repository(replace(recipe, precision="fp32"), options)
 
 
