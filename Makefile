@@ -2,15 +2,27 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The one console script (`tritonfleet --help`); installed into the venv by `make setup`.
+TF := $(VENV)/bin/tritonfleet
 REPO ?= model_repository
 MODEL_SIZE ?= 8M
 P99_MS ?= 1500
 TUNE_SMOKE_DIR := reports/tune-smoke
+# Targets that measure export into this build folder, for this machine (TARGET=auto: its GPUs, else its cores), and
+# never rewrite the committed model_repository/ (tests/unit/test_cli_make.py). EXPORT_FLAGS: extra export flags.
+BUILD_REPO ?= build/model_repository
+TARGET ?= auto
+EXPORT_FLAGS ?=
+# `make export` regenerates the committed repository with the canonical command (export/esm2/repository.py
+# CANONICAL_ARGS): the same files on every machine.
+CANONICAL_EXPORT := esm2 --random-init 8M --target cpu:2 --precision int8 --output model_repository
+HELP_VARIABLES := MODEL_SIZE P99_MS REPO BUILD_REPO TARGET
 
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed $(foreach v,$(HELP_VARIABLES),-e 's|$$($(v))|$($(v))|g') \
+		| awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## Create .venv, install CPU torch, the project, dev tools and perf_analyzer
 
@@ -18,14 +30,17 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $@
 
-demo: setup ## Main job: export ESM-2 (random weights, $(MODEL_SIZE)), serve it on a local tritonserver, embed a real protein
-	$(PY) -m deploy.demo --model-size $(MODEL_SIZE) --model-repository $(REPO)
+demo: setup ## Main job: export ESM-2 (random weights, $(MODEL_SIZE)) into $(BUILD_REPO), serve it on a local tritonserver, embed a real protein
+	$(TF) demo --random-init $(MODEL_SIZE) --model-repository $(BUILD_REPO)
 
-export: setup ## Regenerate model_repository/ (configs + weights) for the default ESM-2
-	$(PY) -m export esm2 --random-init $(MODEL_SIZE) --output $(REPO)
+export: setup ## Regenerate model_repository/ (configs + weights) with the canonical command (serving target cpu:2)
+	$(TF) export $(CANONICAL_EXPORT)
+
+build-repository: setup ## Export ESM-2 $(MODEL_SIZE) for this machine (TARGET=$(TARGET)) into $(BUILD_REPO): what the measuring targets serve
+	$(TF) export esm2 --random-init $(MODEL_SIZE) --target $(TARGET) --output $(BUILD_REPO) $(EXPORT_FLAGS)
 
 serve: setup ## Serve model_repository/ on 127.0.0.1:8000/8001/8002 until Ctrl-C (self-healing on; docs/reliability.md)
-	$(PY) -m deploy.local --model-repository $(REPO)
+	$(TF) serve --model-repository $(REPO)
 
 test: setup ## Run every test (unit + integration against a real local tritonserver)
 	$(PY) -m pytest
@@ -46,42 +61,51 @@ format: setup ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-loadtest: export ## Headless Locust run (HTTP + gRPC) against a local server; reports under reports/
-	$(PY) -m loadtest.run --start-local-server --model-repository $(REPO)
+loadtest: build-repository ## Headless Locust run (HTTP + gRPC) against a local server on $(BUILD_REPO); reports under reports/
+	$(TF) loadtest --start-local-server --model-repository $(BUILD_REPO)
 
-perf: export ## perf_analyzer sweeps over every model in the repository; table + plots under reports/
-	$(PY) -m loadtest.perf_sweep --start-local-server --model-repository $(REPO)
+perf: build-repository ## perf_analyzer sweeps over every model of $(BUILD_REPO); table + plots under reports/
+	$(TF) perf --start-local-server --model-repository $(BUILD_REPO)
 
-bench: export ## One-run benchmark (~20 min): raw engine vs Triton vs FastAPI, int8 and fp32 rows; reports/bench.md
-	$(PY) -m loadtest.bench --model-repository $(REPO)
+bench: build-repository ## One-run benchmark (~20 min) on $(BUILD_REPO): raw engine vs Triton vs FastAPI, int8 and fp32 rows; reports/bench.md
+	$(TF) bench --model-repository $(BUILD_REPO)
 
 engines: setup ## Engine study (~12 min): every ESM-2 engine variant in-process vs eager PyTorch, 8M/35M; reports/engines.md
-	$(PY) -m tritonfleet.loadtest.engines
+	$(TF) engines
 
 cpu-plan: setup ## CPU plan study (~8 min): instances x threads x batching for esm2_onnx vs raw ORT; reports/cpu_plan.md
-	$(PY) -m tritonfleet.loadtest.cpu_plan
+	$(TF) cpu-plan
 
 gpu-check: setup ## GPU path in one go (<= 8 min on one GPU): fp32/fp16 export, parity, bench c=1/16/64; reports/gpu.md
-	$(PY) -m tritonfleet.loadtest.gpu_check --device cuda
+	$(TF) gpu-check --device cuda
 
-tune: export ## Model Analyzer search for the best esm2_onnx config on this machine (p99 <= $(P99_MS) ms, <= 20 min); reports/tune/
-	$(PY) -m tritonfleet.loadtest.tune --model-repository $(REPO) --model esm2_onnx --p99-ms $(P99_MS) --output reports/tune
+tune: build-repository ## Model Analyzer search for the best esm2_onnx config of $(BUILD_REPO) on this machine (p99 <= $(P99_MS) ms, <= 20 min); reports/tune/
+	$(TF) tune --model-repository $(BUILD_REPO) --model esm2_onnx --p99-ms $(P99_MS) --output reports/tune
 
 tune-smoke: setup ## The make tune path on a tiny exported model: 2 configs, about 2 min; reports/tune-smoke/
 	rm -rf $(TUNE_SMOKE_DIR)/repository
-	$(PY) -m export torch --factory examples.my_model:build --name pooler --input-names IDS,MASK \
-		--output-names EMBEDDING --gpus none --formats onnx --output $(TUNE_SMOKE_DIR)/repository
-	$(PY) -m tritonfleet.loadtest.tune --preset smoke --model-repository $(TUNE_SMOKE_DIR)/repository \
+	$(TF) export torch --factory examples.my_model:build --name pooler --input-names IDS,MASK \
+		--output-names EMBEDDING --target cpu:$$(nproc) --formats onnx --output $(TUNE_SMOKE_DIR)/repository
+	$(TF) tune --preset smoke --model-repository $(TUNE_SMOKE_DIR)/repository \
 		--model pooler_onnx --output $(TUNE_SMOKE_DIR)
 
-priorities: setup ## Interactive latency and bulk throughput with and without priority levels (~15 min on 2 cores); reports/priorities.md
-	$(PY) -m tritonfleet.loadtest.priorities
+priorities: setup ## Interactive latency under bulk load with the shipped defaults (~12 min on 2 cores); reports/priorities.md
+	$(TF) priorities
+
+bulk: setup ## Response cache vs client dedup on a FASTA with 30 % repeats (~8 min); reports/bulk.md
+	$(TF) bulk-study
 
 chaos: setup ## Fault injection: SIGKILL a model instance under load, report recovery time and failures
-	$(PY) -m tritonfleet.loadtest.chaos
+	$(TF) chaos
 
-clean: ## Remove generated weights and reports (keeps committed configs)
-	git clean -fdX model_repository reports
+fleet: setup ## N replicas behind HAProxy on 127.0.0.1:8000/8001 (metrics 8002, control 8003) until Ctrl-C; REPLICAS=auto
+	$(PY) -m tritonfleet.deploy.fleet --model-repository $(REPO) --replicas $(or $(REPLICAS),auto)
 
-.PHONY: help setup demo export serve test test-unit test-fast test-integration lint format loadtest perf bench engines \
-	cpu-plan gpu-check tune tune-smoke priorities chaos clean
+fleet-chaos: setup ## Fleet chaos study (~8 min): kill/hang a replica, rolling update, scale, canary, throughput; reports/fleet.md
+	$(PY) -m tritonfleet.loadtest.fleet_chaos --output reports/fleet.md
+
+clean: ## Remove generated weights, reports and build/ (keeps committed configs)
+	git clean -fdX model_repository reports build
+
+.PHONY: help setup demo export build-repository serve test test-unit test-fast test-integration lint format loadtest perf bench engines \
+	cpu-plan gpu-check tune tune-smoke priorities bulk chaos fleet fleet-chaos clean

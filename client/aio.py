@@ -16,7 +16,7 @@ import numpy as np
 from tritonfleet.client import core
 from tritonfleet.client.config import ClientConfig
 from tritonfleet.client.errors import TritonFleetError, classify_exception
-from tritonfleet.client.model import ModelSpec, OutputKind
+from tritonfleet.client.model import ModelSpec, OutputKind, entry_model_name
 from tritonfleet.client.retry import Deadline, call_with_retry_async, time_left
 from tritonfleet.client.transport import AsyncTransport
 
@@ -36,6 +36,7 @@ class AsyncEmbeddingClient:
         self._transport_instance: AsyncTransport | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._spec: ModelSpec | None = None
+        self._entry_specs: dict[str, ModelSpec] = {}
         self._closed = False
 
     # -- health and metadata --------------------------------------------------------------------------------------
@@ -63,25 +64,48 @@ class AsyncEmbeddingClient:
         answer = await self._call(f"config of {config.model}", lambda t: t.model_config(config.model, config.version))
         return answer.get("config", answer)
 
+    async def metadata_of(self, model: str, version: str = "") -> dict[str, Any]:
+        """Another model's metadata (e.g. an ensemble step's, to record which versions served a job)."""
+        return await self._call(f"metadata of {model}", lambda t: t.model_metadata(model, version))
+
+    async def config_of(self, model: str, version: str = "") -> dict[str, Any]:
+        """Another model's configuration as a dict."""
+        answer = await self._call(f"config of {model}", lambda t: t.model_config(model, version))
+        return answer.get("config", answer)
+
     async def model_spec(self) -> ModelSpec:
         """Tensor names, feed kind, max_batch_size and D of the configured model (read once, then cached)."""
         if self._spec is None:
             self._spec = ModelSpec.from_config(await self.model_config(), self.config.version)
         return self._spec
 
+    async def entry_spec(self, kind: OutputKind) -> ModelSpec:
+        """The model a request for `kind` goes to (see `EmbeddingClient.entry_spec`)."""
+        spec = await self.model_spec()
+        name = entry_model_name(spec, self.config.priority, kind) if self.config.entry_routing else spec.name
+        if name == spec.name:
+            return spec
+        if name not in self._entry_specs:
+            try:
+                entry = ModelSpec.from_config(await self.config_of(name))
+            except TritonFleetError:
+                entry = spec
+            self._entry_specs[name] = entry if entry.embedding_dim == spec.embedding_dim else spec
+        return self._entry_specs[name]
+
     # -- inference --------------------------------------------------------------------------------------------------
     async def embed(self, sequences: Sequence[str], ids: Sequence[str] | None = None) -> np.ndarray:
         """Mean-pooled embeddings, float32 [N, D], in input order (see `EmbeddingClient.embed`)."""
         texts = core.normalize_sequences(sequences, self.config.validate, ids)
-        spec = await self.model_spec()
-        call = core.plan_call(texts, spec.max_batch_size)
+        spec = await self.entry_spec("EMBEDDING")
+        call = core.plan_call(texts, spec.max_batch_size, spec.execution_token_budget)
         return core.assemble_embeddings(spec, call, await self._run_batches(spec, call, "EMBEDDING"))
 
     async def embed_residues(self, sequences: Sequence[str], ids: Sequence[str] | None = None) -> list[np.ndarray]:
         """Per-residue embeddings: one float32 [L_i, D] array per sequence."""
         texts = core.normalize_sequences(sequences, self.config.validate, ids)
-        spec = await self.model_spec()
-        call = core.plan_call(texts, spec.max_batch_size)
+        spec = await self.entry_spec("RESIDUE_EMBEDDINGS")
+        call = core.plan_call(texts, spec.max_batch_size, spec.execution_token_budget)
         return core.assemble_residues(call, await self._run_batches(spec, call, "RESIDUE_EMBEDDINGS"))
 
     async def _run_batches(self, spec: ModelSpec, call: core.PreparedCall, kind: OutputKind) -> list[np.ndarray]:

@@ -4,6 +4,7 @@ retries."""
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,6 +74,19 @@ class ClientConfig:
         deadline_s: time one request may take, retries included; sent as Triton's request timeout (the remaining
             time, microseconds), so a request that cannot start in time is refused (`DeadlineExceededError`)
             instead of computed late. None: no deadline (the server's queue policy and `timeout_s` still apply).
+        entry_routing: follow the entry models the configured model advertises (config parameters
+            `embedding_model`, `interactive_embedding_model` of `esm2`): `embed()` goes to the EMBEDDING-only model of
+            its priority class (`esm2_interactive`: a network copy bulk traffic cannot occupy; `esm2_embedding` for
+            bulk; both answer repeats from Triton's response cache); `embed_residues()` stays on `model`. False:
+            every request goes to `model`.
+        tls: connect with TLS (HTTPS, or gRPC over TLS), e.g. to a fleet behind an ingress. A url given as
+            `https://host:port` sets it (and `http://host:port` is accepted as plain); the scheme is stripped.
+        ca_file: PEM file of the certificate authorities that verify the server (default: the system's).
+        headers: extra request headers sent with every call (e.g. `{"authorization": "Bearer ..."}`), kept as
+            `(name, value)` pairs; gRPC sends them as metadata, so names must be lower case there.
+        grpc_channel_args: extra gRPC channel arguments (`(name, value)` pairs, e.g.
+            `("grpc.ssl_target_name_override", "fleet.example")`), added to tritonclient's defaults (unlimited
+            message sizes, keepalive), which they override by name.
     """
 
     url: str = "127.0.0.1:8000"
@@ -85,8 +99,26 @@ class ClientConfig:
     validate: bool = True
     priority: PriorityClass = "interactive"
     deadline_s: float | None = None
+    entry_routing: bool = True
+    tls: bool = False
+    ca_file: str | None = None
+    headers: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
+    grpc_channel_args: tuple[tuple[str, str | int], ...] = ()
 
     def __post_init__(self) -> None:
+        scheme, separator, rest = self.url.partition("://")
+        if separator and scheme.lower() in ("http", "https"):
+            object.__setattr__(self, "url", rest.rstrip("/"))
+            if scheme.lower() == "https":
+                object.__setattr__(self, "tls", True)
+        pairs = self.headers.items() if isinstance(self.headers, Mapping) else self.headers
+        object.__setattr__(self, "headers", tuple((str(name), str(value)) for name, value in pairs))
+        object.__setattr__(self, "grpc_channel_args", tuple(tuple(pair) for pair in self.grpc_channel_args))
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("ca_file needs tls (an https:// url or tls=True)")
+        for pair in self.grpc_channel_args:
+            if len(pair) != 2 or not isinstance(pair[0], str):
+                raise ValueError(f"grpc_channel_args must be (name, value) pairs, got {pair!r}")
         if self.priority not in PRIORITY_CLASSES:
             raise ValueError(f"priority must be one of {PRIORITY_CLASSES}, got {self.priority!r}")
         if self.deadline_s is not None and not self.deadline_s > 0:
@@ -94,7 +126,7 @@ class ClientConfig:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if "://" in self.url:
-            raise ValueError(f"url must be host:port without a scheme, got {self.url!r}")
+            raise ValueError(f"url must be host:port, https://host:port or http://host:port, got {self.url!r}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.max_in_flight < 1:

@@ -1,7 +1,9 @@
 """Transport-independent logic shared by the sync and asyncio clients: validate, plan batches, build, reassemble.
 
 Batches are planned by sorting sequences by length (stable) and cutting the order into groups of at most
-`max_batch_size`, so similar lengths share a padding bucket; results are scattered back to input order.
+`max_batch_size` and, when the model advertises an `execution_token_budget`, at most that many padded tokens
+(sequences x padded length of the longest, see `padded_tokens`), so similar lengths share a padding bucket and no
+request holds a server instance longer than the server's plan allows; results are scattered back to input order.
 """
 
 from __future__ import annotations
@@ -66,20 +68,46 @@ def normalize_sequences(
     return texts
 
 
-def plan_call(texts: Sequence[str], max_batch_size: int) -> PreparedCall:
+def plan_call(texts: Sequence[str], max_batch_size: int, token_budget: int | None = None) -> PreparedCall:
     lengths = tuple(len(text) for text in texts)
-    return PreparedCall(tuple(texts), lengths, plan_batches(lengths, max_batch_size))
+    return PreparedCall(tuple(texts), lengths, plan_batches(lengths, max_batch_size, token_budget))
 
 
-def plan_batches(lengths: Sequence[int], max_batch_size: int) -> tuple[Batch, ...]:
-    """Groups positions into batches of at most `max_batch_size`, similar lengths together (stable order)."""
+def padded_tokens(residues: int) -> int:
+    """The padded width (tokens, CLS/EOS included) the served tokenizer gives a row of `residues` residues: its
+    length bucket, or L + 2 beyond the largest bucket (such a sequence is refused by the server anyway)."""
+    tokens = residues + tokenizer.SPECIAL_TOKENS_PER_SEQUENCE
+    try:
+        return tokenizer.bucket_for(tokens)
+    except ValueError:
+        return tokens
+
+
+def request_tokens(lengths: Sequence[int]) -> int:
+    """What one request of sequences with these residue counts costs against `execution_token_budget`."""
+    return len(lengths) * padded_tokens(max(lengths)) if lengths else 0
+
+
+def plan_batches(lengths: Sequence[int], max_batch_size: int, token_budget: int | None = None) -> tuple[Batch, ...]:
+    """Groups positions into batches, similar lengths together (stable order), each with at most `max_batch_size`
+    sequences and, with a `token_budget`, at most that many padded tokens (`request_tokens`); a sequence that alone
+    exceeds the budget is sent alone (no split of one sequence can help)."""
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if token_budget is not None and token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1 (or None), got {token_budget}")
     order = sorted(range(len(lengths)), key=lambda position: lengths[position])
-    return tuple(
-        Batch(number, tuple(order[start : start + max_batch_size]))
-        for number, start in enumerate(range(0, len(order), max_batch_size), start=1)
-    )
+    groups: list[list[int]] = []
+    for position in order:
+        current = groups[-1] if groups else None
+        if current is not None and len(current) < max_batch_size:
+            # Sorted ascending: the new sequence is the longest, so it sets the padded width.
+            cost = (len(current) + 1) * padded_tokens(lengths[position])
+            if token_budget is None or cost <= token_budget:
+                current.append(position)
+                continue
+        groups.append([position])
+    return tuple(Batch(number, tuple(group)) for number, group in enumerate(groups, start=1))
 
 
 def sequence_array(texts: Sequence[str]) -> np.ndarray:

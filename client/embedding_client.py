@@ -18,7 +18,7 @@ import numpy as np
 from tritonfleet.client import core
 from tritonfleet.client.config import ClientConfig
 from tritonfleet.client.errors import TritonFleetError, classify_exception, is_connection_failure
-from tritonfleet.client.model import ModelSpec, OutputKind
+from tritonfleet.client.model import ModelSpec, OutputKind, entry_model_name
 from tritonfleet.client.retry import Deadline, call_with_retry, time_left
 from tritonfleet.client.transport import Transport
 
@@ -40,6 +40,7 @@ class EmbeddingClient:
         self._transports: list[Transport] = []
         self._executor: ThreadPoolExecutor | None = None
         self._spec: ModelSpec | None = None
+        self._entry_specs: dict[str, ModelSpec] = {}
         self._closed = False
 
     # -- health and metadata --------------------------------------------------------------------------------------
@@ -73,6 +74,26 @@ class EmbeddingClient:
             self._spec = ModelSpec.from_config(self.model_config(), self.config.version)
         return self._spec
 
+    def entry_spec(self, kind: OutputKind) -> ModelSpec:
+        """The model a request for `kind` goes to (`ClientConfig.entry_routing`): the entry model the configured
+        model advertises for this priority class and output, else the configured model itself; an advertised model
+        the server does not serve (e.g. not loaded) falls back to the configured one."""
+        spec = self.model_spec()
+        name = entry_model_name(spec, self.config.priority, kind) if self.config.entry_routing else spec.name
+        if name == spec.name:
+            return spec
+        if name not in self._entry_specs:
+            try:
+                entry = ModelSpec.from_config(self._config_of(name))
+            except TritonFleetError:
+                entry = spec
+            self._entry_specs[name] = entry if entry.embedding_dim == spec.embedding_dim else spec
+        return self._entry_specs[name]
+
+    def _config_of(self, model: str) -> dict[str, Any]:
+        answer = self._call(f"config of {model}", lambda t: t.model_config(model, ""))
+        return answer.get("config", answer)
+
     # -- inference --------------------------------------------------------------------------------------------------
     def embed(self, sequences: Sequence[str], ids: Sequence[str] | None = None) -> np.ndarray:
         """Mean-pooled embeddings, float32 [N, D], in input order.
@@ -91,15 +112,15 @@ class EmbeddingClient:
             DeadlineExceededError: a request could not be answered within `deadline_s`.
         """
         texts = core.normalize_sequences(sequences, self.config.validate, ids)
-        spec = self.model_spec()
-        call = core.plan_call(texts, spec.max_batch_size)
+        spec = self.entry_spec("EMBEDDING")
+        call = core.plan_call(texts, spec.max_batch_size, spec.execution_token_budget)
         return core.assemble_embeddings(spec, call, self._run_batches(spec, call, "EMBEDDING"))
 
     def embed_residues(self, sequences: Sequence[str], ids: Sequence[str] | None = None) -> list[np.ndarray]:
         """Per-residue embeddings: one float32 [L_i, D] array per sequence (rows 1..L of RESIDUE_EMBEDDINGS)."""
         texts = core.normalize_sequences(sequences, self.config.validate, ids)
-        spec = self.model_spec()
-        call = core.plan_call(texts, spec.max_batch_size)
+        spec = self.entry_spec("RESIDUE_EMBEDDINGS")
+        call = core.plan_call(texts, spec.max_batch_size, spec.execution_token_budget)
         return core.assemble_residues(call, self._run_batches(spec, call, "RESIDUE_EMBEDDINGS"))
 
     def _run_batches(self, spec: ModelSpec, call: core.PreparedCall, kind: OutputKind) -> list[np.ndarray]:

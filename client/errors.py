@@ -29,7 +29,10 @@ _MODEL_REPAIR_MARKERS = ("has no available versions", "is not healthy", "is not 
 # Triton's answer (UNAVAILABLE) to a request that waited in a model's queue longer than its timeout; a python BLS
 # model relaying it may turn the status into INTERNAL, so the message decides.
 QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
-_TRANSIENT_MARKERS = (*_MODEL_REPAIR_MARKERS, QUEUE_TIMEOUT_MESSAGE)
+# gRPC stream cut by a replica that died (or was cut by the balancer) after its answer began: the balancer cannot
+# replay it (HAProxy replays only requests with no response yet), so the client does. Inference is idempotent.
+_BROKEN_STREAM_MARKERS = ("Stream removed", "Socket closed", "Connection reset")
+_TRANSIENT_MARKERS = (*_MODEL_REPAIR_MARKERS, QUEUE_TIMEOUT_MESSAGE, *_BROKEN_STREAM_MARKERS)
 
 
 class TritonFleetError(Exception):

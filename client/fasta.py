@@ -2,14 +2,21 @@
 
 Rules: the id is the header's first whitespace-separated word; sequence lines are concatenated with all whitespace
 removed; blank lines and `;` comment lines are skipped; CRLF line endings, a UTF-8 BOM and gzip input (`.gz`) are
-accepted. Text before the first header and headers without an id are format errors. A record without sequence
-lines is kept (with an empty sequence) so that it is reported as rejected rather than lost. Duplicate ids are an
-error, because outputs are keyed by id.
+accepted (gzip is recognised by its magic bytes, whatever the suffix). Text before the first header and headers
+without an id are format errors. A record without sequence lines is kept (with an empty sequence) so that it is
+reported as rejected rather than lost.
+
+`iter_fasta` streams records (memory bounded by one record); `scan_fasta` makes one streaming pass for the input's
+checksum and record count; `read_fasta` reads everything and refuses duplicate ids (the library helper; `embed-fasta`
+streams and sends repeated ids to its rejects file instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +80,46 @@ def parse_fasta_lines(lines: Iterable[str], source: str = "<fasta>") -> Iterator
         yield FastaRecord(position, header[0], header[1], "".join(parts), header[2])
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: Path | str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+@contextlib.contextmanager
+def open_fasta_text(path: Path | str) -> Iterator[io.TextIOBase]:
+    """The file as text lines (UTF-8, newlines kept as written), decompressing gzip input."""
+    path = Path(path)
+    if is_gzip(path):
+        handle = gzip.open(path, "rt", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+    else:
+        handle = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+    try:
+        yield handle
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
+        raise FastaFormatError(f"{path}: cannot be read as UTF-8 FASTA (plain or gzip): {error}") from None
+    finally:
+        handle.close()
+
+
+def iter_fasta(path: Path | str) -> Iterator[FastaRecord]:
+    """Streams the records of a FASTA file (plain or gzip); nothing but the current record is held."""
+    with open_fasta_text(path) as handle:
+        yield from parse_fasta_lines(handle, source=str(path))
+
+
+def scan_fasta(path: Path | str) -> tuple[str, int]:
+    """(sha256 of the file's bytes, number of records) in one streaming pass; checks the format on the way."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    count = sum(1 for _ in iter_fasta(path))
+    return digest.hexdigest(), count
+
+
 def read_fasta(path: Path | str) -> list[FastaRecord]:
     """Reads every record of a FASTA file (plain or .gz) and checks that ids are unique.
 
@@ -80,10 +127,7 @@ def read_fasta(path: Path | str) -> list[FastaRecord]:
         FastaFormatError: malformed file (names the line).
         DuplicateIdError: repeated ids (names every repeated id and its lines, up to 10).
     """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
-        records = list(parse_fasta_lines(handle, source=str(path)))
+    records = list(iter_fasta(path))
     check_unique_ids(records, source=str(path))
     return records
 

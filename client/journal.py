@@ -1,15 +1,18 @@
-"""A crash-safe journal for resumable bulk embedding, and the final assembly of its chunks.
+"""A crash-safe journal for resumable bulk embedding.
 
 Layout next to the output `OUT`:
 
-    OUT.parts/manifest.json      what is being computed (input checksum, model, options); resume refuses a mismatch
-    OUT.parts/chunk-000012.npz   results of chunk 12 (a fixed set of records, see client.bulk): embedded and rejected
+    OUT.parts/manifest.json      what is being computed (input checksum, model and its served versions, options);
+                                 resume refuses a mismatch
+    OUT.parts/chunk-000012.npz   results of chunk 12 (a fixed set of records, see client.bulk): embedded, repeats
+                                 of an earlier identical sequence (aliases) and rejected
+    OUT.parts/index.sqlite       scratch index of ids and sequences seen (rebuilt on every run, never trusted)
 
 Every file is written to a temporary name, fsynced, then renamed into place (atomic on POSIX), and the directory is
 fsynced; a SIGKILL can only leave a `*.tmp` file behind, which is removed on the next start. A chunk covers a fixed
 set of records, so re-running rewrites exactly the missing chunks: nothing is lost and nothing duplicated.
-`assemble` writes `OUT` (npz or parquet, rows keyed by FASTA id in input order) and `OUT.rejected.tsv` the same
-way, then removes the parts directory. `OUT` carries the manifest, so a re-run of a finished job is a no-op.
+`client.writers.assemble` writes `OUT` (npz, parquet or HDF5) and `OUT.rejected.tsv` the same way, streaming, then
+removes the parts directory. `OUT` carries the manifest, so a re-run of a finished job is a no-op.
 """
 
 from __future__ import annotations
@@ -37,6 +40,37 @@ class JournalMismatchError(TritonFleetError):
     """The existing journal or output belongs to a different input, model or option set."""
 
 
+class ModelVersionMismatchError(JournalMismatchError):
+    """The server now serves another model version (or precision) than the one a job started with."""
+
+
+# Manifest keys that say which network computed the vectors: a job never mixes two of them.
+MODEL_KEYS = ("model", "entry_model", "model_version", "composing_versions", "precision")
+
+
+def describe_model(manifest: dict[str, Any]) -> str:
+    """'esm2 version 1 (esm2_onnx 2, esm2_tokenizer 1), precision int8'."""
+    composing = manifest.get("composing_versions") or {}
+    steps = f" ({', '.join(f'{name} {version}' for name, version in sorted(composing.items()))})" if composing else ""
+    entry = manifest.get("entry_model")
+    via = f" via {entry}" if entry and entry != manifest.get("model") else ""
+    return (
+        f"{manifest.get('model')}{via} version {manifest.get('model_version')}{steps}, "
+        f"precision {manifest.get('precision') or 'unknown'}"
+    )
+
+
+def check_same_model(old: dict[str, Any], new: dict[str, Any], what: str) -> None:
+    """Raises ModelVersionMismatchError if `old` and `new` name different served models, versions or precisions."""
+    if all(old.get(key) == new.get(key) for key in MODEL_KEYS):
+        return
+    raise ModelVersionMismatchError(
+        f"{what} was computed with {describe_model(old)}, but the server now serves {describe_model(new)}; "
+        "one job never mixes two model versions: finish it against the original version (e.g. --model-version, "
+        "or after a rollback), or pass --overwrite to recompute everything with the new one"
+    )
+
+
 @dataclass
 class ChunkResult:
     """The outcome for one slice of the input.
@@ -45,9 +79,12 @@ class ChunkResult:
         index: chunk number.
         positions: input positions of embedded records.
         ids: their FASTA ids.
-        embeddings: float32 [len(positions), D].
+        embeddings: float32 [len(positions), D] (None with per-residue results).
         windows: how many windows each embedding averages (1 unless --long-sequences chunk applied).
         rejected: (position, id, length, reason) of records that were not embedded.
+        aliases: (position, id, source position, source chunk) of records whose sequence equals an earlier record's
+            (the source): they take the source's result at assembly, and are never sent.
+        residues: per-residue results, one float32 [L, D] array per embedded record (None: mean embeddings).
     """
 
     index: int
@@ -56,6 +93,11 @@ class ChunkResult:
     embeddings: np.ndarray | None = None
     windows: list[int] = field(default_factory=list)
     rejected: list[tuple[int, str, int, str]] = field(default_factory=list)
+    aliases: list[tuple[int, str, int, int]] = field(default_factory=list)
+    residues: list[np.ndarray] | None = None
+
+    def records(self) -> int:
+        return len(self.positions) + len(self.rejected) + len(self.aliases)
 
 
 def parts_dir_for(output: Path) -> Path:
@@ -100,6 +142,13 @@ class Journal:
         if manifest_path.exists():
             existing = json.loads(manifest_path.read_text())
             if existing != manifest:
+                if existing.get("journal_format") != manifest.get("journal_format"):
+                    raise JournalMismatchError(
+                        f"{directory} holds a job journaled by another tritonfleet version (journal format "
+                        f"{existing.get('journal_format')}, now {manifest.get('journal_format')}); pass --overwrite "
+                        "to start over"
+                    )
+                check_same_model(existing, manifest, f"the unfinished job in {directory}")
                 raise JournalMismatchError(
                     f"{directory} holds a run with different settings ({describe_difference(existing, manifest)}); "
                     "re-run with the original settings, or pass --overwrite to start over"
@@ -123,7 +172,7 @@ class Journal:
 
     def write_chunk(self, result: ChunkResult, embedding_dim: int) -> None:
         embeddings = result.embeddings if result.embeddings is not None else np.empty((0, embedding_dim), np.float32)
-        rejected = result.rejected
+        rejected, aliases = result.rejected, result.aliases
         arrays = {
             "positions": np.asarray(result.positions, dtype=np.int64),
             "ids": np.asarray(result.ids, dtype=np.str_),
@@ -133,7 +182,18 @@ class Journal:
             "rejected_ids": np.asarray([r[1] for r in rejected], dtype=np.str_),
             "rejected_lengths": np.asarray([r[2] for r in rejected], dtype=np.int64),
             "rejected_reasons": np.asarray([r[3] for r in rejected], dtype=np.str_),
+            "alias_positions": np.asarray([a[0] for a in aliases], dtype=np.int64),
+            "alias_ids": np.asarray([a[1] for a in aliases], dtype=np.str_),
+            "alias_sources": np.asarray([a[2] for a in aliases], dtype=np.int64),
+            "alias_source_chunks": np.asarray([a[3] for a in aliases], dtype=np.int64),
         }
+        if result.residues is not None:
+            arrays["residue_lengths"] = np.asarray([len(r) for r in result.residues], dtype=np.int64)
+            arrays["residues"] = (
+                np.concatenate(result.residues).astype(np.float32, copy=False)
+                if result.residues
+                else np.empty((0, embedding_dim), np.float32)
+            )
         atomic_write(self.chunk_path(result.index), lambda handle: np.savez(handle, **arrays))
 
     def read_chunk(self, index: int) -> ChunkResult:
@@ -146,6 +206,21 @@ class Journal:
                     data["rejected_reasons"].tolist(),
                 )
             )
+            aliases = []
+            if "alias_positions" in data.files:
+                aliases = list(
+                    zip(
+                        data["alias_positions"].tolist(),
+                        data["alias_ids"].tolist(),
+                        data["alias_sources"].tolist(),
+                        data["alias_source_chunks"].tolist(),
+                    )
+                )
+            residues = None
+            if "residues" in data.files:
+                flat, lengths = data["residues"], data["residue_lengths"].tolist()
+                offsets = np.cumsum([0, *lengths])
+                residues = [flat[offsets[i] : offsets[i + 1]] for i in range(len(lengths))]
             return ChunkResult(
                 index=index,
                 positions=data["positions"].tolist(),
@@ -153,6 +228,8 @@ class Journal:
                 embeddings=data["embeddings"],
                 windows=data["windows"].tolist(),
                 rejected=rejected,
+                aliases=aliases,
+                residues=residues,
             )
 
     def remove(self) -> None:
@@ -164,66 +241,17 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys) or "unknown difference"
 
 
-def assemble(
-    journal: Journal, n_chunks: int, n_records: int, output: Path, output_format: str, embedding_dim: int
-) -> tuple[int, int]:
-    """Merges every chunk into `output` and `output.rejected.tsv`; returns (embedded, rejected) counts.
-
-    Raises:
-        TritonFleetError: a chunk is missing or the chunks do not account for every record exactly once.
-    """
-    chunks = [journal.read_chunk(index) for index in range(n_chunks)]
-    positions = [p for chunk in chunks for p in chunk.positions]
-    rejected = [r for chunk in chunks for r in chunk.rejected]
-    accounted = sorted(positions + [r[0] for r in rejected])
-    if accounted != list(range(n_records)):
-        raise TritonFleetError(
-            f"journal {journal.directory} does not account for every record exactly once "
-            f"({len(accounted)} entries for {n_records} records); remove it and re-run"
-        )
-    input_order = np.argsort(np.asarray(positions, dtype=np.int64), kind="stable")
-    all_ids = [record_id for chunk in chunks for record_id in chunk.ids]
-    ids = [all_ids[i] for i in input_order]
-    windows = np.asarray([w for chunk in chunks for w in chunk.windows], dtype=np.int32)[input_order]
-    embeddings = np.concatenate(
-        [np.empty((0, embedding_dim), np.float32)]
-        + [chunk.embeddings for chunk in chunks if chunk.embeddings is not None]
-    )[input_order]
-    manifest_text = json.dumps(journal.manifest, sort_keys=True)
-    write_rejected(rejected_path_for(output), sorted(rejected))
-    if output_format == "parquet":
-        write_parquet(output, ids, embeddings, windows, manifest_text)
-    else:
-        arrays = {"ids": np.asarray(ids, dtype=np.str_), "embeddings": embeddings, "windows": windows}
-        arrays["manifest"] = np.asarray(manifest_text)
-        atomic_write(output, lambda handle: np.savez(handle, **arrays))
-    journal.remove()
-    return len(ids), len(rejected)
-
-
 def write_rejected(path: Path, rejected: Iterable[tuple[int, str, int, str]]) -> None:
-    lines = [REJECTED_HEADER] + [
-        f"{position}\t{record_id}\t{length}\t{_tsv_field(reason)}\n" for position, record_id, length, reason in rejected
-    ]
+    lines = [REJECTED_HEADER] + [rejected_line(*entry) for entry in rejected]
     atomic_write(path, lambda handle: handle.write("".join(lines).encode("utf-8")))
+
+
+def rejected_line(position: int, record_id: str, length: int, reason: str) -> str:
+    return f"{position}\t{_tsv_field(record_id)}\t{length}\t{_tsv_field(reason)}\n"
 
 
 def _tsv_field(text: str) -> str:
     return " ".join(text.split())
-
-
-def write_parquet(output: Path, ids: list[str], embeddings: np.ndarray, windows: np.ndarray, manifest: str) -> None:
-    pa, pq = import_pyarrow()
-    dim = embeddings.shape[1]
-    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1), type=pa.float32())
-    table = pa.table(
-        {
-            "id": pa.array(ids, type=pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-            "windows": pa.array(windows, type=pa.int32()),
-        }
-    ).replace_schema_metadata({"tritonfleet_manifest": manifest})
-    atomic_write(output, lambda handle: pq.write_table(table, handle))
 
 
 def import_pyarrow() -> tuple[Any, Any]:
@@ -237,6 +265,16 @@ def import_pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
+def output_format_for(output: Path) -> str:
+    """The format an output path implies: .parquet, .h5/.hdf5/.hdf, else npz."""
+    suffix = output.suffix.lower()
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix in (".h5", ".hdf5", ".hdf"):
+        return "hdf5"
+    return "npz"
+
+
 def read_output_manifest(output: Path, output_format: str) -> dict[str, Any] | None:
     """The manifest stored in a finished output, or None if it has none / cannot be read."""
     try:
@@ -245,19 +283,52 @@ def read_output_manifest(output: Path, output_format: str) -> dict[str, Any] | N
             metadata = pq.read_schema(output).metadata or {}
             text = metadata.get(b"tritonfleet_manifest")
             return json.loads(text) if text else None
+        if output_format == "hdf5":
+            h5py = import_h5py()
+            with h5py.File(output, "r") as handle:
+                text = handle.attrs.get("tritonfleet_manifest")
+                return json.loads(text) if text is not None else None
         with np.load(output, allow_pickle=False) as data:
             return json.loads(str(data["manifest"])) if "manifest" in data.files else None
     except (OSError, ValueError, KeyError):
         return None
 
 
+def import_h5py() -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise TritonFleetError(
+            "--format hdf5 needs h5py: pip install 'tritonfleet[hdf5]' (or use --format npz)"
+        ) from None
+    return h5py
+
+
 def load_output(output: Path, output_format: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, embeddings [N, D], windows [N]) of a finished output, npz or parquet (default: by suffix)."""
-    if (output_format or ("parquet" if output.suffix == ".parquet" else "npz")) == "parquet":
+    """(ids, embeddings [N, D], windows [N]) of a finished output, npz, parquet or per-protein HDF5 (default: by
+    suffix)."""
+    output_format = output_format or output_format_for(output)
+    if output_format == "parquet":
         _, pq = import_pyarrow()
         table = pq.read_table(output)
         ids = table.column("id").to_pylist()
         embeddings = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32)
         return ids, embeddings.reshape(len(ids), -1), table.column("windows").to_numpy()
+    if output_format == "hdf5":
+        ids, arrays, windows = load_hdf5(output)
+        dim = arrays[0].shape[-1] if arrays else 0
+        return ids, np.asarray(arrays, dtype=np.float32).reshape(len(ids), dim), np.asarray(windows, np.int32)
     with np.load(output, allow_pickle=False) as data:
         return data["ids"].tolist(), data["embeddings"], data["windows"]
+
+
+def load_hdf5(output: Path) -> tuple[list[str], list[np.ndarray], list[int]]:
+    """(ids, one array per id: [D] per-protein or [L, D] per-residue, windows) of an HDF5 output, in input order."""
+    h5py = import_h5py()
+    ids, arrays, windows = [], [], []
+    with h5py.File(output, "r") as handle:
+        for name, dataset in handle.items():
+            ids.append(str(dataset.attrs.get("id", name)))
+            arrays.append(dataset[()])
+            windows.append(int(dataset.attrs.get("windows", 1)))
+    return ids, arrays, windows

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tritonfleet.client.errors import UnsupportedModelError
@@ -39,6 +39,9 @@ class ModelSpec:
         outputs: contract name -> served name.
         max_batch_size: from the model config; requests are split to this size.
         embedding_dim: D, the last dimension of the `EMBEDDING` output.
+        execution_token_budget: the config parameter `execution_token_budget` (sequences x padded length one
+            execution may hold; requests are split to respect it), None when the model does not set it.
+        parameters: the config's `parameters` as strings (precision, pipeline, ...).
     """
 
     name: str
@@ -48,6 +51,8 @@ class ModelSpec:
     outputs: dict[str, str]
     max_batch_size: int
     embedding_dim: int
+    execution_token_budget: int | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | ModelConfig, version: str = "") -> ModelSpec:
@@ -78,7 +83,26 @@ class ModelSpec:
         embedding_dims = served.output(outputs["EMBEDDING"]).dims
         if len(embedding_dims) != 1 or embedding_dims[0] < 1:
             raise UnsupportedModelError(f"model {name!r}: EMBEDDING has dims {list(embedding_dims)}, expected [D]")
-        return cls(name, version, feed, inputs, outputs, served.max_batch_size, embedding_dims[0])
+        budget_text = served.parameters.get("execution_token_budget", "").strip()
+        try:
+            budget = int(budget_text) if budget_text else None
+        except ValueError:
+            raise UnsupportedModelError(
+                f"model {name!r}: parameter execution_token_budget must be an integer, got {budget_text!r}"
+            ) from None
+        if budget is not None and budget < 1:
+            raise UnsupportedModelError(f"model {name!r}: execution_token_budget must be >= 1, got {budget}")
+        return cls(
+            name,
+            version,
+            feed,
+            inputs,
+            outputs,
+            served.max_batch_size,
+            embedding_dims[0],
+            budget,
+            dict(served.parameters),
+        )
 
     def output_name(self, kind: OutputKind) -> str:
         """The served name of an output, or UnsupportedModelError if the model lacks it."""
@@ -91,5 +115,23 @@ class ModelSpec:
         version = self.version or "latest"
         return (
             f"{self.name} (version {version}, feed {self.feed}, "
-            f"max_batch_size {self.max_batch_size}, D {self.embedding_dim})"
+            f"max_batch_size {self.max_batch_size}, D {self.embedding_dim}"
+            + (f", execution_token_budget {self.execution_token_budget}" if self.execution_token_budget else "")
+            + ")"
         )
+
+
+# Config parameters of an entry model (export/esm2/repository.py) naming where `embed()` requests of each traffic class
+# go: EMBEDDING-only ensembles, safe for Triton's response cache (its key ignores the requested outputs).
+ENTRY_MODEL_PARAMETERS: dict[tuple[str, str], str] = {
+    ("interactive", "EMBEDDING"): "interactive_embedding_model",
+    ("bulk", "EMBEDDING"): "embedding_model",
+}
+
+
+def entry_model_name(spec: ModelSpec, priority: str, kind: OutputKind) -> str:
+    """The model a request of this priority class and output goes to: the one `spec`'s config advertises for the
+    pair, else `spec`'s own model (per-residue requests, raw networks, repositories without entry models)."""
+    parameter = ENTRY_MODEL_PARAMETERS.get((priority, kind))
+    name = spec.parameters.get(parameter, "").strip() if parameter else ""
+    return name or spec.name

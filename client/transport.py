@@ -6,6 +6,10 @@ protocol-specific (binary tensors on HTTP, gRPC's JSON metadata, where the timeo
 tools use them too. Timeouts: HTTP sync applies `timeout_s` to connecting and to every socket read/write; HTTP asyncio
 to the whole request; gRPC to the whole call (deadline).
 
+Connections: `connection_options` builds each tritonclient constructor's keyword arguments from one ClientConfig, so
+the four clients agree: TLS (`ssl` + the CA file: geventhttpclient's `ssl_options`, aiohttp's `ssl_context`, gRPC's
+`root_certificates`), gRPC channel arguments merged over tritonclient's defaults; extra headers go with every call.
+
 Priority and deadline: every inference carries Triton's `priority` level of the configured class and, when the
 call has a deadline, Triton's request `timeout` (the time left, in microseconds): each model's queue refuses the
 request once it has waited that long. gRPC calls (sync and asyncio) and asyncio HTTP calls are also cut by the
@@ -16,6 +20,7 @@ no per-call timeout).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,6 +79,43 @@ def output_arrays(result: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
     return {name: result.as_numpy(name) for name in names}
 
 
+# tritonclient.grpc's own channel arguments when none are given (they are replaced, not merged, by channel_args).
+_GRPC_DEFAULT_CHANNEL_ARGS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_send_message_length", grpc_client.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", grpc_client.MAX_GRPC_MESSAGE_SIZE),
+)
+
+
+def grpc_channel_args(config: ClientConfig) -> list[tuple[str, Any]] | None:
+    """The channel arguments for tritonclient.grpc: None (its defaults) unless the config adds some; then its
+    unlimited message sizes plus the config's pairs, a config pair replacing a default of the same name."""
+    if not config.grpc_channel_args:
+        return None
+    merged = dict(_GRPC_DEFAULT_CHANNEL_ARGS)
+    merged.update(dict(config.grpc_channel_args))
+    return list(merged.items())
+
+
+def connection_options(config: ClientConfig, asyncio_client: bool = False) -> dict[str, Any]:
+    """Keyword arguments (besides the url) for the tritonclient client the config asks for."""
+    if config.protocol == "grpc":
+        options: dict[str, Any] = {"channel_args": grpc_channel_args(config)}
+        if config.tls:
+            options.update(ssl=True, root_certificates=config.ca_file)
+        return options
+    if asyncio_client:
+        options = {"conn_limit": config.max_in_flight, "conn_timeout": config.timeout_s}
+        if config.tls:
+            options.update(ssl=True, ssl_context=ssl.create_default_context(cafile=config.ca_file))
+        return options
+    options = {"connection_timeout": config.timeout_s, "network_timeout": config.timeout_s}
+    if config.tls:
+        options["ssl"] = True
+        if config.ca_file is not None:
+            options["ssl_options"] = {"ca_certs": config.ca_file}
+    return options
+
+
 class _ProtocolCalls:
     """The keyword arguments that differ between tritonclient's HTTP and gRPC clients."""
 
@@ -82,8 +124,10 @@ class _ProtocolCalls:
         self.timeout_s = config.timeout_s
         self.priority_level = priority_level(config.priority)
         grpc = config.protocol == "grpc"
-        self.deadline: dict[str, Any] = {"client_timeout": config.timeout_s} if grpc else {}
-        self.answers: dict[str, Any] = {"as_json": True, **self.deadline} if grpc else {}
+        headers: dict[str, Any] = {"headers": dict(config.headers)} if config.headers else {}
+        self.headers = headers
+        self.deadline: dict[str, Any] = {"client_timeout": config.timeout_s, **headers} if grpc else dict(headers)
+        self.answers: dict[str, Any] = {"as_json": True, **self.deadline} if grpc else dict(headers)
 
     def infer_arguments(
         self, version: str, arrays: Mapping[str, np.ndarray], outputs: Sequence[str], timeout_s: float | None
@@ -93,6 +137,7 @@ class _ProtocolCalls:
             "model_version": version,
             "outputs": requested_outputs(self.protocol, outputs),
             **request_options(self.protocol, self.priority_level, timeout_s, self.timeout_s),
+            **self.headers,
         }
 
 
@@ -101,12 +146,8 @@ class Transport:
 
     def __init__(self, config: ClientConfig) -> None:
         self._calls = _ProtocolCalls(config)
-        if config.protocol == "http":
-            self._client = http_client.InferenceServerClient(
-                config.url, connection_timeout=config.timeout_s, network_timeout=config.timeout_s
-            )
-        else:
-            self._client = grpc_client.InferenceServerClient(config.url)
+        module = http_client if config.protocol == "http" else grpc_client
+        self._client = module.InferenceServerClient(config.url, **connection_options(config))
 
     def server_live(self) -> bool:
         return self._client.is_server_live(**self._calls.deadline)
@@ -144,12 +185,8 @@ class AsyncTransport:
 
     def __init__(self, config: ClientConfig) -> None:
         self._calls = _ProtocolCalls(config)
-        if config.protocol == "http":
-            self._client = http_aio_client.InferenceServerClient(
-                config.url, conn_limit=config.max_in_flight, conn_timeout=config.timeout_s
-            )
-        else:
-            self._client = grpc_aio_client.InferenceServerClient(config.url)
+        module = http_aio_client if config.protocol == "http" else grpc_aio_client
+        self._client = module.InferenceServerClient(config.url, **connection_options(config, asyncio_client=True))
 
     async def server_live(self) -> bool:
         return await self._client.is_server_live(**self._calls.deadline)

@@ -1,6 +1,6 @@
 """The main job, end to end: export ESM-2, serve it on the local tritonserver, embed a real protein.
 
-    python -m deploy.demo [--model-size 8M | --checkpoint facebook/esm2_t33_650M_UR50D] [--model-repository DIR]
+    tritonfleet demo [--random-init 8M | --checkpoint facebook/esm2_t33_650M_UR50D] [--model-repository DIR]
 
 Offline the default is RANDOM weights of the exact ESM-2 8M architecture (no downloads here): the served numbers
 then prove the pipeline (served == eager PyTorch), not biology. With `--checkpoint` the real model is exported.
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tritonfleet.client import ClientConfig, EmbeddingClient
+from tritonfleet.contract.command_line import HelpFormatter, add_deprecated, warn_python_m
 from tritonfleet.deploy.local import local_server
 from tritonfleet.export.esm2 import export_esm2
 from tritonfleet.export.parity import MIN_COSINE_POOLED
@@ -26,13 +27,24 @@ from tritonfleet.export.parity import MIN_COSINE_POOLED
 UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__.splitlines()[0])
+PROGRAM = "python -m deploy.demo"
+
+
+def parse_args(argv: list[str] | None, prog: str = PROGRAM) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--model-size", default="8M", help="random-init ESM-2 size (offline default)")
+    weights.add_argument(
+        "--random-init", default="8M", help="ESM-2 size of the random weights, used without --checkpoint (default: 8M)"
+    )
+    add_deprecated(weights, "--model-size", "--random-init", dest="random_init")
     weights.add_argument("--checkpoint", help="HF id or local dir of a real ESM-2 checkpoint")
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--gpus", default="none", help="export --gpus: none (portable CPU configs), auto, or 0,1,..")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="export --target: cpu:CORES, gpu:IDS, gpu:all or auto (default: cpu:N, this machine's usable cores)",
+    )
+    add_deprecated(parser, "--gpus", "--target", dest="gpus")
     parser.add_argument("--precision", default="auto", help="export --precision: auto, fp32, int8, bf16, fp16")
     parser.add_argument("--sequence", default=UBIQUITIN, help="protein to embed (default: human ubiquitin)")
     return parser.parse_args(argv)
@@ -40,14 +52,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def export_repository(args: argparse.Namespace) -> str:
     """Exports the repository; returns the precision it was exported in."""
-    weights = f"checkpoint {args.checkpoint}" if args.checkpoint else f"random {args.model_size} weights"
-    print(f"exporting ESM-2 ({weights}, gpus {args.gpus}) into {args.model_repository} ...", flush=True)
+    from tritonfleet.export.devices import legacy_target, plan_target, resolve_target, usable_cores
+
+    weights = f"checkpoint {args.checkpoint}" if args.checkpoint else f"random {args.random_init} weights"
+    text = args.target or legacy_target(getattr(args, "gpus", None), None) or f"cpu:{usable_cores()}"
+    target, chosen_by_auto = resolve_target(text)
+    print(
+        f"exporting ESM-2 ({weights}, target {target}{' (auto)' if chosen_by_auto else ''}) into "
+        f"{args.model_repository} ...",
+        flush=True,
+    )
     report = export_esm2(
         args.model_repository,
-        random_init=None if args.checkpoint else args.model_size,
+        random_init=None if args.checkpoint else args.random_init,
         checkpoint=args.checkpoint,
-        gpus=args.gpus,
         precision=args.precision,
+        devices=plan_target(target),
     )
     for variant, difference in report.parity.items():
         print(f"  parity {variant}: max abs diff {difference:.2e}", flush=True)
@@ -57,8 +77,8 @@ def export_repository(args: argparse.Namespace) -> str:
     return report.precision
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
+    args = parse_args(argv, prog)
     precision = export_repository(args)
     started = time.perf_counter()
     # Served as `python -m deploy.local` serves: with the supervisor that reloads a model whose stub dies.
@@ -103,7 +123,7 @@ def eager_embedding(args: argparse.Namespace) -> np.ndarray:
     from tritonfleet.contract.esm2_tokens import encode_batch
     from tritonfleet.export.esm2.model import build_esm2
 
-    model = build_esm2(checkpoint=args.checkpoint, random_init=None if args.checkpoint else args.model_size)
+    model = build_esm2(checkpoint=args.checkpoint, random_init=None if args.checkpoint else args.random_init)
     input_ids, attention_mask = encode_batch([args.sequence])
     with torch.no_grad():
         embedding, _ = model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
@@ -111,4 +131,5 @@ def eager_embedding(args: argparse.Namespace) -> np.ndarray:
 
 
 if __name__ == "__main__":
+    warn_python_m(__spec__.name if __spec__ else None, "demo")
     sys.exit(main())

@@ -1,5 +1,9 @@
-"""Command line: `python -m export torch --factory MODULE:CALLABLE --name NAME --output DIR ...` for any PyTorch model,
-`python -m export esm2 [--checkpoint ID|PATH | --random-init 8M] --output model_repository ...` for ESM-2.
+"""Command line: `tritonfleet export torch --factory MODULE:CALLABLE --name NAME --output DIR ...` for any PyTorch
+model, `tritonfleet export esm2 [--checkpoint ID|PATH | --random-init 8M] --target cpu:4 --output DIR ...` for ESM-2
+(`python -m export ...` from a checkout: deprecated, same flags).
+
+`--target` names the machine that will serve the repository (cpu:CORES, gpu:IDS, gpu:all; auto = this machine, and
+says what it chose); it is written down in the repository's `serving_target.json`.
 
 Problems the user can fix (a factory that cannot be imported, bad samples, a model that cannot be exported, parity
 failures, bad options) end with one line on stderr and exit status 2.
@@ -9,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+from tritonfleet.contract.command_line import HelpFormatter, warn_deprecated, warn_python_m
 from tritonfleet.contract.esm2_tokens import (
     DEFAULT_BUCKETS,
     RUN_OVERHEAD_TOKENS_CPU,
@@ -22,7 +28,18 @@ from tritonfleet.contract.esm2_tokens import (
     parse_buckets,
 )
 from tritonfleet.contract.priorities import PRIORITY_CLASSES
-from tritonfleet.export.devices import MAX_CPU_INSTANCES, DevicePlan, plan_devices, usable_cores
+from tritonfleet.export.devices import (
+    MAX_CPU_INSTANCES,
+    TARGET_FILENAME,
+    TARGET_HELP,
+    DevicePlan,
+    ServingTarget,
+    parse_gpu_ids,
+    plan_target,
+    resolve_target,
+    target_record,
+    usable_cores,
+)
 from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
 from tritonfleet.export.generic import TORCH_PRECISIONS
 from tritonfleet.export.model_config import (
@@ -51,20 +68,49 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+class _LegacyTarget(argparse.Action):
+    """The deprecated `--gpus auto|none|IDS` and `--cpu-cores N`, rewritten into `--target` where they appear (the
+    later of `--target` and `--gpus` wins; `--cpu-cores` sets the cores of a CPU target, or of `auto` when it finds
+    no GPU, and is ignored with a GPU target, as before)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        current = namespace.target
+        try:
+            if option_string == "--cpu-cores":
+                cores = int(values)
+                if cores < 1:
+                    raise ValueError
+                if current == "auto":  # as before: the cores of a CPU plan, if auto finds no GPU
+                    namespace.auto_cpu_cores = cores
+                elif current.startswith("cpu:"):
+                    namespace.target = f"cpu:{cores}"
+                warn_deprecated("--cpu-cores N", "--target cpu:N")  # with a GPU target it is ignored, as before
+                return
+        except ValueError:
+            parser.error(f"--cpu-cores must be an integer >= 1, got {values!r}")
+        choice = values.strip().lower()
+        if choice in ("none", "cpu"):
+            cores = getattr(namespace, "auto_cpu_cores", None) or usable_cores()
+            namespace.target = current if current.startswith("cpu:") else f"cpu:{cores}"
+        elif choice == "auto":
+            namespace.target = "auto"
+        else:
+            namespace.target = f"gpu:{values}"
+            try:
+                parse_gpu_ids(values)
+            except ValueError as error:  # reported by _devices in the old flag's wording, as an ExportError
+                namespace.legacy_error = str(error)
+        warn_deprecated(f"--gpus {values}", "--target gpu:IDS | cpu:CORES | auto")
+
+
 def _add_serving_options(parser: argparse.ArgumentParser, parity_default: int | None, parity_help: str) -> None:
     """Options every export shares: output, devices, batching and queue, formats, parity."""
     parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="model repository root")
-    parser.add_argument(
-        "--gpus", default="auto", help="auto (detect), none (CPU) or GPU ids like 0,1,2,3 (default: %(default)s)"
-    )
+    parser.add_argument("--target", default="auto", help=TARGET_HELP + " (default: %(default)s)")
+    parser.add_argument("--gpus", action=_LegacyTarget, dest="target", help=argparse.SUPPRESS)
     parser.add_argument("--instances-per-gpu", type=int, default=1, metavar="N", help="(default: %(default)s)")
-    cpu = parser.add_argument_group("CPU plan (used when there is no GPU; reports/cpu_plan.md)")
-    cpu.add_argument(
-        "--cpu-cores",
-        type=int,
-        metavar="N",
-        help=f"cores the CPU plan fills (default: the cores this process may use, here {usable_cores()})",
-    )
+    cpu = parser.add_argument_group("CPU plan (a cpu:CORES target; reports/cpu_plan.md)")
+    cpu.add_argument("--cpu-cores", action=_LegacyTarget, dest="target", help=argparse.SUPPRESS)
     cpu.add_argument(
         "--cpu-instances",
         type=int,
@@ -74,7 +120,21 @@ def _add_serving_options(parser: argparse.ArgumentParser, parity_default: int | 
     cpu.add_argument(
         "--cpu-threads", type=int, metavar="N", help="intra-op threads per instance (default: cores / instances)"
     )
-    parser.add_argument("--max-batch-size", type=int, default=64, metavar="N", help="(default: %(default)s)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest batch per request and execution (default: planned: 64, clipped on CPU plans so one execution "
+        "fits half the interactive budget; the plan's padded-token budget is written as execution_token_budget)",
+    )
+    cpu.add_argument(
+        "--interactive-instances",
+        type=int,
+        metavar="N",
+        help="single-threaded network instances only interactive requests reach (esm2_interactive), beyond the "
+        "cores (default: 1 on CPU, 0 on GPUs)",
+    )
     parser.add_argument(
         "--preferred-batch-sizes",
         type=_int_list,
@@ -145,13 +205,16 @@ def _add_priority_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     from tritonfleet.export.esm2.repository import CANONICAL_COMMAND
 
-    parser = argparse.ArgumentParser(prog=PROGRAM, description="Export models to a Triton repository.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Export models to a Triton repository.", formatter_class=HelpFormatter
+    )
     models = parser.add_subparsers(dest="model", required=True)
     torch_parser = models.add_parser(
         "torch",
+        formatter_class=HelpFormatter,
         help="any PyTorch model: MODULE:CALLABLE returns (module, samples)",
         description="Export any PyTorch model to ONNX and/or TorchScript models <NAME>_onnx, <NAME>_torchscript "
         "(tensors NAME__<i>), parity-checked against eager PyTorch, with generated configs. CALLABLE() returns "
@@ -171,13 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=TORCH_PRECISIONS,
         default="fp32",
-        help="int8: dynamically quantized linear layers; bf16: TorchScript under CPU autocast (both gated on cosine "
-        "similarity to eager fp32) (default: %(default)s)",
+        help="int8 (ONNX: per-row activation scales, integer MatMuls, batch invariant; TorchScript stays fp32); bf16: "
+        "TorchScript under CPU autocast (both gated on cosine similarity to eager fp32; fp32/int8 outputs alone vs in "
+        "a padded batch within 1e-5) (default: %(default)s)",
     )
     _add_serving_options(torch_parser, None, "parity-check every format on the first N samples (default: all; 0 skips)")
 
     esm2 = models.add_parser(
         "esm2",
+        formatter_class=HelpFormatter,
         help="ESM-2 protein embeddings: ONNX + TorchScript + tokenizer + BLS + ensemble",
         description=f"Canonical command for the committed repository: {CANONICAL_COMMAND}",
     )
@@ -190,9 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", *PRECISIONS),
         default="auto",
         help="auto: int8 on a CPU plan whose CPU has VNNI (fp32 if an int8 engine misses its gate), else fp32. "
-        "int8 (dynamically quantized linear layers) and "
+        "int8 (ONNX: per-row activation scales, integer MatMuls, batch invariant; TorchScript stays fp32) and "
         "bf16 (TorchScript only, CPUs with AVX512-BF16/AMX) keep fp32 outputs and must pass the quality gate "
-        "(pooled cosine >= 0.999, per-residue >= 0.99 vs eager fp32); fp16 is meant for GPUs (default: %(default)s)",
+        "(pooled cosine >= 0.999, per-residue >= 0.99 vs eager fp32) and, for fp32/int8, the invariance gate "
+        "(outputs alone vs in a padded batch within 1e-5); fp16 is meant for GPUs (default: %(default)s)",
     )
     esm2.add_argument(
         "--onnx-graph",
@@ -226,10 +292,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _devices(args: argparse.Namespace) -> DevicePlan:
+    """The plan of the serving target; `--target auto` says on stderr what it chose (this machine)."""
     try:
-        return plan_devices(args.gpus, args.instances_per_gpu, args.cpu_instances, args.cpu_threads, args.cpu_cores)
+        if getattr(args, "legacy_error", None):
+            raise ValueError(args.legacy_error)
+        target, chosen_by_auto = resolve_target(args.target)
+        if chosen_by_auto and target.kind == "cpu" and getattr(args, "auto_cpu_cores", None):
+            target = ServingTarget("cpu", cores=args.auto_cpu_cores)
+        plan = plan_target(
+            target,
+            args.instances_per_gpu,
+            args.cpu_instances,
+            args.cpu_threads,
+            interactive_instances=getattr(args, "interactive_instances", None),
+        )
     except ValueError as error:
         raise ExportError(str(error)) from None
+    if chosen_by_auto:
+        print(
+            f"note: --target auto chose {target} (this machine, {usable_cores()} usable cores): pass --target "
+            "cpu:CORES, gpu:IDS or gpu:all to export for the machine that will serve",
+            file=sys.stderr,
+        )
+    args.resolved_target = (target, chosen_by_auto)
+    return plan
+
+
+def write_target(args: argparse.Namespace, plan: DevicePlan, precision: str) -> Path:
+    """Writes `serving_target.json` at the repository root (what the configs were planned for)."""
+    target, chosen_by_auto = args.resolved_target
+    path = args.output / TARGET_FILENAME
+    text = json.dumps(target_record(target, chosen_by_auto, plan, precision), indent=2) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
 
 
 def _priorities(args: argparse.Namespace) -> PriorityQueues | None:
@@ -255,7 +351,8 @@ def _batching(args: argparse.Namespace, plan: DevicePlan, tokenizer: bool = Fals
     if args.max_queue_delay_us is not None and not tokenizer:
         overrides["max_queue_delay_us"] = args.max_queue_delay_us
     try:
-        return dataclasses.replace(policy, **overrides).with_limits(args.max_batch_size, args.max_queue_size)
+        max_batch_size = args.max_batch_size if args.max_batch_size is not None else policy.max_batch_size
+        return dataclasses.replace(policy, **overrides).with_limits(max_batch_size, args.max_queue_size)
     except ValueError as error:
         raise ExportError(f"batching options: {error}") from None
 
@@ -288,6 +385,7 @@ def run_torch(args: argparse.Namespace) -> ExportReport:
     if report.signature is not None:
         print(f"  signature: {report.signature.describe()}")
     print(f"  devices: {options.devices.describe()}")
+    print(f"  serving target: {write_target(args, options.devices, options.precision)}")
     return report
 
 
@@ -307,6 +405,7 @@ def run_esm2(args: argparse.Namespace) -> ExportReport:
         onnx_exporter=args.onnx_exporter,
         parity_samples=args.parity_samples,
         configs_only=args.configs_only,
+        execution_cap=args.max_batch_size is None,
     )
     recipe = Esm2Recipe(
         checkpoint=args.checkpoint,
@@ -315,17 +414,24 @@ def run_esm2(args: argparse.Namespace) -> ExportReport:
         onnx_graph=args.onnx_graph,
     )
     report = export_with_precision(recipe, options, args.precision)
+    if args.precision == "auto" and not args.resolved_target[1] and options.devices.kind == "KIND_CPU":
+        print(
+            f"note: --precision auto chose {report.precision} from the exporting machine's CPU (int8 needs VNNI); "
+            "name --precision if the serving machine's CPU differs",
+            file=sys.stderr,
+        )
     print(f"model repository: {report.output}")
     print(f"  weights: {recipe.weights_source}")
     print(f"  devices: {options.devices.describe()}; precision: {report.precision}; onnx graph: {recipe.onnx_graph}")
     print(f"  buckets: {format_buckets(options.length_buckets)}")
+    print(f"  serving target: {write_target(args, options.devices, report.precision)}")
     if recipe.is_random:
         print("  WARNING: RANDOM WEIGHTS - embeddings are meaningless; use --checkpoint for a real model")
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
+    args = build_parser(prog).parse_args(argv)
     # Our progress at INFO; third-party loggers (onnxscript's optimizer is chatty) only from WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -334,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_torch(args) if args.model == "torch" else run_esm2(args)
     except ExportError as error:
         message = " ".join(str(error).split())
-        print(f"{PROGRAM} {args.model}: error: {message}", file=sys.stderr)
+        print(f"{prog} {args.model}: error: {message}", file=sys.stderr)
         return 2
     for variant, diff in report.parity.items():
         print(f"  parity {variant}: max abs diff {diff:.2e}")
@@ -347,4 +453,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    warn_python_m(__spec__.name if __spec__ else None, "export")
     sys.exit(main())

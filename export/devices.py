@@ -7,6 +7,12 @@ per core does more work per core than one engine spread over all cores (ONNX Run
 project's 2-core machine: 67 seq/s on 1 thread vs 97 on 2), so the plan is one instance per core with one intra-op
 thread each, up to MAX_CPU_INSTANCES; beyond that, each instance gets more threads (every instance is a process
 holding its own copy of the weights).
+
+Bounded executions (issue 18): Triton never preempts a running execution, so an interactive request that finds every
+instance busy waits for the current executions to end. `plan_execution_cap` bounds how much work one execution may
+hold (max_batch_size and a padded-token budget, from the engine speed and the interactive budget), and CPU plans add
+one single-threaded network instance that only the interactive entry model reaches (`interactive_instances`), one
+thread beyond the cores: while interactive traffic is idle it sleeps and bulk keeps every core.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from tritonfleet.contract.serving_target import TARGET_FILENAME as SERVING_TARGET_FILENAME
 
 InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
 MAX_CPU_INSTANCES = 8
@@ -67,10 +75,12 @@ class DevicePlan:
 
     Attributes:
         kind: KIND_CPU or KIND_GPU.
-        gpus: GPU ids (empty for CPU).
+        gpus: GPU ids (empty for CPU; empty for KIND_GPU means every GPU the serving machine shows, `gpu:all`).
         instances_per_gpu: model instances on each listed GPU (Triton's `count` is per GPU for KIND_GPU).
         cpu_instances: model instances in total for KIND_CPU.
         cpu_threads: intra-op threads of each CPU instance's engine (0: the engine's default, every core).
+        interactive_instances: single-threaded CPU instances of a copy of the network that only interactive
+            requests reach (capacity bulk traffic cannot occupy); 0: none.
     """
 
     kind: InstanceKind
@@ -78,20 +88,29 @@ class DevicePlan:
     instances_per_gpu: int = 1
     cpu_instances: int = 1
     cpu_threads: int = 0
+    interactive_instances: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind == "KIND_GPU" and not self.gpus:
-            raise ValueError("a GPU plan needs at least one GPU id")
         if self.kind == "KIND_CPU" and self.gpus:
             raise ValueError("a CPU plan lists no GPUs")
         if self.instances_per_gpu < 1 or self.cpu_instances < 1:
             raise ValueError("instance counts must be >= 1")
         if self.cpu_threads < 0:
             raise ValueError("cpu_threads must be >= 0 (0: the engine's default)")
+        if self.interactive_instances < 0:
+            raise ValueError("interactive_instances must be >= 0")
+
+    @property
+    def every_gpu(self) -> bool:
+        """KIND_GPU with no device list: Triton puts `count` instances on each GPU the server sees."""
+        return self.kind == "KIND_GPU" and not self.gpus
 
     @property
     def total_instances(self) -> int:
-        return len(self.gpus) * self.instances_per_gpu if self.kind == "KIND_GPU" else self.cpu_instances
+        """Network instances (per visible GPU for an every-GPU plan, whose GPU count is the serving machine's)."""
+        if self.kind == "KIND_GPU":
+            return max(1, len(self.gpus)) * self.instances_per_gpu
+        return self.cpu_instances
 
     @property
     def tokenizer_instances(self) -> int:
@@ -108,19 +127,26 @@ class DevicePlan:
     def describe(self) -> str:
         if self.kind == "KIND_CPU":
             threads = f"{self.cpu_threads} intra-op thread(s) each" if self.cpu_threads else "engine-default threads"
-            return f"CPU: {self.cpu_instances} instance(s) x {threads}"
+            reserve = (
+                f" + {self.interactive_instances} interactive-only instance(s) x 1 thread"
+                if self.interactive_instances
+                else ""
+            )
+            return f"CPU: {self.cpu_instances} instance(s) x {threads}{reserve}"
+        if self.every_gpu:
+            return f"every visible GPU x {self.instances_per_gpu} instance(s) each"
         gpu_list = ",".join(map(str, self.gpus))
         return f"{len(self.gpus)} GPU(s) [{gpu_list}] x {self.instances_per_gpu} instance(s) = {self.total_instances}"
 
 
-def parse_gpu_ids(text: str) -> tuple[int, ...]:
+def parse_gpu_ids(text: str, flag: str = "--gpus") -> tuple[int, ...]:
     """Parses "0,1,3" into (0, 1, 3); ids must be unique non-negative integers."""
     try:
         ids = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"--gpus must be auto, none or comma-separated GPU ids, got {text!r}") from None
+        raise ValueError(f"{flag} must be auto, none or comma-separated GPU ids, got {text!r}") from None
     if not ids or any(gpu < 0 for gpu in ids) or len(set(ids)) != len(ids):
-        raise ValueError(f"--gpus needs unique non-negative GPU ids, got {text!r}")
+        raise ValueError(f"{flag} needs unique non-negative GPU ids, got {text!r}")
     return ids
 
 
@@ -150,6 +176,7 @@ def plan_devices(
     cpu_threads: int | None = None,
     cpu_cores: int | None = None,
     device_count: Callable[[], int] = detect_gpu_count,
+    interactive_instances: int | None = None,
 ) -> DevicePlan:
     """Turns the `--gpus` and CPU options into a DevicePlan.
 
@@ -161,6 +188,8 @@ def plan_devices(
         cpu_threads: intra-op threads per CPU instance (None: planned from the cores).
         cpu_cores: cores the CPU plan fills (None: the cores this process may use).
         device_count: GPU counter; tests inject a fake.
+        interactive_instances: interactive-only network instances (None: 1 on CPU, 0 on GPUs, where executions
+            are short; `plan_execution_cap`).
     """
     choice = gpus.strip().lower()
     if choice == "auto":
@@ -168,5 +197,177 @@ def plan_devices(
         choice = ",".join(map(str, range(detected))) if detected > 0 else "none"
     if choice in ("none", "cpu"):
         instances, threads = plan_cpu(cpu_cores or usable_cores(), cpu_instances, cpu_threads)
-        return DevicePlan("KIND_CPU", cpu_instances=instances, cpu_threads=threads, instances_per_gpu=instances_per_gpu)
+        return DevicePlan(
+            "KIND_CPU",
+            cpu_instances=instances,
+            cpu_threads=threads,
+            instances_per_gpu=instances_per_gpu,
+            interactive_instances=CPU_INTERACTIVE_INSTANCES if interactive_instances is None else interactive_instances,
+        )
+    if interactive_instances:
+        raise ValueError("interactive-only instances are a CPU plan feature (GPU executions are short)")
     return DevicePlan("KIND_GPU", parse_gpu_ids(choice), instances_per_gpu)
+
+
+# --- bounded executions -------------------------------------------------------------------------------------------
+CPU_INTERACTIVE_INSTANCES = 1
+# One execution may take at most this share of the interactive queue-wait budget: an interactive request that finds
+# every instance busy then still starts within half its budget, leaving the rest for Triton's scheduling rounds.
+EXECUTION_BUDGET_SHARE = 0.5
+# Speed of one GPU instance relative to one CPU engine thread, for the cap only (an assumption, not measured here:
+# a data-centre GPU runs ESM-2 in fp16 two to three orders of magnitude faster than one CPU core).
+GPU_SPEEDUP_OVER_CPU_THREAD = 200.0
+# Multi-threaded CPU engines do not scale linearly (reports/engines.md: 2 threads ran 1022 tokens 1.8x one thread).
+THREAD_SCALING_EXPONENT = 0.85
+
+
+@dataclass(frozen=True)
+class ExecutionCap:
+    """How much one network execution may hold.
+
+    Attributes:
+        max_batch_size: sequences per execution (Triton enforces it on every request and every formed batch).
+        token_budget: sequences x padded length per execution (config parameter `execution_token_budget`; clients
+            split their calls to respect it; one sequence alone may exceed it).
+        tokens_per_s: the engine speed the cap was derived from (one instance, slowest tokens).
+        execution_s: the longest execution the cap allows at that speed.
+    """
+
+    max_batch_size: int
+    token_budget: int
+    tokens_per_s: float
+    execution_s: float
+
+    def describe(self) -> str:
+        return (
+            f"at most {self.max_batch_size} sequence(s) and {self.token_budget} padded tokens per execution "
+            f"(~{self.execution_s * 1000:.0f} ms at an estimated {self.tokens_per_s:,.0f} tokens/s per instance)"
+        )
+
+
+def instance_tokens_per_s(plan: DevicePlan, cpu_thread_tokens_per_s: float) -> float:
+    """Estimated speed of one network instance of `plan` from the speed of one single-threaded CPU engine."""
+    if plan.kind == "KIND_GPU":
+        return cpu_thread_tokens_per_s * GPU_SPEEDUP_OVER_CPU_THREAD
+    threads = plan.cpu_threads or usable_cores()
+    return cpu_thread_tokens_per_s * threads**THREAD_SCALING_EXPONENT
+
+
+def plan_execution_cap(
+    plan: DevicePlan,
+    cpu_thread_tokens_per_s: float,
+    interactive_budget_s: float,
+    max_tokens: int,
+    ceiling: int = 64,
+) -> ExecutionCap:
+    """The per-execution cap of a network: the work one instance does in EXECUTION_BUDGET_SHARE of the interactive
+    budget, never less than one sequence of `max_tokens` (no cap splits a sequence).
+
+    CPU plans cap the *count*: max_batch_size = budget // max_tokens (at least 1), so no execution Triton forms
+    exceeds the budget whatever the lengths (the dynamic batcher merges queued requests of one shape up to
+    max_batch_size and knows nothing of tokens); CPU engines are compute-bound, a batch runs no faster per sequence
+    than batch 1 (reports/engines.md), so nothing is lost. GPU plans keep max_batch_size at `ceiling`: GPUs need
+    batches for throughput and their executions are short; the token budget (<= ceiling x max_tokens) still bounds
+    each client request.
+    """
+    if cpu_thread_tokens_per_s <= 0 or interactive_budget_s <= 0 or max_tokens < 1 or ceiling < 1:
+        raise ValueError("engine speed, interactive budget, max_tokens and ceiling must be positive")
+    speed = instance_tokens_per_s(plan, cpu_thread_tokens_per_s)
+    budget = max(max_tokens, int(speed * interactive_budget_s * EXECUTION_BUDGET_SHARE))
+    if plan.kind == "KIND_CPU":
+        max_batch_size = max(1, min(ceiling, budget // max_tokens))
+        budget = min(budget, max_batch_size * max_tokens)
+    else:
+        max_batch_size = ceiling
+        budget = min(budget, ceiling * max_tokens)
+    return ExecutionCap(max_batch_size, budget, speed, budget / speed)
+
+
+# --- serving target: the machine a repository is exported for, written down beside its models -------------------
+
+TARGET_FILENAME = SERVING_TARGET_FILENAME  # the record's file (tritonfleet.contract.serving_target)
+TARGET_HELP = (
+    "the machine that will serve the repository: cpu:CORES (CPU plan for that many cores), gpu:IDS (e.g. gpu:0,1), "
+    "gpu:all (KIND_GPU with no device list: every GPU the server sees) or auto (this machine: its GPUs, else its "
+    "usable cores; printed)"
+)
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    """A parsed `--target`: ("cpu", cores, ()) / ("gpu", 0, ids) / ("gpu", 0, ()) for every GPU."""
+
+    kind: Literal["cpu", "gpu"]
+    cores: int = 0
+    gpus: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        if self.kind == "cpu":
+            return f"cpu:{self.cores}"
+        return "gpu:" + (",".join(map(str, self.gpus)) if self.gpus else "all")
+
+
+def parse_target(text: str) -> ServingTarget:
+    """'cpu:4' | 'gpu:0,1' | 'gpu:all' -> ServingTarget (auto is resolved by `resolve_target`)."""
+    kind, separator, value = text.strip().lower().partition(":")
+    if kind == "cpu" and separator:
+        try:
+            cores = int(value)
+        except ValueError:
+            cores = 0
+        if cores < 1:
+            raise ValueError(f"--target cpu:CORES needs a core count >= 1, got {text!r}")
+        return ServingTarget("cpu", cores=cores)
+    if kind == "gpu" and separator:
+        if value == "all":
+            return ServingTarget("gpu")
+        return ServingTarget("gpu", gpus=parse_gpu_ids(value, flag="--target gpu:IDS"))
+    raise ValueError(f"--target must be cpu:CORES, gpu:IDS, gpu:all or auto, got {text!r}")
+
+
+def resolve_target(text: str, device_count: Callable[[], int] = detect_gpu_count) -> tuple[ServingTarget, bool]:
+    """(target, chosen by auto): auto is this machine: every detected GPU by id, else its usable cores."""
+    if text.strip().lower() != "auto":
+        return parse_target(text), False
+    detected = device_count()
+    if detected > 0:
+        return ServingTarget("gpu", gpus=tuple(range(detected))), True
+    return ServingTarget("cpu", cores=usable_cores()), True
+
+
+def legacy_target(gpus: str | None, cpu_cores: int | None) -> str | None:
+    """The `--target` that the old `--gpus`/`--cpu-cores` spellings meant (None when neither was given)."""
+    if gpus is None and cpu_cores is None:
+        return None
+    choice = (gpus or "none").strip().lower()
+    if choice in ("none", "cpu"):
+        return f"cpu:{cpu_cores or usable_cores()}"
+    if choice == "auto":
+        return "auto" if cpu_cores is None else f"cpu:{cpu_cores}" if detect_gpu_count() == 0 else "auto"
+    return f"gpu:{choice}"
+
+
+def plan_target(
+    target: ServingTarget,
+    instances_per_gpu: int = 1,
+    cpu_instances: int | None = None,
+    cpu_threads: int | None = None,
+    **options: int | None,
+) -> DevicePlan:
+    """The DevicePlan of a serving target: `plan_devices` for its cores or GPU ids (`options` are its other keyword
+    arguments); every GPU for gpu:all."""
+    if target.kind == "cpu":
+        return plan_devices("none", instances_per_gpu, cpu_instances, cpu_threads, target.cores, **options)
+    if not target.gpus:
+        return DevicePlan("KIND_GPU", (), instances_per_gpu)
+    return plan_devices(",".join(map(str, target.gpus)), instances_per_gpu, cpu_instances, cpu_threads, **options)
+
+
+def target_record(target: ServingTarget, chosen_by_auto: bool, plan: DevicePlan, precision: str) -> dict[str, str]:
+    """What `serving_target.json` at the repository root says (deterministic: committed with the configs)."""
+    return {
+        "target": str(target),
+        "chosen_by": "auto (the exporting machine)" if chosen_by_auto else "--target",
+        "plan": plan.describe(),
+        "precision": precision,
+    }

@@ -285,10 +285,17 @@ def ensemble_config(
     steps: Sequence[EnsembleStep],
     max_batch_size: int,
     parameters: Mapping[str, str],
+    response_cache: bool = False,
 ) -> mc.ModelConfig:
-    """Config of an ensemble (no instance_group, optimization or warmup: Triton forbids them there)."""
+    """Config of an ensemble (no instance_group, optimization or warmup: Triton forbids them there).
+
+    `response_cache`: Triton answers a repeated request from its response cache (the server needs
+    `--cache-config`). Its key is the model, version and input names and bytes, not the requested outputs, so only
+    models whose every response holds every output (one output, or clients that always ask for all) may use it."""
     config = _model_config(name, platform="ensemble")
     config.max_batch_size = max_batch_size
+    if response_cache:
+        config.response_cache.enable = True
     _add_tensors(config.input, inputs, [spec.name for spec in inputs])
     _add_tensors(config.output, outputs, [spec.name for spec in outputs])
     for step in steps:

@@ -22,12 +22,16 @@ from typing import Any
 from tritonfleet.export.model_config import MODEL_FILENAMES, Format
 from tritonfleet.export.onnx_export import OPSET, OnnxExporter
 from tritonfleet.export.parity import (
+    INVARIANT_PRECISIONS,
     SIMILARITY_GATES,
+    InvarianceCase,
     ParityCase,
     as_outputs,
+    check_invariance,
     check_parity,
     check_similarity,
     eager_runner,
+    row_invariance_cases,
 )
 from tritonfleet.export.signature import (
     ExportError,
@@ -42,8 +46,44 @@ from tritonfleet.export.signature import (
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
-# fp32/fp16: the module as it is; int8: dynamically quantized linear layers; bf16: CPU autocast (TorchScript only).
+# fp32/fp16: the module as it is; int8: int8 linear layers (ONNX: per-row activation scales, batch invariant);
+# bf16: CPU autocast (TorchScript only).
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+# Formats whose int8 scales activations per tensor (over the whole batch): their int8 outputs depend on the batch.
+# A repository-wide int8 ships them in fp32 (engine_precisions); asked for explicitly, the invariance gate refuses it.
+PER_TENSOR_INT8_FORMATS = frozenset({"torchscript"})
+# Batches the invariance figure of a precision that is never invariant (bf16, fp16) is measured on.
+REPORTED_INVARIANCE_CASES = 2
+# A precision for every format, or one per format ({"onnx": "int8", "torchscript": "fp32"}).
+PrecisionSpec = str | Mapping[str, str]
+
+
+def engine_precisions(precision: PrecisionSpec, formats: Sequence[str]) -> dict[str, str]:
+    """The precision of each format: a mapping as given (formats it leaves out: fp32), or one precision for all,
+    except that "int8" keeps the formats without a batch-invariant int8 (TorchScript) in fp32."""
+    if not isinstance(precision, str):
+        unknown = sorted(set(precision) - set(formats))
+        if unknown:
+            raise ExportError(f"precision given for {', '.join(unknown)}, not among the formats {', '.join(formats)}")
+        chosen = {fmt: precision.get(fmt, "fp32") for fmt in formats}
+    else:
+        chosen = {fmt: precision for fmt in formats}
+        if precision == "int8":
+            chosen.update({fmt: "fp32" for fmt in formats if fmt in PER_TENSOR_INT8_FORMATS})
+    bad = sorted({value for value in chosen.values() if value not in PRECISIONS})
+    if bad:
+        raise ExportError(f"precision {', '.join(bad)}: choose one of {', '.join(PRECISIONS)}")
+    return chosen
+
+
+def describe_precisions(precisions: Mapping[str, str]) -> str:
+    """ "int8" when every format has it, else "onnx=int8,torchscript=fp32"."""
+    values = set(precisions.values())
+    if len(values) == 1:
+        return values.pop()
+    return ",".join(f"{fmt}={value}" for fmt, value in precisions.items())
+
+
 # Builds an ONNX graph of the module itself (e.g. ESM-2's fused attention) instead of torch.onnx:
 # builder(module, path, data_location=<file name for external weights>).
 OnnxBuilder = Callable[..., Any]
@@ -61,6 +101,11 @@ class ExportReport:
     parity: dict[str, float] = field(default_factory=dict)
     similarity: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # per format: its precision, its max abs difference alone vs in a batch, and whether it is batch invariant
+    # (fp32/int8 passed the invariance gate; bf16/fp16 never are): a response cache may serve only invariant ones.
+    precisions: dict[str, str] = field(default_factory=dict)
+    invariance: dict[str, float] = field(default_factory=dict)
+    batch_invariant: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,11 +182,14 @@ def export_network(
     parity_cases: Sequence[ParityCase] = (),
     onnx_exporter: OnnxExporter = "dynamo",
     max_dynamic_size: int | None = None,
-    precision: str = "fp32",
+    precision: PrecisionSpec = "fp32",
     onnx_builder: OnnxBuilder | None = None,
+    invariance_cases: Sequence[InvarianceCase] | None = None,
 ) -> None:
     """Exports the network in every format of `models` ({format: model name}) and checks it on `parity_cases`:
-    fp32/fp16 against eager within the dtype's tolerance, int8/bf16 with the similarity gate (export.parity).
+    fp32/fp16 against eager within the dtype's tolerance, int8/bf16 with the similarity gate (export.parity); then
+    batch invariance on `invariance_cases` (default: each row of the parity cases alone), enforced for fp32 and int8.
+    `precision` is one for every format or a mapping per format (`engine_precisions`).
 
     Each file is written next to its final name and moved there only when every format has passed, so a failure
     leaves the repository as it was (model directories this call created are removed again).
@@ -151,7 +199,19 @@ def export_network(
             disagrees with eager PyTorch (ParityError, with the figures).
     """
     report.signature = network.signature
-    report.precision = precision
+    precisions = engine_precisions(precision, list(models))
+    report.precision = precision if isinstance(precision, str) else describe_precisions(precisions)
+    report.precisions.update(precisions)
+    for fmt, chosen in precisions.items():
+        if isinstance(precision, str) and chosen != precision:
+            logger.warning(
+                "%s: its int8 (dynamic quantization) scales activations per tensor, so outputs would depend on the "
+                "batch: exported in %s (ask for it explicitly with a per-format precision to see the gate refuse it)",
+                fmt,
+                chosen,
+            )
+    if invariance_cases is None:
+        invariance_cases = row_invariance_cases(parity_cases)
     created = [output / model for model in models.values() if not (output / model).exists()]
     staged: list[tuple[Path, Path]] = []
     try:
@@ -166,8 +226,9 @@ def export_network(
                 parity_cases,
                 onnx_exporter,
                 max_dynamic_size,
-                precision,
+                precisions[fmt],
                 onnx_builder,
+                invariance_cases,
             )
     except BaseException:
         for temporary, _ in staged:
@@ -190,6 +251,7 @@ def _export_format(
     max_dynamic_size: int | None,
     precision: str,
     onnx_builder: OnnxBuilder | None,
+    invariance_cases: Sequence[InvarianceCase],
 ) -> None:
     from tritonfleet.export.onnx_export import onnx_runner
     from tritonfleet.export.torchscript import export_torchscript, torchscript_runner
@@ -228,6 +290,17 @@ def _export_format(
     else:
         report.parity[fmt] = check_parity(fmt, reference, candidate, parity_cases, outputs).worst
     report.seconds[f"{fmt}_parity"] = time.perf_counter() - started
+    if not invariance_cases:
+        logger.warning("batch invariance check for %s skipped (no batch of several samples)", fmt)
+        return
+    started = time.perf_counter()
+    enforced = precision in INVARIANT_PRECISIONS
+    # bf16/fp16 are never invariant: a figure from a couple of batches is enough (fp16 runs slowly on the CPU)
+    cases = invariance_cases if enforced else invariance_cases[:REPORTED_INVARIANCE_CASES]
+    invariance = check_invariance(f"{precision} {fmt}", candidate, cases, outputs, enforced=enforced)
+    report.invariance[fmt] = invariance.worst
+    report.batch_invariant[fmt] = enforced and invariance.invariant
+    report.seconds[f"{fmt}_invariance"] = time.perf_counter() - started
 
 
 def _write_onnx(
@@ -241,9 +314,12 @@ def _write_onnx(
     """Writes the fp32 graph (the builder's or torch.onnx's), quantized when int8."""
     from tritonfleet.export.onnx_export import export_onnx
 
+    data_location = MODEL_FILENAMES["onnx"] + ".data"  # weights over ~1.8 GB, beside the final model.onnx
     graph_path = path if precision != "int8" else path.with_name(path.name + ".fp32")
     if onnx_builder is not None:
-        onnx_builder(network.module, graph_path, data_location=MODEL_FILENAMES["onnx"] + ".data")
+        # the fp32 intermediate of an int8 export keeps its external weights apart, removed with it
+        fp32_data = data_location if precision != "int8" else graph_path.name + ".data"
+        onnx_builder(network.module, graph_path, data_location=fp32_data)
     else:
         export_onnx(
             network.module, network.signature, network.example, graph_path, onnx_exporter, OPSET, max_dynamic_size
@@ -252,9 +328,10 @@ def _write_onnx(
         from tritonfleet.export.quantize import quantize_onnx_int8
 
         try:
-            quantize_onnx_int8(graph_path, path)
+            quantize_onnx_int8(graph_path, path, data_location=data_location)
         finally:
             graph_path.unlink(missing_ok=True)
+            graph_path.with_name(graph_path.name + ".data").unlink(missing_ok=True)
 
 
 _EXPORT_HINTS: dict[str, str] = {

@@ -30,7 +30,13 @@ class ParityError(ExportError, AssertionError):
 
 
 class QualityGateError(ParityError):
-    """A reduced-precision variant (int8, bf16) falls below its similarity gate against eager fp32."""
+    """A variant fails a quality gate: a reduced-precision one (int8, bf16) below its similarity to eager fp32, or
+    an fp32/int8 one whose outputs depend on the batch (InvarianceGateError)."""
+
+
+class InvarianceGateError(QualityGateError):
+    """A variant that must be batch invariant (fp32, int8) gives a sequence other outputs inside a batch than
+    alone, beyond INVARIANCE_TOLERANCE."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,117 @@ def check_similarity(
             f"{result.describe()}; export in fp32 (--precision fp32), or leave this format out (--formats)"
         )
     return result
+
+
+# Batch invariance: a sample's outputs alone and inside a batch (with other samples, and padding where the recipe pads)
+# agree within this max abs difference. fp32 and int8 (the CPU precisions; int8 with per-row activation scales,
+# export.quantize) must meet it, or the export is refused like a variant below its cosine gate; bf16 and fp16 cannot
+# (their kernels' rounding depends on the shapes), so their figure is reported and the variant marked not
+# invariant: a response cache must never serve them (ExportReport.batch_invariant, config parameter
+# `batch_invariant`).
+INVARIANCE_TOLERANCE = 1e-5
+INVARIANT_PRECISIONS = frozenset({"fp32", "int8"})
+
+
+@dataclass(frozen=True)
+class InvarianceCase:
+    """A batch and some of its members run alone: `members` are (row in `batch`, the member's own inputs).
+
+    A member's own inputs may be shorter than its row (a protein alone is padded to its own length, not to its
+    batch's bucket): outputs are compared over the region both have (each axis cut to the shorter of the two)."""
+
+    label: str
+    batch: Sample
+    members: tuple[tuple[int, Sample], ...]
+
+
+def row_invariance_cases(cases: Sequence[ParityCase]) -> list[InvarianceCase]:
+    """For any model whose batch rows are independent: every row of each parity case alone vs in its batch."""
+    found = []
+    for case in cases:
+        rows = int(case.inputs[0].shape[0]) if case.inputs and case.inputs[0].ndim else 0
+        if rows < 2:
+            continue
+        members = tuple((row, tuple(array[row : row + 1] for array in case.inputs)) for row in range(rows))
+        found.append(InvarianceCase(f"{case.label}: each of {rows} rows alone", case.inputs, members))
+    return found
+
+
+@dataclass(frozen=True)
+class InvarianceResult:
+    """The largest difference between a member's outputs alone and inside its batch, per output."""
+
+    variant: str
+    max_abs_diff: dict[str, float]
+    tolerance: float
+    enforced: bool
+    cases: int
+    members: int
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values(), default=0.0)
+
+    @property
+    def invariant(self) -> bool:
+        return self.worst <= self.tolerance
+
+    def describe(self) -> str:
+        figures = ", ".join(f"{name} {diff:.2e}" for name, diff in self.max_abs_diff.items())
+        if self.invariant:
+            verdict = "OK"
+        elif self.enforced:
+            verdict = f"REFUSED (> {self.tolerance:g})"
+        else:
+            verdict = f"NOT INVARIANT (> {self.tolerance:g}; never served from a response cache)"
+        return (
+            f"batch invariance {self.variant}: max abs diff alone vs in a batch {figures} over {self.members} "
+            f"member(s) of {self.cases} batch(es) {verdict}"
+        )
+
+
+def check_invariance(
+    variant: str,
+    candidate: Runner,
+    cases: Sequence[InvarianceCase],
+    outputs: Sequence[TensorSpec],
+    enforced: bool = True,
+    tolerance: float = INVARIANCE_TOLERANCE,
+) -> InvarianceResult:
+    """Runs every batch and its members alone; raises InvarianceGateError (with the figures) when `enforced` and a
+    member's outputs differ by more than `tolerance` (max abs)."""
+    worst = {spec.name: 0.0 for spec in outputs}
+    members = 0
+    alone_outputs: dict[tuple, tuple] = {}  # a sample that is a member of several batches runs alone once
+    for case in cases:
+        batched = candidate(*case.batch)
+        for row, inputs in case.members:
+            members += 1
+            key = tuple((array.dtype.str, array.shape, array.tobytes()) for array in map(np.asarray, inputs))
+            if key not in alone_outputs:
+                alone_outputs[key] = candidate(*inputs)
+            alone = alone_outputs[key]
+            for spec, in_batch, by_itself in zip(outputs, batched, alone, strict=True):
+                inside, own = np.asarray(in_batch)[row], np.asarray(by_itself)[0]
+                if inside.ndim != own.ndim:
+                    raise ParityError(f"{variant} {spec.name} [{case.label}]: rank differs alone vs in a batch")
+                region = tuple(slice(0, min(a, b)) for a, b in zip(inside.shape, own.shape))
+                inside, own = inside[region], own[region]
+                if not inside.size:
+                    continue
+                if np.issubdtype(inside.dtype, np.floating) or np.issubdtype(own.dtype, np.floating):
+                    difference = float(np.max(np.abs(inside.astype(np.float64) - own.astype(np.float64))))
+                else:
+                    difference = 0.0 if np.array_equal(inside, own) else float("inf")
+                worst[spec.name] = max(worst[spec.name], difference)
+    result = InvarianceResult(variant, worst, tolerance, enforced, len(cases), members)
+    if result.invariant or not enforced:
+        (logger.info if result.invariant else logger.warning)(result.describe())
+        return result
+    raise InvarianceGateError(
+        f"{result.describe()}: this engine's outputs depend on the batch; export fp32 (--precision fp32), or "
+        "leave this format out (--formats)"
+    )
 
 
 def as_outputs(result) -> tuple:

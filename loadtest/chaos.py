@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonfleet.client import ClientConfig, EmbeddingClient
+from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.deploy.local import LocalTritonServer, local_server
 from tritonfleet.deploy.local.stubs import list_stub_processes
 
@@ -216,8 +217,8 @@ def _report(options, outcomes, killed_at, detected_at, recovered_at, repairs) ->
     return 0 if passed else 1
 
 
-def parse_args(argv: list[str] | None = None) -> ChaosOptions:
-    parser = argparse.ArgumentParser(prog="python -m tritonfleet.loadtest.chaos", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadtest.chaos") -> ChaosOptions:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=None, help="default: model_repository/ if exported")
     parser.add_argument("--victim", default="esm2_onnx", help="model whose stub is killed")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
@@ -237,9 +238,9 @@ def parse_args(argv: list[str] | None = None) -> ChaosOptions:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadtest.chaos") -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(parse_args(argv))
+    return run(parse_args(argv, prog))
 
 
 if __name__ == "__main__":

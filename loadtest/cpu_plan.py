@@ -26,6 +26,7 @@ from pathlib import Path
 import tritonclient.http as httpclient
 
 from tritonfleet.contract import esm2_tokens
+from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.model_config import config_to_json, read_config
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.bench.engines import raw_ceiling
@@ -151,10 +152,8 @@ def render(results: list[Result], raw: dict[str, dict[str, float]], chosen: str,
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tritonfleet.loadtest.cpu_plan", description=__doc__.splitlines()[0]
-    )
+def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadtest.cpu_plan") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--precision", default="auto", help="export precision (default: the export's default)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sequences", type=int, default=64)

@@ -27,17 +27,21 @@ import numpy as np
 from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
 from tritonfleet.loadtest.bench.report import machine_description
 
-# variant -> (export_esm2 arguments, format): every file a user can get from `python -m export esm2`.
+# variant -> (export_esm2 arguments, format): every file a user can get from `python -m export esm2`. TorchScript
+# has no int8 here: its dynamic int8 scales activations per tensor (not batch invariant), so an int8 export ships
+# TorchScript in fp32; ONNX int8 is per-row (export.quantize).
 VARIANTS: dict[str, tuple[dict, str]] = {
     "torchscript fp32": ({"precision": "fp32", "formats": ("torchscript",)}, "torchscript"),
     "torchscript bf16": ({"precision": "bf16", "formats": ("torchscript",)}, "torchscript"),
-    "torchscript int8": ({"precision": "int8", "formats": ("torchscript",)}, "torchscript"),
     "onnx exported fp32": ({"precision": "fp32", "formats": ("onnx",), "onnx_graph": "exported"}, "onnx"),
     "onnx fused fp32": ({"precision": "fp32", "formats": ("onnx",), "onnx_graph": "fused"}, "onnx"),
     "onnx exported int8": ({"precision": "int8", "formats": ("onnx",), "onnx_graph": "exported"}, "onnx"),
     "onnx fused int8": ({"precision": "int8", "formats": ("onnx",), "onnx_graph": "fused"}, "onnx"),
 }
 EAGER = "eager fp32 (SDPA)"
+# For comparison only, not shipped: ONNX Runtime's dynamic int8 (one activation scale per tensor, so a sequence's
+# vectors depend on its batch-mates; the export's invariance gate refuses it), quantized from the fused fp32 file.
+PER_TENSOR_INT8 = "onnx fused int8 per-tensor (not shipped)"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,17 @@ def build_runners(size: str, threads: int, workdir: Path, refused: dict[str, str
             runners[variant] = _onnx_runner(session)
         else:
             runners[variant] = _torch_runner(torch.jit.load(str(output / "esm2_torchscript" / "1" / "model.pt")))
+    fused_fp32 = workdir / f"{size}-onnx-fused-fp32" / "esm2_onnx" / "1" / "model.onnx"
+    if fused_fp32.is_file():
+        from tritonfleet.export.quantize import quantize_onnx_int8_per_tensor
+
+        per_tensor = workdir / f"{size}-per-tensor-int8.onnx"
+        if not per_tensor.exists():
+            quantize_onnx_int8_per_tensor(fused_fp32, per_tensor)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(str(per_tensor), options, providers=["CPUExecutionProvider"])
+        runners[PER_TENSOR_INT8] = _onnx_runner(session)
     return runners
 
 
@@ -123,7 +138,7 @@ def measure(
 
 def render(results: list[Measurement], refused: dict[str, str], command: str, seconds: float) -> str:
     machine = machine_description()
-    variants = [EAGER, *(name for name in VARIANTS if any(r.variant == name for r in results))]
+    variants = [EAGER, *(name for name in (*VARIANTS, PER_TENSOR_INT8) if any(r.variant == name for r in results))]
     index = {(r.size, r.threads, r.length, r.batch, r.variant): r.seq_per_s for r in results}
     keys = sorted({(r.size, r.threads, r.length, r.batch) for r in results}, key=lambda k: (len(k[0]), k[0], *k[1:]))
     lines = [
@@ -138,7 +153,10 @@ def render(results: list[Measurement], refused: dict[str, str], command: str, se
         "Each cell: seq/s (ratio to eager fp32 PyTorch with SDPA attention, same size, length, batch and threads). "
         "Rows of L tokens without padding; median of interleaved rounds. Every variant is the file `python -m export "
         "esm2` writes, which passed its quality gate at export (fp32: max abs diff <= 1e-4; int8/bf16: pooled cosine "
-        ">= 0.999 and per-residue >= 0.99 vs eager fp32).",
+        ">= 0.999 and per-residue >= 0.99 vs eager fp32; fp32/int8: a sequence's outputs alone vs inside padded mixed "
+        "batches within 1e-5). ONNX int8 = per-row (per-token) activation scales, integer MatMuls (batch invariant); "
+        f"`{PER_TENSOR_INT8}` = ONNX Runtime's dynamic int8, one activation scale per batch, for comparison only "
+        "(refused by the invariance gate).",
         "",
         "| size | threads | L | batch | " + " | ".join(variants) + " |",
         "|---|---:|---:|---:|" + "---:|" * len(variants),

@@ -9,6 +9,8 @@ embeddings against eager PyTorch on the same device (fp32: max abs diff; fp16: c
 measure esm2_onnx, esm2_torchscript and the esm2 ensemble with perf_analyzer at concurrency 1/16/64, with the
 networks' dynamic batching on (the GPU plan: preferred sizes within 2 ms) and off (no dynamic_batching: one request
 per execution), sampling GPU utilisation with nvidia-smi during every point.
+Last, the fleet step: the first precision's repository served by `deploy.fleet` with one replica per GPU (on CPU: one
+per core, at most 2) behind HAProxy, embedded through the gRPC front; the report lists each replica's share.
 
 Needs on the GPU host: CUDA torch, onnxruntime-gpu for the ONNX rows (`make setup ORT_EXTRA=gpu`; without it the
 check serves TorchScript only and says so), nvidia-pytriton and perf_analyzer as `make setup` installs them.
@@ -28,6 +30,7 @@ import tritonclient.http as httpclient
 
 from tritonfleet.client import ClientConfig, EmbeddingClient
 from tritonfleet.contract import esm2_tokens
+from tritonfleet.contract.command_line import HelpFormatter, add_deprecated
 from tritonfleet.contract.model_config import config_to_json, read_config
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.bench.report import machine_description
@@ -139,6 +142,65 @@ def run_precision(args, precision: str, device: str, workdir: Path) -> tuple[lis
     return parities, points, export
 
 
+def run_fleet_step(repository: Path, device: str, requests: int) -> dict:
+    """Serve `repository` with `deploy.fleet` (one replica per GPU; CPU: one per core, at most 2) and embed `requests`
+    sequences through the gRPC front from 8 threads; returns replicas, GPUs, seq/s, failures and per-replica shares."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tritonfleet.deploy.fleet import Fleet, FleetOptions
+    from tritonfleet.deploy.fleet.fleet import usable_cores, visible_gpus
+
+    gpus = visible_gpus() if device != "cpu" else ()
+    replicas = len(gpus) if gpus else min(2, len(usable_cores()))
+    options = FleetOptions(
+        repository, replicas=replicas, gpus=gpus, http_port=0, grpc_port=0, metrics_port=0, control_port=None,
+        exit_timeout_s=5,
+    )  # fmt: skip
+    sequences = generate_sequences(requests, "swissprot")
+    with Fleet(options) as fleet, EmbeddingClient(ClientConfig(url=fleet.grpc_url, protocol="grpc")) as client:
+        before = {row.name: row.total for row in fleet.api.stats() if row.backend == "triton_grpc"}
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda sequence: _embed_or_error(client, sequence), sequences))
+        seconds = time.perf_counter() - started
+        after = {row.name: row.total for row in fleet.api.stats() if row.backend == "triton_grpc"}
+        shares = {name: after[name] - before.get(name, 0) for name in fleet.replicas}
+        placement = {name: replica.gpu for name, replica in fleet.replicas.items()}
+    failed = [result for result in results if isinstance(result, str)]
+    return {
+        "replicas": replicas,
+        "placement": placement,
+        "requests": requests,
+        "failed": len(failed),
+        "first_error": failed[0] if failed else "",
+        "seq_per_s": requests / seconds,
+        "shares": shares,
+    }
+
+
+def _embed_or_error(client: EmbeddingClient, sequence: str):
+    try:
+        return client.embed([sequence])
+    except Exception as error:  # noqa: BLE001 - counted and reported
+        return f"{type(error).__name__}: {error}"
+
+
+def render_fleet(fleet: dict) -> list[str]:
+    total = sum(fleet["shares"].values()) or 1
+    shares = ", ".join(f"{name} {count / total:.0%}" for name, count in fleet["shares"].items())
+    placement = ", ".join(f"{name} on {'GPU ' + str(gpu) if gpu is not None else 'CPU'}" for name, gpu in
+                          fleet["placement"].items())  # fmt: skip
+    return [
+        "",
+        "## Fleet (one replica per GPU behind HAProxy)",
+        "",
+        f"`deploy.fleet`: {fleet['replicas']} replica(s) ({placement}); {fleet['requests']} sequences through the gRPC "
+        f"front from 8 threads: {fleet['seq_per_s']:.1f} seq/s, {fleet['failed']} failed"
+        + (f" (first: {fleet['first_error']})" if fleet["failed"] else "")
+        + f"; requests per replica: {shares}.",
+    ]
+
+
 def render(args, device: str, exports: dict, parities: list[ServedParity], points: list[Point], minutes: float) -> str:
     machine = machine_description()
     lines = [
@@ -184,12 +246,11 @@ def render(args, device: str, exports: dict, parities: list[ServedParity], point
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tritonfleet.loadtest.gpu_check", description=__doc__.split("\n")[0]
-    )
+def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadtest.gpu_check") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--model-size", default=None, help="ESM-2 size (default: 150M on GPU, 8M on CPU)")
+    parser.add_argument("--random-init", dest="model_size", help="ESM-2 size (default: 150M on GPU, 8M on CPU)")
+    add_deprecated(parser, "--model-size", "--random-init", dest="model_size")
     parser.add_argument("--precisions", default="fp32,fp16")
     parser.add_argument("--concurrencies", default="1,16,64")
     parser.add_argument("--sequences", type=int, default=128, help="requests in the perf_analyzer input data")
@@ -214,10 +275,13 @@ def main(argv: list[str] | None = None) -> int:
             served, measured, exports[precision] = run_precision(args, precision, device, Path(tmp))
             parities += served
             points += measured
+        first = args.precisions.split(",")[0]
+        fleet = run_fleet_step(Path(tmp) / first, device, 8 if args.quick else 256)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(args, device, exports, parities, points, (time.perf_counter() - started) / 60))
+    text = render(args, device, exports, parities, points, (time.perf_counter() - started) / 60)
+    args.output.write_text(text + "\n".join(render_fleet(fleet)) + "\n")
     print(f"wrote {args.output}")
-    return 0 if parities and all(parity.passed for parity in parities) else 1
+    return 0 if parities and all(parity.passed for parity in parities) and not fleet["failed"] else 1
 
 
 if __name__ == "__main__":

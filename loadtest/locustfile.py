@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from locust import LoadTestShape, between, constant, events, stats, task
 
+import argparse
 import json
 import threading
 import time
@@ -49,7 +50,13 @@ MAX_RECORDED_LATENCIES = 2_000_000  # per run; bounds memory on very long soaks
 def _add_triton_options(parser) -> None:
     group = parser.add_argument_group("tritonfleet")
     group.add_argument("--triton-model", default="esm2", help="model to load (default: the esm2 ensemble)")
-    group.add_argument("--triton-grpc-url", default="127.0.0.1:8001", help="gRPC address for the gRPC user")
+    group.add_argument(
+        "--url",
+        default="grpc://127.0.0.1:8001",
+        help="gRPC server of the gRPC users, grpc://HOST:PORT (HTTP users use Locust's --host)",
+    )
+    # Deprecated spelling of --url (one release); hidden, read by triton_user when given.
+    group.add_argument("--triton-grpc-url", default="", help=argparse.SUPPRESS)
     group.add_argument("--triton-outputs", default="embedding", choices=["embedding", "all"])
     group.add_argument("--length-mix", default="swissprot", help="swissprot | short | fixed-N")
     group.add_argument("--sequence-pool", type=int, default=1024, help="distinct sequences generated up front")

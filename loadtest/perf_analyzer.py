@@ -17,13 +17,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tritonfleet.contract.command_line import HelpFormatter, MissingToolError, warn_python_m
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOOLS_DIR = PROJECT_ROOT / ".tools" / "perf_analyzer"
 MANIFEST_NAME = "install.json"
 INSTALLER = "scripts/install_perf_analyzer.py"
 
 
-class PerfAnalyzerNotInstalledError(RuntimeError):
+class PerfAnalyzerNotInstalledError(MissingToolError):
     """No usable perf_analyzer installation; the message says how to install it."""
 
 
@@ -104,8 +106,8 @@ def write_wrapper(path: Path, tools_dir: Path = DEFAULT_TOOLS_DIR) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.perf_analyzer", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m loadtest.perf_analyzer") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--tools-dir", type=Path, default=DEFAULT_TOOLS_DIR, help="the installer's folder")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("path", help="print the command prefix that runs perf_analyzer")
@@ -131,4 +133,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    warn_python_m(__spec__.name if __spec__ else None, "perf-analyzer")
     sys.exit(main())

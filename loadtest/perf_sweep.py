@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tritonfleet.contract.command_line import HelpFormatter, add_deprecated, server_urls, warn_python_m
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.perf_analyzer import run_perf_analyzer
 from tritonfleet.loadtest.workload import (
@@ -352,7 +353,7 @@ def write_reports(result: SweepResult, config: SweepConfig, command: str) -> Pat
 def _server(args) -> Iterator[tuple[str, str]]:
     """(http url, grpc url) of the server to sweep: one started for the run, or the one given."""
     if not args.start_local_server:
-        yield args.http_url, args.grpc_url
+        yield args.urls["http"], args.urls["grpc"]
         return
     with local_server(args.model_repository) as server:
         yield server.http_url, server.grpc_url
@@ -362,14 +363,25 @@ def _csv_list(text: str, cast=str) -> tuple:
     return tuple(cast(part) for part in text.split(",") if part.strip())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.perf_sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-repository", type=Path, default=PROJECT_ROOT / "model_repository")
+PROGRAM = "python -m loadtest.perf_sweep"
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--start-local-server", action="store_true", help="serve --model-repository for the sweep")
-    parser.add_argument("--http-url", default="127.0.0.1:8000")
-    parser.add_argument("--grpc-url", default="127.0.0.1:8001")
+    parser.add_argument(
+        "--url",
+        action="append",
+        metavar="[SCHEME://]HOST:PORT",
+        help="the server (repeatable): http://HOST:PORT and/or grpc://HOST:PORT; without a scheme, the address of "
+        "the one --protocol (default: 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)",
+    )
+    add_deprecated(parser, "--http-url", "--url http://HOST:PORT", dest="http_url")
+    add_deprecated(parser, "--grpc-url", "--url grpc://HOST:PORT", dest="grpc_url")
     parser.add_argument("--models", default="", help="comma-separated; default: every model in the repository")
-    parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="both", help="protocols to sweep")
+    add_deprecated(parser, "--protocols", "--protocol http|grpc|both", dest="protocols")
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated concurrency points")
     parser.add_argument("--request-rates", default="", help="comma-separated req/s; default: from concurrency")
     parser.add_argument("--measurement-interval-ms", type=int, default=3000)
@@ -377,8 +389,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--length-mix", default="swissprot")
     parser.add_argument("--sequences", type=int, default=64, help="distinct sequences in the input data")
     parser.add_argument("--quick", action="store_true", help="CI smoke: concurrency 1 only, short windows")
-    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
+    parser.add_argument("--output", type=Path, default=Path("reports"), metavar="DIR", help="report folder")
+    add_deprecated(parser, "--report-dir", "--output", type=Path)
     args = parser.parse_args(argv)
+    protocols = _csv_list(getattr(args, "protocols", "")) or (
+        ("http", "grpc") if args.protocol == "both" else (args.protocol,)
+    )
+    urls = list(args.url or [])
+    urls += [f"http://{args.http_url.split('://', 1)[-1]}"] if getattr(args, "http_url", None) else []
+    urls += [f"grpc://{args.grpc_url.split('://', 1)[-1]}"] if getattr(args, "grpc_url", None) else []
+    try:
+        args.urls = server_urls([], ("http", "grpc")) | server_urls(urls, protocols)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
 
     targets = repository_targets(args.model_repository)
     if not targets:
@@ -393,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             http_url=http_url,
             grpc_url=grpc_url,
             models=models,
-            protocols=_csv_list(args.protocols),
+            protocols=protocols,
             concurrencies=(1,) if quick else _csv_list(args.concurrency, int),
             request_rates=_csv_list(args.request_rates, float),
             request_rate_fractions=() if quick else SweepConfig.request_rate_fractions,
@@ -401,15 +424,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_trials=args.max_trials,
             length_mix="short" if quick else args.length_mix,
             sequences=8 if quick else args.sequences,
-            report_dir=args.report_dir,
+            report_dir=args.output,
             request_count=8 if quick else 0,
         )
         result = run_sweep(config, targets, buckets_from_repository(args.model_repository))
-    command = "python -m loadtest.perf_sweep " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
     report = write_reports(result, config, command)
     print(report.read_text())
     return 0 if result.points and not result.failures else 1
 
 
 if __name__ == "__main__":
+    warn_python_m(__spec__.name if __spec__ else None, "perf")
     sys.exit(main())

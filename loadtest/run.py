@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tritonfleet.contract.command_line import HelpFormatter, add_deprecated, server_urls, warn_python_m
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.shapes import SHAPES
 from tritonfleet.loadtest.slo import SloPolicy, SloReport, evaluate_slo
@@ -131,7 +132,7 @@ def locust_command(config: LoadRunConfig) -> list[str]:
         spawn_rate = max(config.spawn_rate, config.user_count)  # every mixed user from the start
     return [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--skip-log-setup",
-        "-H", _with_scheme(config.http_url), "--triton-grpc-url", _without_scheme(config.grpc_url),
+        "-H", _with_scheme(config.http_url), "--url", f"grpc://{_without_scheme(config.grpc_url)}",
         "-u", str(config.user_count), "-r", str(spawn_rate), "-t", f"{seconds}s",
         "--stop-timeout", f"{config.stop_timeout_s:g}",
         "--load-shape", config.load_shape, "--shape-duration", str(config.run_time_s),
@@ -211,13 +212,23 @@ def format_verdict(summary: dict, report: SloReport, policy: SloPolicy) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__.splitlines()[0])
+PROGRAM = "python -m loadtest.run"
+
+
+def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     target = parser.add_argument_group("target")
-    target.add_argument("--host", default="http://127.0.0.1:8000", help="Triton HTTP address")
-    target.add_argument("--grpc-url", default="127.0.0.1:8001", help="Triton gRPC address")
+    target.add_argument(
+        "--url",
+        action="append",
+        metavar="[SCHEME://]HOST:PORT",
+        help="the server (repeatable): http://HOST:PORT and/or grpc://HOST:PORT; without a scheme, the address of "
+        "the one --protocol (default: 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)",
+    )
+    add_deprecated(target, "--host", "--url http://HOST:PORT", dest="host")
+    add_deprecated(target, "--grpc-url", "--url grpc://HOST:PORT", dest="grpc_url")
     target.add_argument("--start-local-server", action="store_true", help="serve --model-repository for the run")
-    target.add_argument("--model-repository", type=Path, default=PROJECT_ROOT / "model_repository")
+    target.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     load = parser.add_argument_group("load")
     load.add_argument("--protocol", choices=["http", "grpc", "both"], default="both")
     load.add_argument("--model", default="esm2")
@@ -240,15 +251,31 @@ def build_parser() -> argparse.ArgumentParser:
     slo.add_argument("--slo-p99-ms", type=float, default=SloPolicy.p99_latency_ms)
     slo.add_argument("--slo-max-failure-ratio", type=float, default=SloPolicy.max_failure_ratio)
     slo.add_argument("--slo-max-rejection-ratio", type=float, default=SloPolicy.max_rejection_ratio)
-    parser.add_argument("--report-dir", type=Path, default=PROJECT_ROOT / "reports")
+    parser.add_argument("--output", type=Path, default=Path("reports"), metavar="DIR", help="report folder")
+    add_deprecated(parser, "--report-dir", "--output", type=Path)
     parser.add_argument("--name", default="locust", help="report file prefix")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def target_urls(args: argparse.Namespace, protocols: Sequence[str]) -> dict[str, str]:
+    """{"http": HOST:PORT, "grpc": HOST:PORT} from --url (and the deprecated --host/--grpc-url)."""
+    urls = list(args.url or [])
+    if getattr(args, "host", None):
+        urls.append("http://" + args.host.split("://", 1)[-1])
+    if getattr(args, "grpc_url", None):
+        urls.append("grpc://" + args.grpc_url.split("://", 1)[-1])
+    return server_urls(urls, protocols)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     policy = SloPolicy(args.slo_p99_ms, args.slo_max_failure_ratio, args.slo_max_rejection_ratio)
     protocols = ("http", "grpc") if args.protocol == "both" else (args.protocol,)
+    try:
+        urls = server_urls([], ("http", "grpc")) | target_urls(args, protocols)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
 
     mixed = None
     if args.scenario == "mixed":
@@ -262,15 +289,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return LoadRunConfig(
             http_url=http_url, grpc_url=grpc_url, protocols=protocols, model=args.model, users=args.users,
             spawn_rate=args.spawn_rate, run_time_s=parse_run_time(args.run_time), load_shape=args.load_shape,
-            length_mix=args.length_mix, outputs=args.outputs, report_dir=args.report_dir, name=args.name,
+            length_mix=args.length_mix, outputs=args.outputs, report_dir=args.output, name=args.name,
             mixed=mixed, timeout_s=args.timeout_s,
         )  # fmt: skip
 
     if args.start_local_server:
         with local_server(args.model_repository) as server:
             return run_locust(config_for(server.http_url, server.grpc_url), policy)[0]
-    return run_locust(config_for(args.host, args.grpc_url), policy)[0]
+    return run_locust(config_for(urls["http"], urls["grpc"]), policy)[0]
 
 
 if __name__ == "__main__":
+    warn_python_m(__spec__.name if __spec__ else None, "loadtest")
     sys.exit(main())

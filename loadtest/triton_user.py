@@ -22,10 +22,26 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from tritonfleet.client.transport import infer_inputs, request_options, requested_outputs
+from tritonfleet.contract.command_line import split_url, warn_deprecated
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS
 from tritonfleet.contract.model_config import config_from_json
 from tritonfleet.contract.priorities import priority_level
 from tritonfleet.loadtest.workload import ModelTarget, PreparedRequest, prepare_request, refusal_kind
+
+_DEPRECATION_SHOWN: list[bool] = []
+
+
+def grpc_url(options: Any) -> str | None:
+    """HOST:PORT of the gRPC users: `--url grpc://HOST:PORT` (or the deprecated `--triton-grpc-url HOST:PORT`)."""
+    old = getattr(options, "triton_grpc_url", "")
+    if old:
+        if not _DEPRECATION_SHOWN:
+            _DEPRECATION_SHOWN.append(True)
+            warn_deprecated("--triton-grpc-url", "--url grpc://HOST:PORT")
+        return old.split("://", 1)[-1]
+    url = getattr(options, "url", None)
+    return split_url(url)[1] if url else None
+
 
 REJECTED_SUFFIX = " REJECTED"
 EXPIRED_SUFFIX = " EXPIRED"
@@ -157,7 +173,7 @@ class TritonUser(User):
     def __init__(self, environment) -> None:
         super().__init__(environment)
         options = environment.parsed_options
-        url = self.host if self.protocol == "http" else getattr(options, "triton_grpc_url", None) or self.host
+        url = self.host if self.protocol == "http" else grpc_url(options) or self.host
         self.triton = TritonLocustClient(url, self.protocol, environment.events.request, self.timeout_s)
         self.target = self.triton.model_target(self.model)
         self.output_names = self.target.output_names(self.outputs)

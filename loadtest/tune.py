@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.model_config import CONFIG_FILENAME, ModelConfig, instance_count, read_config, write_config
 from tritonfleet.deploy.local import local_server
 from tritonfleet.deploy.local.triton_admin import TritonAdmin
@@ -287,9 +288,11 @@ def model_config_parameters(space: SearchSpace, config: ModelConfig) -> dict[str
     if space.max_queue_delays_us:
         batching["max_queue_delay_microseconds"] = list(space.max_queue_delays_us)
     if space.preferred_batch_sizes:
-        too_big = [sizes for sizes in space.preferred_batch_sizes if max(sizes) > config.max_batch_size]
-        if too_big:
-            raise TuneError(f"{config.name}: preferred batch sizes {too_big} exceed {config.max_batch_size=}")
+        largest = max(max(sizes) for sizes in space.preferred_batch_sizes)
+        if largest > config.max_batch_size:
+            # The serving plan caps executions (max_batch_size, often 1 on CPU) so interactive requests never wait
+            # long behind bulk ones; a search over batch sizes has to lift that cap in its variants.
+            parameters["max_batch_size"] = [largest]
         batching["preferred_batch_size"] = [list(sizes) for sizes in space.preferred_batch_sizes]
     if batching:
         parameters["dynamic_batching"] = batching
@@ -465,7 +468,9 @@ def export_flags(shipped: ModelConfig, chosen: ModelConfig) -> tuple[list[str], 
     return flags, manual
 
 
-_CANONICAL_COMMAND = re.compile(r"^#.*Canonical command[^:]*:\s*(python -m export .+)$", re.MULTILINE)
+_CANONICAL_COMMAND = re.compile(
+    r"^#.*Canonical command[^:]*:\s*((?:tritonfleet export|python -m export) .+)$", re.MULTILINE
+)
 
 
 def export_command(config_text: str, flags: Sequence[str]) -> str | None:
@@ -1020,9 +1025,12 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
     return replace(settings, space=replace(settings.space, **_given(args, _SPACE_OPTIONS)), **overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tritonfleet.loadtest.tune", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-repository", type=Path, default=PROJECT_ROOT / "model_repository")
+PROGRAM = "python -m tritonfleet.loadtest.tune"
+
+
+def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--model", default="esm2_onnx", help="the model to tune (default: esm2_onnx)")
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="full", help="full: `make tune`; smoke: default + 1 variant"
@@ -1055,10 +1063,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
+    args = build_parser(prog).parse_args(argv)
     settings = settings_from_args(args)
-    command = "python -m tritonfleet.loadtest.tune " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     try:
         if args.prepare_only:
             paths = RunPaths(Path(settings.output).resolve())

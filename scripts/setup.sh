@@ -13,7 +13,7 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q "$TORCH_SPEC"
-"${PIP[@]}" install -q -e ".[${ORT_EXTRA},export,deploy,client,loadtest,parquet,tune,dev]"
+"${PIP[@]}" install -q -e ".[${ORT_EXTRA},export,deploy,client,loadtest,parquet,hdf5,tune,dev]"
 "$VENV/bin/python" scripts/install_perf_analyzer.py
 # promtool validates deploy/monitoring rules in the tests; Debian's `prometheus` package ships it.
 if ! command -v promtool >/dev/null; then
@@ -22,6 +22,16 @@ if ! command -v promtool >/dev/null; then
       >/dev/null) || echo "warning: could not install promtool; its tests will skip"
   else
     echo "note: promtool not installed (needs root for apt-get install prometheus); its tests will skip"
+  fi
+fi
+# HAProxy fronts the local fleet (`python -m deploy.fleet`, its tests and `make fleet-chaos`): Debian's haproxy 2.6.
+# (`make fleet-chaos` also runs the Prometheus server of the `prometheus` package installed above for promtool.)
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy \
+      >/dev/null) || echo "warning: could not install haproxy; the fleet and its tests need it"
+  else
+    echo "note: haproxy not installed (needs root for apt-get install haproxy); the fleet tests will skip"
   fi
 fi
 echo "setup complete: $VENV"

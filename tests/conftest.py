@@ -59,7 +59,9 @@ def esm2_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An fp32 ESM-2 repository (served outputs must equal eager within 1e-4) exported once per session with random
     weights (no downloads here); the int8/bf16 variants have their own tests (test_export_variants.py)."""
     output = tmp_path_factory.mktemp("esm2_repository")
-    export_esm2(output, random_init=ESM2_TEST_SIZE, gpus="auto", precision="fp32")
+    # execution_cap=False keeps max_batch_size 64 on CPU: these tests check batched execution (what GPU plans run);
+    # the CPU plan's cap of one sequence per execution is tested on its own repository (test_traffic_plan.py).
+    export_esm2(output, random_init=ESM2_TEST_SIZE, gpus="auto", precision="fp32", execution_cap=False)
     return output
 
 

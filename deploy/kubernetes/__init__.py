@@ -1,1 +1,1 @@
-"""Kubernetes manifests (kustomize base, components, overlays) and the offline renderer used to validate them."""
+"""Kubernetes manifests: kustomize base, components and overlays (render with `kubectl kustomize <overlay>`)."""

@@ -1,4 +1,7 @@
-"""`python -m deploy.local --model-repository DIR [...] [extra tritonserver flags]`: serve until Ctrl-C/SIGTERM."""
+"""`tritonfleet serve --model-repository DIR [...] [extra tritonserver flags]`: serve until Ctrl-C/SIGTERM.
+
+`python -m deploy.local ...` (from a checkout) is the same command, deprecated.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,24 @@ import sys
 import threading
 from pathlib import Path
 
-from tritonfleet.deploy.local.server import LOOPBACK, LocalTritonServer, ServerOptions, TritonStartError
+from tritonfleet.contract.command_line import HelpFormatter, warn_python_m
+from tritonfleet.contract.serving_target import describe_for_this_machine, read_serving_target
+from tritonfleet.deploy.local.server import (
+    DEFAULT_RESPONSE_CACHE_BYTES,
+    LOOPBACK,
+    LocalTritonServer,
+    ServerOptions,
+    TritonStartError,
+)
 from tritonfleet.deploy.local.supervisor import InferenceProbe, SupervisorHealthServer, SupervisorOptions
 
+PROGRAM = "python -m deploy.local"
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+
+def parse_args(argv: list[str] | None = None, prog: str = PROGRAM) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.local",
+        prog=prog,
+        formatter_class=HelpFormatter,
         description="Serve a Triton model repository with the tritonserver from the nvidia-pytriton wheel. "
         "Unknown arguments are passed to tritonserver unchanged.",
     )
@@ -34,6 +48,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--exit-timeout-secs", type=int, default=30, help="grace period for in-flight requests")
     parser.add_argument("--startup-timeout-secs", type=float, default=300.0)
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument(
+        "--response-cache-mb",
+        type=float,
+        default=DEFAULT_RESPONSE_CACHE_BYTES / 2**20,
+        metavar="MB",
+        help="Triton's local response cache (--cache-config local,size=...), used by the models whose config "
+        "enables it (esm2_embedding, esm2_interactive); this server's own memory: every fleet replica has its own; "
+        "0 turns it off (default: %(default)g)",
+    )
     heal = parser.add_argument_group("self-healing (docs/reliability.md)")
     heal.add_argument(
         "--self-heal",
@@ -62,14 +85,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
             "self-healing reloads models through the repository API: keep explicit model control, or pass "
             "--no-self-heal"
         )
+    if args.response_cache_mb < 0:
+        parser.error(f"--response-cache-mb must be >= 0, got {args.response_cache_mb:g}")
     if not args.self_heal and (args.self_heal_probe or args.self_heal_port is not None):
         parser.error("--self-heal-probe and --self-heal-port need self-healing (drop --no-self-heal)")
     return args, extra
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args, extra = parse_args(argv)
+    args, extra = parse_args(argv, prog)
     probes = tuple(InferenceProbe.for_sequence_model(model) for model in args.self_heal_probe)
     server = LocalTritonServer(
         ServerOptions(
@@ -83,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             startup_timeout_s=args.startup_timeout_secs,
             log_verbose=args.log_verbose,
             extra_args=tuple(extra),
+            response_cache_bytes=round(args.response_cache_mb * 2**20),
             self_heal=args.self_heal,
             supervisor=SupervisorOptions(probes=probes),
         )
@@ -105,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         f"log: {server.log_path}",
         flush=True,
     )
+    target = read_serving_target(args.model_repository)
+    if target is not None:
+        print(describe_for_this_machine(target), flush=True)
     health = None
     if server.supervisor is not None:
         if args.self_heal_port is not None:
@@ -123,4 +152,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    warn_python_m(__spec__.name if __spec__ else None, "serve")
     sys.exit(main())

@@ -25,6 +25,9 @@ from tritonfleet.deploy.local.triton_admin import TritonAdmin
 LOGGER = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+# Triton's local response cache (`--cache-config local,size=BYTES`): models with `response_cache { enable: true }`
+# answer a repeated request from it. Each server (each fleet replica) has its own cache, in its own memory.
+DEFAULT_RESPONSE_CACHE_BYTES = 256 * 1024 * 1024
 # glog error/fatal lines ("E1122 07:58:01.123 ...") and Triton's own load failures.
 _ERROR_LINE = re.compile(r"^[EF]\d{4} |failed to load|error:|Address already in use", re.IGNORECASE)
 
@@ -43,7 +46,8 @@ class ServerOptions:
 
     Ports set to 0 are replaced by free ephemeral ports. `model_control_mode="explicit"` loads `load_models` at
     start-up (default `*`: all) and enables the repository API (load/unload), which the self-healing supervisor
-    uses to reload a broken model. `self_heal=True` (explicit mode only) starts that supervisor
+    uses to reload a broken model. `response_cache_bytes` sizes Triton's local response cache (0: none; ignored when
+    `extra_args` carry their own `--cache-config`). `self_heal=True` (explicit mode only) starts that supervisor
     (`deploy.local.supervisor`, options in `supervisor`) once the server is ready and stops it before the server.
     """
 
@@ -58,6 +62,7 @@ class ServerOptions:
     startup_timeout_s: float = 300.0
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    response_cache_bytes: int = DEFAULT_RESPONSE_CACHE_BYTES
     self_heal: bool = False
     supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
 
@@ -234,8 +239,28 @@ def tritonserver_command(options: ServerOptions, runtime: TritonRuntime, backend
     ]
     if options.model_control_mode == "explicit":
         command.extend(f"--load-model={name}" for name in options.load_models)
+    command.extend(response_cache_args(options, runtime))
     command.extend(options.extra_args)
     return command
+
+
+def response_cache_args(options: ServerOptions, runtime: TritonRuntime) -> list[str]:
+    """`--cache-directory` (the wheel's caches/, holding `local/libtritoncache_local.so`) and `--cache-config
+    local,size=BYTES`; none when the cache is off or `extra_args` configure a cache themselves."""
+    if options.response_cache_bytes < 0:
+        raise ValueError(f"response_cache_bytes must be >= 0, got {options.response_cache_bytes}")
+    if options.response_cache_bytes == 0 or any(arg.startswith("--cache-config") for arg in options.extra_args):
+        return []
+    arguments = [f"--cache-config=local,size={options.response_cache_bytes}"]
+    if not any(arg.startswith("--cache-directory") for arg in options.extra_args):
+        arguments.insert(0, f"--cache-directory={caches_directory(runtime)}")
+    return arguments
+
+
+def caches_directory(runtime: TritonRuntime) -> Path:
+    """The wheel's cache implementations (`pytriton/tritonserver/caches/local/libtritoncache_local.so`), beside
+    `bin/`; Triton's default `/opt/tritonserver/caches` does not exist outside its container."""
+    return runtime.server_binary.parent.parent / "caches"
 
 
 def tritonserver_environment(runtime: TritonRuntime) -> dict[str, str]:

@@ -1,8 +1,9 @@
-"""Which Triton metric names the monitoring stack depends on, read out of its PromQL programmatically.
+"""Which Triton and HAProxy metric names the monitoring stack depends on, read out of its PromQL programmatically.
 
 Sources: the Grafana dashboard (panel targets and `label_values(...)` variables), the Prometheus rules (recording and
 alerting; recording-rule names are resolved to the metrics they are built from), the prometheus-adapter rule and the
-HorizontalPodAutoscaler metric it serves. Tests check the names against a real tritonserver's /metrics.
+HorizontalPodAutoscaler metric it serves. Tests check the names against a real tritonserver's /metrics (started
+with `--metrics-config summary_latencies=true`, as every manifest here starts it) and a real HAProxy's exporter.
 
     python -m deploy.monitoring.metric_names   # prints every name and where it is used
 """
@@ -27,6 +28,10 @@ HPA = DEPLOY / "kubernetes/base/horizontalpodautoscaler.yaml"
 PROMETHEUS_SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 # Triton exports these only with a GPU (and NVML/DCGM); a CPU-only server has none of them.
 GPU_METRIC_PREFIXES = ("nv_gpu_", "nv_energy_")
+# HAProxy's built-in Prometheus exporter (the fleet's balancer), not Triton's.
+BALANCER_METRIC_PREFIXES = ("haproxy_",)
+# Quantile summaries: only with `--metrics-config summary_latencies=true` (r24.10 has no latency histograms).
+SUMMARY_METRIC_SUFFIX = "_summary_us"
 
 _KEYWORDS = frozenset(
     {
@@ -173,11 +178,26 @@ def is_gpu_metric(name: str) -> bool:
     return name.startswith(GPU_METRIC_PREFIXES)
 
 
+def is_balancer_metric(name: str) -> bool:
+    return name.startswith(BALANCER_METRIC_PREFIXES)
+
+
+def is_summary_metric(name: str) -> bool:
+    return name.endswith(SUMMARY_METRIC_SUFFIX)
+
+
+def origin(name: str) -> str:
+    """Where a metric comes from: 'haproxy', 'gpu' (Triton with a GPU) or 'cpu' (any Triton)."""
+    if is_balancer_metric(name):
+        return "haproxy"
+    return "gpu" if is_gpu_metric(name) else "cpu"
+
+
 def main() -> int:
     used = used_metrics()
     for name in sorted(set().union(*used.values())):
         where = ", ".join(source for source, names in used.items() if name in names)
-        print(f"{name:45s} {'gpu' if is_gpu_metric(name) else 'cpu':4s} {where}")
+        print(f"{name:45s} {origin(name):8s} {where}")
     return 0
 
 

@@ -16,8 +16,8 @@ import numpy as np
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS, encode_batch, random_proteins
 from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
-from tritonfleet.export.network import PRECISIONS
-from tritonfleet.export.parity import ParityCase
+from tritonfleet.export.network import PER_TENSOR_INT8_FORMATS, PRECISIONS
+from tritonfleet.export.parity import INVARIANT_PRECISIONS, InvarianceCase, ParityCase
 from tritonfleet.export.signature import Sample, Signature
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ OnnxGraph = Literal["fused", "exported"]
 
 # Longest residue count in generated parity cases: long enough to cross several buckets, short enough to be quick.
 PARITY_MAX_RESIDUES = 300
+# Most proteins in the invariance gate's mixed batch of all parity proteins.
+INVARIANCE_MIX_LIMIT = 16
 # The token axis shared by the ids, the mask and the per-residue embeddings.
 SEQUENCE_AXIS = "sequence"
 
@@ -93,6 +95,17 @@ class Esm2Recipe:
         """Whether the ONNX model is built with fused attention (the builder writes fp32 weights: not for fp16)."""
         return self.onnx_graph == "fused" and self.precision != "fp16"
 
+    def precision_for(self, fmt: str) -> str:
+        """The precision the export gives `fmt` (export.network.engine_precisions): int8 TorchScript scales its
+        activations per tensor, so a repository in int8 ships TorchScript in fp32. Needs no torch."""
+        return "fp32" if self.precision == "int8" and fmt in PER_TENSOR_INT8_FORMATS else self.precision
+
+    def batch_invariant(self, fmt: str) -> bool:
+        """Whether `fmt`'s outputs for a sequence do not depend on its batch (within export.parity's
+        INVARIANCE_TOLERANCE): fp32 and int8 pass the export's invariance gate or are refused; bf16 and fp16 never
+        are. A response cache may serve only invariant models. Needs no torch."""
+        return self.precision_for(fmt) in INVARIANT_PRECISIONS
+
     @property
     def signature(self) -> Signature:
         """Token ids + mask [batch, sequence] -> pooled [batch, D] and per-token [batch, sequence, D] embeddings."""
@@ -125,14 +138,36 @@ class Esm2Recipe:
             encode_batch(random_proteins(1, rng, 5, 20), buckets=None),
         ]
 
-    def parity_cases(self, samples: int = 4) -> list[ParityCase]:
-        """Deterministic cases: batch sizes 1, 3, 8, 2, ... with mixed lengths padded to buckets."""
+    @staticmethod
+    def parity_proteins(samples: int = 4) -> list[list[str]]:
+        """The proteins of each parity case (deterministic): batch sizes 1, 3, 8, 2, ..., mixed lengths."""
         rng = np.random.default_rng(2024)
         batch_sizes = (1, 3, 8, 2, 5, 16)
+        return [
+            random_proteins(batch_sizes[index % len(batch_sizes)], rng, 1, PARITY_MAX_RESIDUES)
+            for index in range(samples)
+        ]
+
+    def invariance_cases(self, samples: int = 4) -> list[InvarianceCase]:
+        """The parity set embedded alone (padded to its own length) and inside mixed batches padded to buckets: each
+        parity case's batch, and all parity proteins in one batch in reverse order (other neighbours, other rows)."""
+        batches = self.parity_proteins(samples)
+        everyone = [protein for proteins in batches for protein in proteins][::-1][:INVARIANCE_MIX_LIMIT]
         cases = []
-        for index in range(samples):
-            batch = batch_sizes[index % len(batch_sizes)]
-            proteins = random_proteins(batch, rng, 1, PARITY_MAX_RESIDUES)
+        for proteins in (*batches, everyone):
+            if not proteins:
+                continue
+            members = tuple((row, encode_batch([protein], buckets=None)) for row, protein in enumerate(proteins))
+            batch = encode_batch(proteins, DEFAULT_BUCKETS)
+            label = f"batch {len(proteins)} padded to T={batch[0].shape[1]} vs each protein alone"
+            cases.append(InvarianceCase(label, batch, members))
+        return cases
+
+    def parity_cases(self, samples: int = 4) -> list[ParityCase]:
+        """Deterministic cases: batch sizes 1, 3, 8, 2, ... with mixed lengths padded to buckets."""
+        cases = []
+        for proteins in self.parity_proteins(samples):
+            batch = len(proteins)
             input_ids, attention_mask = encode_batch(proteins, DEFAULT_BUCKETS)
             label = (
                 f"batch {batch}, residues {min(map(len, proteins))}-{max(map(len, proteins))}, T={input_ids.shape[1]}"

@@ -5,6 +5,10 @@ Every subprocess and loop here is bounded in time; servers bind 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +19,8 @@ import numpy as np
 import pytest
 
 from tritonfleet.client import ClientConfig, EmbeddingClient, RetryPolicy
-from tritonfleet.client.journal import load_output, parts_dir_for, rejected_path_for
+from tritonfleet.client.cli import HOLD_ENV, RELEASE_ENV
+from tritonfleet.client.journal import load_hdf5, load_output, parts_dir_for, rejected_path_for
 from tritonfleet.contract.esm2_tokens import random_proteins
 from tritonfleet.deploy.local import PortInUseError
 
@@ -42,13 +47,23 @@ def run_cli(args: list[str], timeout_s: float = CLI_TIMEOUT_S) -> subprocess.Com
     )
 
 
-def start_cli(args: list[str]) -> subprocess.Popen[str]:
+def start_cli(
+    args: list[str], hold_after_chunks: int | None = None, release_file: Path | None = None
+) -> subprocess.Popen[str]:
+    """Starts embed-fasta; with `hold_after_chunks`, the job writes that many chunks and then waits (until
+    `release_file` exists, or until interrupted): a test can interrupt it knowing it cannot have finished."""
+    env = dict(os.environ)
+    if hold_after_chunks is not None:
+        env[HOLD_ENV] = str(hold_after_chunks)
+    if release_file is not None:
+        env[RELEASE_ENV] = str(release_file)
     return subprocess.Popen(
         [sys.executable, "-m", "tritonfleet.client", *args],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
 
 
@@ -89,7 +104,7 @@ def reference_output(esm2_server, mixed_fasta, tmp_path_factory) -> Path:
     fasta, _, _ = mixed_fasta
     output = tmp_path_factory.mktemp("reference") / "reference.npz"
     result = run_cli(
-        ["embed-fasta", str(fasta), "--out", str(output), "--url", esm2_server.grpc_url, "--protocol", "grpc"]
+        ["embed-fasta", str(fasta), "--output", str(output), "--url", esm2_server.grpc_url, "--protocol", "grpc"]
         + ["--chunk-size", "32", "--concurrency", "2", "--no-progress"]
     )
     assert result.returncode == 0, result.stderr
@@ -121,37 +136,146 @@ def test_every_record_is_embedded_or_rejected_with_a_reason(esm2_server, mixed_f
 def test_re_running_a_finished_job_does_nothing(esm2_server, mixed_fasta, reference_output) -> None:
     fasta, _, _ = mixed_fasta
     before = reference_output.read_bytes()
-    result = run_cli(["embed-fasta", str(fasta), "--out", str(reference_output), "--url", esm2_server.http_url])
+    result = run_cli(["embed-fasta", str(fasta), "--output", str(reference_output), "--url", esm2_server.http_url])
     assert result.returncode == 0, result.stderr
     assert "already complete" in result.stdout
     assert reference_output.read_bytes() == before
 
 
-@pytest.mark.parametrize("interruption", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+@pytest.mark.parametrize(
+    ("interruption", "suffix"),
+    [(signal.SIGKILL, ".npz"), (signal.SIGINT, ".npz"), (signal.SIGKILL, ".h5")],
+    ids=["sigkill", "ctrl-c", "sigkill-hdf5"],
+)
 def test_interrupting_midway_then_rerunning_gives_the_uninterrupted_output(
-    esm2_server, mixed_fasta, reference_output, tmp_path, interruption
+    esm2_server, mixed_fasta, reference_output, tmp_path, interruption, suffix
 ) -> None:
     fasta, _, _ = mixed_fasta
-    output = tmp_path / "resumed.npz"
-    args = ["embed-fasta", str(fasta), "--out", str(output), "--url", esm2_server.grpc_url, "--protocol", "grpc"]
+    output = tmp_path / f"resumed{suffix}"
+    args = ["embed-fasta", str(fasta), "--output", str(output), "--url", esm2_server.grpc_url, "--protocol", "grpc"]
     args += ["--chunk-size", "32", "--concurrency", "2", "--no-progress"]
-    process = start_cli(args)
+    # The job writes 4 of its 16 chunks, then waits: the signal always lands in the middle of the job.
+    process = start_cli(args, hold_after_chunks=4)
     try:
         done = wait_for_chunks(parts_dir_for(output), 4, process)
     finally:
         process.send_signal(interruption)
         _, stderr = process.communicate(timeout=60)
-    assert done >= 4, "the run ended before it could be interrupted"
+    assert done == 4, f"the job ended before writing 4 chunks: {stderr}"
     if interruption == signal.SIGINT:
         assert process.returncode == 130 and "re-run the same command" in stderr
+    else:
+        assert process.returncode == -signal.SIGKILL
     assert not output.exists()
-    chunks_before = len(list(parts_dir_for(output).glob("chunk-*.npz")))
-    assert chunks_before < 16, "the run finished before the interruption; nothing was interrupted"
+    assert len(list(parts_dir_for(output).glob("chunk-*.npz"))) == 4
 
     result = run_cli(args)
     assert result.returncode == 0, result.stderr
-    assert f"resumed: {chunks_before} chunks were already done" in result.stdout
+    assert "resumed: 4 chunks were already done" in result.stdout
     assert_same_output(output, reference_output)
+
+
+def test_streaming_hdf5_with_a_small_window_gzip_repeats_and_repeated_ids(
+    esm2_server, mixed_fasta, reference_output, tmp_path
+) -> None:
+    """A window of 100 records over 650 (gzip input): every distinct sequence computed once, repeats take its vector,
+    repeated ids go to the rejects file, `/` in ids is escaped; the same job with dedup off gives the same vectors."""
+    _, records, bad_reasons = mixed_fasta
+    rng = np.random.default_rng(5)
+    sources = [int(i) for i in rng.choice(len(records), size=148, replace=False)]
+    extra = [(f"copy/{n}", records[i][1]) for n, i in enumerate(sources)]  # 30 % of the input repeats a sequence
+    extra += [(records[10][0], "MKTAYIAKQR"), (records[20][0], records[21][1])]  # repeated ids: the first wins
+    fasta = tmp_path / "repeats.fasta.gz"
+    with gzip.open(fasta, "wt") as handle:
+        for record_id, sequence in records + extra:
+            handle.write(f">{record_id}\n{sequence}\n")
+    output = tmp_path / "repeats.h5"
+    common = ["--url", esm2_server.grpc_url, "--protocol", "grpc", "--chunk-size", "32", "--no-progress"]
+    result = run_cli(["embed-fasta", str(fasta), "--output", str(output), "--window", "100", *common])
+    assert result.returncode == 0, result.stderr
+
+    ids, arrays, _ = load_hdf5(output)
+    valid_sources = [i for i in sources if records[i][0] not in bad_reasons]
+    expected = [r for r, _ in records if r not in bad_reasons] + [f"copy/{sources.index(i)}" for i in valid_sources]
+    assert ids == expected and len(set(ids)) == len(ids)
+    assert f"{len(valid_sources)} repeated sequences computed once" in result.stdout
+    by_id = dict(zip(ids, arrays))
+    reference_ids, reference_embeddings, _ = load_output(reference_output)
+    reference = dict(zip(reference_ids, reference_embeddings))
+    for record_id in reference_ids:
+        np.testing.assert_allclose(by_id[record_id], reference[record_id], atol=1e-5)
+    for n, i in enumerate(sources):
+        if records[i][0] not in bad_reasons:  # a repeat takes the very vector of its first occurrence
+            np.testing.assert_array_equal(by_id[f"copy/{n}"], by_id[records[i][0]])
+    rejected = rejected_path_for(output).read_text().splitlines()[1:]
+    reasons = {line.split("\t")[1]: line.split("\t")[3] for line in rejected}
+    assert "repeated id" in reasons[records[10][0]] and "repeated id" in reasons[records[20][0]]
+    assert {line.split("\t")[1] for line in rejected} >= set(bad_reasons)
+    assert len(rejected) == len(bad_reasons) + 2 + (len(sources) - len(valid_sources))
+    with h5py_file(output) as handle:
+        assert handle["copy%2F0"].attrs["id"] == "copy/0"
+        assert handle.attrs["model"] == "esm2" and handle.attrs["precision"] and handle.attrs["model_version"]
+
+    undeduplicated = tmp_path / "no-dedup.npz"
+    result = run_cli(["embed-fasta", str(fasta), "--output", str(undeduplicated), "--no-dedup", *common])
+    assert result.returncode == 0, result.stderr
+    assert "repeated sequences" not in result.stdout
+    plain_ids, plain_embeddings, _ = load_output(undeduplicated)
+    assert plain_ids == ids
+    np.testing.assert_allclose(plain_embeddings, np.asarray(arrays), atol=1e-5)
+
+
+def test_per_residue_hdf5_matches_the_clients_per_residue_embeddings(esm2_server, tmp_path) -> None:
+    rng = np.random.default_rng(11)
+    sequences = random_proteins(12, rng, min_length=5, max_length=60)
+    records = [(f"r{i}", s) for i, s in enumerate(sequences)] + [("again", sequences[3])]
+    fasta = write_fasta(tmp_path / "small.fasta", records)
+    output = tmp_path / "residues.h5"
+    result = run_cli(
+        ["embed-fasta", str(fasta), "--output", str(output), "--url", esm2_server.http_url, "--per-residue"]
+        + ["--chunk-size", "5", "--window", "8", "--no-progress"]
+    )
+    assert result.returncode == 0, result.stderr
+    ids, arrays, _ = load_hdf5(output)
+    assert ids == [record_id for record_id, _ in records]
+    with EmbeddingClient(ClientConfig(url=esm2_server.http_url)) as client:
+        direct = client.embed_residues(sequences)
+    for array, want in zip(arrays, [*direct, direct[3]]):
+        assert array.shape == want.shape
+        np.testing.assert_allclose(array, want, atol=1e-5)
+    with h5py_file(output) as handle:
+        assert handle.attrs["layout"] == "per-residue"
+
+
+def test_resuming_after_a_model_version_change_refuses_and_keeps_the_work(esm2_server, mixed_fasta, tmp_path) -> None:
+    fasta, _, _ = mixed_fasta
+    output = tmp_path / "versioned.npz"
+    args = ["embed-fasta", str(fasta), "--output", str(output), "--url", esm2_server.http_url, "--no-progress"]
+    args += ["--chunk-size", "32"]
+    process = start_cli(args, hold_after_chunks=2)
+    try:
+        assert wait_for_chunks(parts_dir_for(output), 2, process) == 2
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    # As if the job had started before a rollout: its journal names an older version of the network.
+    manifest_path = parts_dir_for(output) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    step = sorted(manifest["composing_versions"])[-1]
+    manifest["composing_versions"][step] = "0"
+    manifest_path.write_text(json.dumps(manifest))
+    result = run_cli(args)
+    assert result.returncode == 2
+    assert "never mixes two model versions" in result.stderr and f"{step} 0" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(list(parts_dir_for(output).glob("chunk-*.npz"))) == 2 and not output.exists()
+
+
+@contextlib.contextmanager
+def h5py_file(path: Path):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "r") as handle:
+        yield handle
 
 
 def test_long_sequences_can_be_embedded_by_windows(esm2_server, tmp_path) -> None:
@@ -160,7 +284,7 @@ def test_long_sequences_can_be_embedded_by_windows(esm2_server, tmp_path) -> Non
     fasta = write_fasta(tmp_path / "long.fasta", [("long", long_protein), ("short", short_protein)])
     output = tmp_path / "long.npz"
     result = run_cli(
-        ["embed-fasta", str(fasta), "--out", str(output), "--url", esm2_server.http_url, "--no-progress"]
+        ["embed-fasta", str(fasta), "--output", str(output), "--url", esm2_server.http_url, "--no-progress"]
         + ["--long-sequences", "chunk", "--window-overlap", "200"]
     )
     assert result.returncode == 0, result.stderr
@@ -173,12 +297,13 @@ def test_long_sequences_can_be_embedded_by_windows(esm2_server, tmp_path) -> Non
     np.testing.assert_allclose(embeddings[1], short_vector, atol=1e-5)
 
 
-def test_duplicate_ids_are_refused_before_any_work(tmp_path) -> None:
-    fasta = write_fasta(tmp_path / "dup.fasta", [("a", "MKT"), ("b", "MKT"), ("a", "GSH")])
-    result = run_cli(["embed-fasta", str(fasta), "--out", str(tmp_path / "o.npz"), "--url", "127.0.0.1:1"])
+def test_a_malformed_fasta_is_refused_before_any_work(tmp_path) -> None:
+    fasta = tmp_path / "bad.fasta"
+    fasta.write_text("MKT\n>a\nGSH\n")
+    result = run_cli(["embed-fasta", str(fasta), "--output", str(tmp_path / "o.npz"), "--url", "127.0.0.1:1"])
     assert result.returncode == 2
-    assert "duplicate FASTA id" in result.stderr and "'a' at lines 1, 5" in result.stderr
-    assert not (tmp_path / "o.npz").exists()
+    assert "sequence data before the first '>' header" in result.stderr
+    assert not (tmp_path / "o.npz").exists() and not parts_dir_for(tmp_path / "o.npz").exists()
 
 
 def test_a_server_restart_during_the_run_is_survived_by_retries(
@@ -188,7 +313,7 @@ def test_a_server_restart_during_the_run_is_survived_by_retries(
     server = triton_server_factory(esm2_repository, http_port=0, grpc_port=0, metrics_port=0)
     ports = {name: getattr(server.options, name) for name in ("http_port", "grpc_port", "metrics_port")}
     output = tmp_path / "restarted.npz"
-    args = ["embed-fasta", str(fasta), "--out", str(output), "--url", server.http_url, "--no-progress"]
+    args = ["embed-fasta", str(fasta), "--output", str(output), "--url", server.http_url, "--no-progress"]
     args += ["--chunk-size", "16", "--concurrency", "2", "--retries", "100", "--retry-budget", "400"]
     # Long-lived sync clients with pooled connections to the first server must keep working after the restart.
     retry = RetryPolicy(max_attempts=50, max_delay_s=2, max_elapsed_s=300)
@@ -197,11 +322,14 @@ def test_a_server_restart_during_the_run_is_survived_by_retries(
         EmbeddingClient(ClientConfig(url=server.grpc_url, protocol="grpc", retry=retry)),
     ]
     before = [client.embed(["MKTAYIAKQR"]) for client in sync_clients]
-    process = start_cli(args)
+    release = tmp_path / "release"
+    # The job writes 3 chunks, then waits for `release`: the server stops while the job is certainly unfinished.
+    process = start_cli(args, hold_after_chunks=3, release_file=release)
     try:
-        assert wait_for_chunks(parts_dir_for(output), 3, process) >= 3, "the run ended before the restart"
+        assert wait_for_chunks(parts_dir_for(output), 3, process) == 3, "the run ended before the restart"
         server.stop()
         chunks_at_stop = len(list(parts_dir_for(output).glob("chunk-*.npz")))
+        release.touch()  # the job goes on against the stopped server: its requests fail and are retried
         restarted = start_with_same_ports(triton_server_factory, esm2_repository, ports)
         after = [client.embed(["MKTAYIAKQR"]) for client in sync_clients]
         stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_S)

@@ -11,8 +11,10 @@ from tritonfleet.client.core import (
     assemble_residues,
     build_input_arrays,
     normalize_sequences,
+    padded_tokens,
     plan_batches,
     plan_call,
+    request_tokens,
 )
 from tritonfleet.client.errors import InvalidSequenceError, UnsupportedModelError
 from tritonfleet.client.model import ModelSpec, logical_tensor_name
@@ -156,3 +158,45 @@ def test_a_response_with_the_wrong_row_count_is_an_error() -> None:
     call = prepare_sequences(["MKT", "GS"], 8)
     with pytest.raises(UnsupportedModelError, match="1 rows for a batch of 2"):
         assemble_embeddings(ENSEMBLE, call, [np.zeros((1, D), np.float32)])
+
+
+# -- splitting to what the server advertises (max_batch_size and execution_token_budget) ---------------------------
+
+
+def _budget_spec(max_batch_size: int, budget: str | None) -> ModelSpec:
+    config = _config([("SEQUENCE", "TYPE_STRING")], ["EMBEDDING"], "esm2", max_batch_size=max_batch_size)
+    if budget is not None:
+        config["parameters"] = {"execution_token_budget": {"string_value": budget}}
+    return ModelSpec.from_config(config)
+
+
+def test_the_token_budget_is_read_from_the_config_and_absent_means_no_budget() -> None:
+    assert _budget_spec(64, "4096").execution_token_budget == 4096
+    assert _budget_spec(64, None).execution_token_budget is None
+    with pytest.raises(UnsupportedModelError, match="execution_token_budget must be an integer"):
+        _budget_spec(64, "lots")
+
+
+def test_64_long_sequences_are_split_so_no_request_exceeds_the_token_budget() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(300, 1023, size=64).tolist()
+    spec = _budget_spec(64, "2048")
+    call = plan_call(["A" * n for n in lengths], spec.max_batch_size, spec.execution_token_budget)
+    assert sorted(i for batch in call.batches for i in batch.indices) == list(range(64))
+    for batch in call.batches:
+        assert request_tokens([lengths[i] for i in batch.indices]) <= 2048 or len(batch.indices) == 1
+    # Without the budget, max_batch_size alone: one request.
+    assert len(plan_call(["A" * n for n in lengths], 64).batches) == 1
+
+
+def test_the_split_packs_short_sequences_up_to_the_budget_and_sends_an_oversized_one_alone() -> None:
+    # Short sequences pad to the 128-token bucket: 2048 // 128 = 16 per request.
+    assert [len(b.indices) for b in plan_batches([50] * 40, 64, 2048)] == [16, 16, 8]
+    # max_batch_size still caps requests when the budget would allow more.
+    assert [len(b.indices) for b in plan_batches([50] * 40, 10, 1 << 20)] == [10, 10, 10, 10]
+    # A 1022-residue sequence alone exceeds a 512-token budget: it goes alone, the short ones share requests.
+    batches = plan_batches([1022, 20, 20, 20, 20], 64, 512)
+    assert [sorted(b.indices) for b in batches] == [[1, 2, 3, 4], [0]]
+    assert padded_tokens(50) == 128 and padded_tokens(1022) == 1024
+    with pytest.raises(ValueError, match="token_budget"):
+        plan_batches([1], 4, 0)

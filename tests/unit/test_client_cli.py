@@ -32,21 +32,21 @@ def test_retry_options_become_the_retry_policy() -> None:
 
 def test_embed_fasta_options_and_format_from_suffix() -> None:
     args = build_parser().parse_args(
-        ["embed-fasta", "in.fa", "--out", "x.parquet", "--concurrency", "8", "--long-sequences", "chunk"]
+        ["embed-fasta", "in.fa", "--output", "x.parquet", "--concurrency", "8", "--long-sequences", "chunk"]
     )
     options = bulk_options_from_args(args)
     assert (options.fasta, options.output, options.output_format) == (Path("in.fa"), Path("x.parquet"), "parquet")
     assert (options.concurrency, options.long_sequences, options.chunk_size) == (8, "chunk", 256)
     assert config_from_args(args, max_in_flight=options.concurrency).max_in_flight == 8
-    npz = bulk_options_from_args(build_parser().parse_args(["embed-fasta", "in.fa", "--out", "x.out"]))
+    npz = bulk_options_from_args(build_parser().parse_args(["embed-fasta", "in.fa", "--output", "x.out"]))
     assert (npz.output_format, npz.long_sequences) == ("npz", "skip")
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["embed-fasta", "in.fa", "--out", "o.npz", "--concurrency", "0"],
-        ["embed-fasta", "in.fa", "--out", "o.npz", "--long-sequences", "truncate"],
+        ["embed-fasta", "in.fa", "--output", "o.npz", "--concurrency", "0"],
+        ["embed-fasta", "in.fa", "--output", "o.npz", "--long-sequences", "truncate"],
         ["embed-fasta", "in.fa"],
         ["embed", "--protocol", "websocket", "M"],
         ["embed"],
@@ -55,13 +55,13 @@ def test_embed_fasta_options_and_format_from_suffix() -> None:
 )
 def test_bad_arguments_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
-        build_parser().parse_args(argv)
+        main(argv)
     assert caught.value.code == 2
 
 
 def test_window_overlap_must_leave_a_stride(capsys) -> None:
     with pytest.raises(SystemExit) as caught:
-        main(["embed-fasta", "in.fa", "--out", "o.npz", "--window-overlap", "1022"])
+        main(["embed-fasta", "in.fa", "--output", "o.npz", "--window-overlap", "1022"])
     assert caught.value.code == 2
     assert "--window-overlap must be below 1022" in capsys.readouterr().err
 

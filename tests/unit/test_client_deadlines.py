@@ -197,7 +197,7 @@ def test_a_relayed_queue_timeout_is_transient_whatever_its_status():
 def test_the_command_line_picks_the_priority_per_command():
     embed = config_from_args(build_parser().parse_args(["embed", "M"]))
     assert (embed.priority, embed.deadline_s) == ("interactive", None)
-    args = build_parser().parse_args(["embed-fasta", "in.fa", "--out", "o.npz"])
+    args = build_parser().parse_args(["embed-fasta", "in.fa", "--output", "o.npz"])
     assert bulk_options_from_args(args).priority == "bulk" and config_from_args(args).priority == "bulk"
     args = build_parser().parse_args(["embed", "--priority", "bulk", "--deadline-s", "2.5", "M"])
     assert (config_from_args(args).priority, config_from_args(args).deadline_s) == ("bulk", 2.5)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 
 import pytest
 
-from tritonfleet.client.fasta import DuplicateIdError, FastaFormatError, parse_fasta_lines, read_fasta
+from tritonfleet.client.fasta import (
+    DuplicateIdError,
+    FastaFormatError,
+    iter_fasta,
+    parse_fasta_lines,
+    read_fasta,
+    scan_fasta,
+)
 
 
 def test_multiline_records_keep_order_ids_and_descriptions() -> None:
@@ -59,3 +67,27 @@ def test_duplicate_ids_are_reported_with_their_lines(tmp_path) -> None:
     assert "'a' at lines 1, 5" in message
     assert "'b' at lines 3, 7" in message
     assert "'c'" not in message
+
+
+def test_gzip_is_recognised_by_its_bytes_and_streamed_lazily(tmp_path) -> None:
+    text = "".join(f">r{i}\nMKTAYIAKQR\n" for i in range(1000))
+    packed = tmp_path / "proteome.fa"  # no .gz suffix: detected by the magic bytes
+    packed.write_bytes(gzip.compress(text.encode()))
+    records = iter_fasta(packed)
+    first = next(records)  # a generator: nothing else is read into memory
+    assert (first.id, first.position, first.sequence) == ("r0", 0, "MKTAYIAKQR")
+    assert sum(1 for _ in records) == 999
+    records.close()
+
+
+def test_scan_gives_the_file_checksum_and_record_count(tmp_path) -> None:
+    path = tmp_path / "in.fasta"
+    path.write_text(">a\nMK\n>b\n>c\nGS\nHM\n")
+    assert scan_fasta(path) == (hashlib.sha256(path.read_bytes()).hexdigest(), 3)
+
+
+def test_binary_garbage_is_a_one_line_format_error(tmp_path) -> None:
+    path = tmp_path / "in.fasta"
+    path.write_bytes(b">a\n\xff\xfe\x00MK\n")
+    with pytest.raises(FastaFormatError, match="cannot be read as UTF-8 FASTA"):
+        scan_fasta(path)

@@ -48,6 +48,14 @@ FAST = RetryPolicy(max_attempts=4, initial_delay_s=0.001, max_delay_s=0.002, max
             ServerUnavailableError,
             True,
         ),
+        (
+            InferenceServerException(
+                "Stream removed (Data frame with END_STREAM flag received)", status="StatusCode.UNKNOWN"
+            ),
+            ServerUnavailableError,
+            True,
+        ),
+        (InferenceServerException("Socket closed", status="StatusCode.UNAVAILABLE"), ServerUnavailableError, True),
         (InferenceServerException("internal failure", status="500"), ServerError, False),
         (InferenceServerException("late", status="StatusCode.DEADLINE_EXCEEDED"), RequestTimeoutError, False),
         (ConnectionRefusedError(111, "Connection refused"), ServerUnavailableError, True),

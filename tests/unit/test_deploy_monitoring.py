@@ -1,5 +1,6 @@
 """deploy/monitoring: promtool on the Prometheus config, the rules and every PromQL expression of the dashboard and the
-adapter; the dashboard's structure; the metric-name inventory (names must be Triton 24.10 counters/gauges)."""
+adapter; the dashboard's structure; the metric-name inventory (Triton 24.10 counters, gauges and summary_latencies
+summaries, HAProxy exporter metrics). The alerts' behaviour: tests/unit/test_deploy_alert_rules.py (promtool test)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tritonfleet.deploy.kubernetes.kustomize import render
+from tests.support.kustomize import kustomize
 from tritonfleet.deploy.monitoring.metric_names import (
     DASHBOARD,
     adapter_expressions,
     dashboard_expressions,
+    is_balancer_metric,
+    is_summary_metric,
     metric_names,
     recording_rules,
     resolve,
     rule_expressions,
+    rule_groups,
     used_metrics,
 )
 
@@ -107,21 +111,41 @@ def test_metric_name_extraction():
     assert resolve({"rec:name:rate1m"}, {"rec:name:rate1m": "rate(nv_y[1m])"}) == {"nv_y"}
 
 
-def test_every_used_metric_is_a_triton_24_10_counter_or_gauge():
+def test_every_used_metric_is_a_triton_24_10_or_haproxy_metric():
     used = used_metrics()
     assert set(used) == {"dashboard", "rules", "adapter", "hpa"}
     for source, names in used.items():
         assert names, source
         for name in names:
-            assert name.startswith("nv_"), f"{source}: {name} is not a Triton metric (or an unresolved rule name)"
-            # r24.10 has no latency histograms; summaries need --metrics-config summary_latencies=true.
-            assert not name.endswith(("_bucket", "_histogram_ms", "_summary_us")), f"{source}: {name}"
+            assert name.startswith(("nv_", "haproxy_")), f"{source}: {name} is not a Triton/HAProxy metric"
+            # r24.10 has no latency histograms (they start in r24.11).
+            assert not name.endswith(("_bucket", "_histogram_ms")), f"{source}: {name}"
+    # The autoscaler must not depend on summaries or the balancer (both optional to a plain Triton).
+    assert not any(is_summary_metric(n) or is_balancer_metric(n) for n in used["adapter"] | used["hpa"])
+
+
+def test_every_manifest_enables_the_summaries_the_dashboard_reads():
+    """p99 panels read nv_inference_*_summary_us, which exist only with --metrics-config summary_latencies=true."""
+    assert any(is_summary_metric(n) for n in used_metrics()["dashboard"])
+    compose = yaml.safe_load((ROOT / "deploy/compose/compose.yaml").read_text())
+    runtime = yaml.safe_load((ROOT / "deploy/kserve/servingruntime.yaml").read_text())
+    deployment = yaml.safe_load((ROOT / "deploy/kubernetes/base/triton/deployment.yaml").read_text())
+    commands = {
+        "compose": compose["x-triton"]["command"],
+        "kserve": runtime["spec"]["containers"][0]["args"],
+        "kubernetes": deployment["spec"]["template"]["spec"]["containers"][0]["args"],
+    }
+    for where, args in commands.items():
+        assert "--metrics-config=summary_latencies=true" in args, where
+        assert "--cache-config=local,size=268435456" in args, where
 
 
 def test_recording_rule_names_follow_the_convention():
     for name in recording_rules():
         assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", name), name
-    assert len(rule_expressions()) == len(recording_rules()) + 3  # three alerts
+    alerts = [r for g in rule_groups() for r in g["rules"] if "alert" in r]
+    assert len(rule_expressions()) == len(recording_rules()) + len(alerts)
+    assert "FleetReplicaDown" in {a["alert"] for a in alerts}
 
 
 def test_dashboard_structure():
@@ -149,6 +173,13 @@ def test_dashboard_structure():
         "GPU utilisation": "nv_gpu_utilization",
         "GPU memory": "nv_gpu_memory_used_bytes",
         "CPU": "nv_cpu_utilization",
+        "p99 request time": 'nv_inference_request_summary_us{quantile=\\"0.99\\"',
+        "p99 queue time": 'nv_inference_queue_summary_us{quantile=\\"0.99\\"',
+        "per-version panels": "sum by (model, version, track, model_release) (rate(nv_inference_request_success",
+        "failure ratio without back-pressure": 'nv_inference_request_failure{reason!=\\"REJECTED\\"',
+        "replicas in rotation": "haproxy_backend_active_servers",
+        "replica states": "haproxy_server_status",
+        "canary track from server names": '\\"track\\", \\"canary\\", \\"server\\", \\"canary.*\\"',
     }
     missing = [topic for topic, needle in required.items() if needle not in text]
     assert not missing
@@ -169,6 +200,6 @@ def test_grafana_provisioning_points_at_the_dashboard_and_prometheus():
 
 
 def test_dashboard_config_map_for_the_grafana_sidecar():
-    (config_map,) = render(MONITORING)
+    (config_map,) = kustomize(MONITORING)
     assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}
     assert json.loads(config_map["data"]["tritonfleet.json"]) == dashboard()

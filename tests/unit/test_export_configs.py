@@ -18,7 +18,9 @@ from tritonfleet.export.esm2.repository import (
     BLS_MODEL,
     CANONICAL_ARGS,
     CANONICAL_COMMAND,
+    EMBEDDING_MODEL,
     ENSEMBLE_MODEL,
+    INTERACTIVE_MODEL,
     ONNX_MODEL,
     TOKENIZER_MODEL,
     TORCHSCRIPT_MODEL,
@@ -48,14 +50,23 @@ def tensors(config: mc.ModelConfig, kind: str) -> dict[str, mc.ModelInput]:
     return {tensor.name: tensor for tensor in getattr(config, kind)}
 
 
-def test_five_models_with_the_contract_names(generated):
+def test_the_contract_models_and_the_entry_models(generated):
     _, configs = generated
-    assert set(configs) == {ENSEMBLE_MODEL, BLS_MODEL, TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL}
+    assert set(configs) == {
+        ENSEMBLE_MODEL,
+        BLS_MODEL,
+        TOKENIZER_MODEL,
+        ONNX_MODEL,
+        TORCHSCRIPT_MODEL,
+        EMBEDDING_MODEL,
+        INTERACTIVE_MODEL,
+        f"{ONNX_MODEL}_interactive",
+    }
     assert configs[BLS_MODEL].backend == "python"
     assert list(tensors(configs[BLS_MODEL], "input")) == ["SEQUENCE"]
     assert list(tensors(configs[BLS_MODEL], "output")) == ["EMBEDDING", "RESIDUE_EMBEDDINGS"]
     target = configs[BLS_MODEL].parameters["target_model"].string_value
-    assert target in configs and configs[target].max_batch_size == 64
+    assert target in configs and configs[target].max_batch_size == 1  # the CPU plan's execution cap
     assert configs[ONNX_MODEL].platform == "onnxruntime_onnx"
     assert configs[TORCHSCRIPT_MODEL].platform == "pytorch_libtorch"
     assert configs[TOKENIZER_MODEL].backend == "python"
@@ -73,7 +84,7 @@ def test_batching_models_leave_the_batch_dim_out_of_dims(generated):
     hidden = int(configs[ONNX_MODEL].parameters["hidden_size"].string_value)
     for name in (ONNX_MODEL, TORCHSCRIPT_MODEL, ENSEMBLE_MODEL, BLS_MODEL):
         config = configs[name]
-        assert config.max_batch_size == 64
+        assert config.max_batch_size == 1  # the CPU plan's execution cap (tests/unit/test_export_execution_cap.py)
         outputs = list(tensors(config, "output").values())
         assert [list(t.dims) for t in outputs] == [[hidden], [-1, hidden]]
         assert all(t.data_type == mc.TYPE_FP32 for t in outputs)

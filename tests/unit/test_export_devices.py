@@ -27,7 +27,7 @@ def test_auto_uses_every_detected_gpu(gpu_count):
 
 def test_auto_without_gpus_falls_back_to_cpu():
     plan = plan_devices("auto", cpu_instances=3, cpu_cores=6, device_count=lambda: 0)
-    assert plan == DevicePlan("KIND_CPU", cpu_instances=3, cpu_threads=2)
+    assert plan == DevicePlan("KIND_CPU", cpu_instances=3, cpu_threads=2, interactive_instances=1)
     assert plan.total_instances == 3 and plan.tokenizer_instances == 1
 
 

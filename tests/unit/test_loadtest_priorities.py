@@ -1,5 +1,5 @@
 """The mixed interactive + bulk scenario without a server: SLO per class, the Locust command, per-class recording,
-refusal classification and the priorities benchmark's verdicts."""
+refusal classification, the priorities benchmark's verdicts and the bulk study's pure parts."""
 
 from __future__ import annotations
 
@@ -12,13 +12,9 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tritonfleet.loadtest.priorities import (
-    PhaseResult,
-    PrioritiesBenchConfig,
-    pool_runs,
-    render_markdown,
-    verdicts,
-)
+from tritonfleet.loadtest.bulk_study import BulkStudyConfig, compare_outputs, repeated_fasta
+from tritonfleet.loadtest.bulk_study import verdicts as bulk_verdicts
+from tritonfleet.loadtest.priorities import PhaseResult, PrioritiesBenchConfig, render_markdown, verdicts
 from tritonfleet.loadtest.run import LoadRunConfig, MixedScenario, locust_command
 from tritonfleet.loadtest.slo import SloPolicy, evaluate_slo
 from tritonfleet.loadtest.workload import refusal_kind
@@ -127,43 +123,63 @@ def test_the_recorder_keeps_per_class_counts_and_latencies():
     assert bulk["sequences_per_s"] == pytest.approx(6.4, rel=0.05)  # 64 sequences over the ~10 s measured
 
 
-def phase(name: str, interactive_p99: float, bulk_rate: float, unanswered: int = 0, errors: int = 0) -> PhaseResult:
-    summary = mixed_summary(row(p99=interactive_p99, errors=errors), row(rate=bulk_rate), unanswered)
-    return PhaseResult(name, summary, ((1.0, 1.2),))
+def phase(name: str, latencies: list[float], bulk: int = 0, failed: int = 0, rejected: int = 0) -> PhaseResult:
+    result = PhaseResult(name, "shipped", measured_s=100.0, interactive_latencies_ms=latencies, bulk_sequences=bulk)
+    if failed:
+        result.interactive_failures["ServerUnavailableError"] = failed
+    if rejected:
+        result.server_rejections["esm2_interactive"] = rejected
+    return result
 
 
-def test_runs_of_one_condition_are_pooled():
-    def run(latencies: list[float], measured_s: float, measured_sequences: int, load: float) -> PhaseResult:
-        interactive = {**row(successes=len(latencies)), "latencies_ms": latencies}
-        bulk = {**row(successes=measured_sequences // 64), "measured_sequences": measured_sequences}
-        summary = {**mixed_summary(interactive, bulk), "measured_s": measured_s}
-        return PhaseResult("r", summary, ((load, load + 2),))
-
-    pooled = pool_runs("with_priorities", [run([10.0] * 99, 100.0, 640, 1.0), run([1000.0], 150.0, 1280, 3.0)])
-    interactive, bulk = pooled.row("interactive"), pooled.row("bulk")
-    assert interactive["successes"] == 100 and interactive["latency_ms"]["p50"] == 10.0
-    assert interactive["latency_ms"]["p99"] == pytest.approx(19.9)  # percentiles of the pooled latencies
-    assert bulk["sequences_per_s"] == pytest.approx((640 + 1280) / 250.0)  # over the summed windows
-    assert pooled.loads == ((1.0, 3.0), (3.0, 5.0)) and pooled.summary["runs"] == 2
-    broken = pool_runs("with_priorities", [run([10.0], 10.0, 64, 1.0), PhaseResult("r", {}, ((1.0, 1.0),))])
-    assert not verdicts([phase("idle", 1.0, math.nan), phase("without_priorities", 9.0, 1.0), broken])[
-        "every_request_answered"
-    ]
-
-
-def test_bench_verdicts_compare_with_and_without_priorities():
-    phases = [phase("idle", 40.0, math.nan), phase("without_priorities", 40_000.0, 10.0),
-              phase("with_priorities", 8_000.0, 9.5)]  # fmt: skip
+def test_bench_verdicts_judge_the_shipped_defaults_against_idle_and_bulk_alone():
+    phases = [phase("idle", [30.0] * 100), phase("bulk_alone", [], bulk=1000),
+              phase("bulk_and_interactive", [60.0] * 100, bulk=950)]  # fmt: skip
     result = verdicts(phases)
-    assert result["interactive_p99_ratio"] == pytest.approx(0.2) and result["p99_target_met"]
+    assert result["interactive_p99_ratio"] == pytest.approx(2.0) and result["p99_target_met"]
     assert result["bulk_throughput_ratio"] == pytest.approx(0.95) and result["throughput_target_met"]
-    assert result["every_request_answered"]
-    missed = verdicts([phases[0], phases[1], phase("with_priorities", 20_000.0, 8.0, unanswered=1)])
-    assert not missed["p99_target_met"] and not missed["throughput_target_met"]
-    assert not missed["every_request_answered"]
+    assert result["none_refused"]
+    missed = verdicts([phases[0], phases[1], phase("bulk_and_interactive", [120.0] * 100, bulk=800, rejected=2)])
+    assert not missed["p99_target_met"] and not missed["throughput_target_met"] and not missed["none_refused"]
+    assert not verdicts([phases[0], phases[1], phase("bulk_and_interactive", [60.0], bulk=950, failed=1)])[
+        "none_refused"
+    ]
     text = render_markdown(PrioritiesBenchConfig(), phases, "python -m tritonfleet.loadtest.priorities")
-    assert "| interactive p99 with priorities <= 0.3x without | 0.200x | yes |" in text
-    assert "| with priorities | 4,000 | 8,000 |" in text
+    assert "| interactive p99 under bulk <= 3x idle p99 | 2.00x | yes |" in text
+    assert "| bulk and interactive | shipped | - | 60 | 60 | 100 / 0 | 0 | 9.50 |" in text
+    assert math.isnan(phase("idle", []).p(99))
+
+
+def test_the_bulk_study_fasta_repeats_earlier_sequences(tmp_path):
+    config = BulkStudyConfig(records=100, length_mix="short")
+    path, distinct = repeated_fasta(tmp_path / "r.fasta", config)
+    lines = path.read_text().splitlines()
+    ids, sequences = lines[0::2], lines[1::2]
+    assert len(ids) == len(set(ids)) == 100 and distinct == len(set(sequences)) == 70
+    assert sum(1 for index, sequence in enumerate(sequences) if sequence in sequences[:index]) == 30
+
+
+def test_the_bulk_study_compares_outputs_id_by_id(tmp_path):
+    import numpy as np
+
+    def write(name: str, vectors: list[list[float]]) -> Path:
+        path = tmp_path / name
+        np.savez(path, ids=np.array(["a", "b"]), embeddings=np.array(vectors, dtype=np.float32))
+        return path
+
+    same = [write("1.npz", [[1, 2], [3, 4]]), write("2.npz", [[1, 2], [3, 4]])]
+    assert compare_outputs(same) == (True, 0.0, 2)
+    identical, largest, _ = compare_outputs([same[0], write("3.npz", [[1, 2], [3, 4.5]])])
+    assert not identical and largest == pytest.approx(0.5)
+    assert not compare_outputs([same[0], tmp_path / "missing.npz"])[0]
+    study = {
+        "conditions": [{"name": "neither", "seconds": 10.0, "exit_code": 0},
+                       {"name": "server cache alone", "seconds": 7.0, "exit_code": 0},
+                       {"name": "client dedup alone", "seconds": 8.0, "exit_code": 0}],
+        "identical": True, "interactive": {"repeat_p50_ms": 1.0},
+    }  # fmt: skip
+    result = bulk_verdicts(study)
+    assert result["cache_target_met"] and not result["dedup_target_met"] and result["repeat_target_met"]
 
 
 def test_users_start_at_fixed_spread_out_places_in_the_pool():

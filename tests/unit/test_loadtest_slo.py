@@ -73,7 +73,7 @@ def test_locust_command_selects_the_protocol_users(tmp_path: Path) -> None:
     command = locust_command(config)
     assert command[-1] == "TritonGrpcEmbedUser" and "TritonHttpEmbedUser" not in command
     assert command[command.index("-H") + 1] == "http://127.0.0.1:8000"
-    assert command[command.index("--triton-grpc-url") + 1] == "127.0.0.1:8001"
+    assert command[command.index("--url") + 1] == "grpc://127.0.0.1:8001"
     assert command[command.index("--csv") + 1] == str(tmp_path / "locust")
     assert command[command.index("--exit-code-on-error") + 1] == "0"  # the SLO decides the exit code
 

@@ -83,8 +83,8 @@ def test_thread_parameter_follows_the_backend_and_bad_axes_are_refused(shipped) 
     tokenizer = read_config(PROJECT_ROOT / "model_repository" / "esm2_tokenizer" / "config.pbtxt")
     with pytest.raises(TuneError, match="no thread-count parameter"):
         model_config_parameters(SearchSpace(), tokenizer)
-    with pytest.raises(TuneError, match="exceed"):
-        model_config_parameters(SearchSpace(preferred_batch_sizes=((8, 128),)), shipped)
+    lifted = model_config_parameters(SearchSpace(preferred_batch_sizes=((8, 128),)), shipped)
+    assert shipped.max_batch_size < 128 and lifted["max_batch_size"] == [128]  # the plan's execution cap is lifted
 
 
 def test_profile_config_is_local_cpu_only_with_the_projects_tools(shipped, tmp_path: Path) -> None:
@@ -240,7 +240,7 @@ def test_export_flags_reproduce_the_chosen_config(shipped) -> None:
     assert export_command(header + 'name: "esm2_onnx"\n', flags) == (
         "python -m export esm2 --random-init 8M --output repo " + " ".join(flags)
     )
-    assert export_command(SHIPPED.read_text(), []).startswith("python -m export esm2 ")  # the committed header
+    assert export_command(SHIPPED.read_text(), []).startswith("tritonfleet export esm2 ")  # the committed header
     assert export_flags(shipped, shipped) == ([], [])
     assert export_command("name: 'x'\n", flags) is None
     del chosen.parameters["intra_op_thread_count"]

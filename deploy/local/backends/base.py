@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonfleet.contract.model_config import config_from_json
 from tritonfleet.deploy.local.backends.batching import RequestResult, Tensors, run_batched
-from tritonfleet.deploy.local.backends.contract import ModelContractError, served_model
+from tritonfleet.deploy.local.backends.contract import ModelContractError, apply_cpu_nice, served_model
 
 
 class EngineInputError(ValueError):
@@ -29,6 +29,10 @@ class PythonBasedBackend:
     def initialize(self, args: dict[str, str]) -> None:
         self.config = config_from_json(args["model_config"])
         self.spec = served_model(self.config)
+        try:
+            apply_cpu_nice(self.spec)  # before the engine starts its threads (they inherit it)
+        except ModelContractError as error:
+            raise pb_utils.TritonModelException(f"unable to load model '{self.spec.name}': {error}") from error
         self.instance_name = args.get("model_instance_name", self.spec.name)
         self.device = self._device(args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0)))
         version_dir = Path(args["model_repository"]) / args["model_version"]

@@ -7,7 +7,10 @@ rules: parameters as strings, how model dims and config dims compare, `NAME__<i>
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -98,3 +101,29 @@ def order_by_index_suffix(names: list[str]) -> list[int] | None:
             return None
         indices.append(int(match.group("index")))
     return indices
+
+
+# Config parameter read by our Python-based backends only (Triton's native C++ backends ignore unknown parameters):
+# raise the niceness of the instance's stub process by this much, so that the OS scheduler prefers the instances
+# without it (the interactive-only network copy) whenever both want a core. Triton never preempts an execution; the
+# OS preempts threads.
+CPU_NICE_PARAMETER = "cpu_nice"
+
+
+def apply_cpu_nice(model: ServedModel) -> int | None:
+    """Adds `cpu_nice` (0-19) to the niceness of every thread of this process (a stub: one model instance); threads
+    created later inherit it. Returns the niceness set, or None when the model has no such parameter."""
+    increment = int_parameter(model, CPU_NICE_PARAMETER)
+    if not increment:
+        return None
+    if not 0 < increment < 20:
+        raise ModelContractError(
+            f"model '{model.name}': parameter '{CPU_NICE_PARAMETER}' must be 0-19, got {increment}"
+        )
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + increment)
+    tasks = Path("/proc/self/task")
+    for task in sorted(tasks.iterdir()) if tasks.is_dir() else []:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), target)  # Linux: per thread
+    os.setpriority(os.PRIO_PROCESS, 0, target)
+    return target

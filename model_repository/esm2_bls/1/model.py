@@ -5,8 +5,12 @@ request reaches the network's dynamic batcher on its own, padded to its own leng
 closes a batch at the first request of another shape, so random-length traffic runs at batch ~1. Here the requests
 queue in front of this model (one shape: BYTES [1], so Triton batches them fully); each execute() tokenizes them,
 sorts them by width, cuts the sorted list into width groups (`plan_shared_widths`: one more execution vs padding)
-and sends each group to the network as one batched BLS request (all groups at once, asynchronously), then splits
-the outputs back per request.
+and sends each group to the network as one batched BLS request, then splits the outputs back per request.
+
+execute() is synchronous: Triton 24.10's stub runs an `async def execute` of a non-decoupled model on its event-loop
+thread and blocks on the result, and `async_exec` hands the call to a thread pool, so each request paid two thread
+hand-offs each way for no concurrency. One group (always the case at max_batch_size 1, the CPU plans) is sent with a
+blocking `exec()` on the stub's own thread; several groups are still sent at once, on a private event loop.
 
 Tokenization is the `esm2_tokenizer` model's own code: `python -m export esm2` copies its `model.py` beside this
 file as `esm2_tokenizer_model.py`, with `esm2_tokens.py` (the python backend puts this directory on `sys.path`).
@@ -55,6 +59,11 @@ def _group_timeout(requests) -> int:
     return 0 if 0 in timeouts else max(timeouts, default=0)
 
 
+async def _gather(calls) -> list:
+    """Every BLS call at once; an exception in place of a call's response where it raised."""
+    return await asyncio.gather(*(call.async_exec() for call in calls), return_exceptions=True)
+
+
 class TritonPythonModel:
     """Tokenize, group by width, one batched network call per group."""
 
@@ -67,8 +76,9 @@ class TritonPythonModel:
         self.target_max_batch_size = int(parameters["target_max_batch_size"])
         self.target_inputs = _name_map(parameters["target_inputs"])  # e.g. {"INPUT_IDS": "INPUT_IDS__0", ...}
         self.target_outputs = _name_map(parameters["target_outputs"])
+        self._loop = asyncio.new_event_loop()  # for executions that send several groups at once
 
-    async def execute(self, requests):
+    def execute(self, requests):
         encoded = [esm2_tokenizer_model.encode(request, self.settings.buckets) for request in requests]
         valid = sorted(
             (index for index, item in enumerate(encoded) if isinstance(item, tuple)),
@@ -81,10 +91,16 @@ class TritonPythonModel:
         )
         groups = self._groups(valid, widths, [encoded[i][0].shape[0] for i in valid])
         wanted = self._wanted_outputs(requests)
-        answers = await asyncio.gather(
-            *(self._infer_group(requests, group, width, encoded, wanted) for group, width in groups),
-            return_exceptions=True,
-        )
+        calls = [self._group_request(requests, group, width, encoded, wanted) for group, width in groups]
+        if len(calls) == 1:
+            try:
+                answers = [calls[0].exec()]
+            except Exception as error:  # noqa: BLE001 - reported to the group's requests
+                answers = [error]
+        elif calls:
+            answers = self._loop.run_until_complete(_gather(calls))
+        else:
+            answers = []
         responses = list(encoded)
         for (group, _), answer in zip(groups, answers):
             for index, response in zip(group, self._split(answer, group, encoded, wanted)):
@@ -112,7 +128,7 @@ class TritonPythonModel:
             names.update(requested if requested else OUTPUTS)
         return tuple(name for name in OUTPUTS if name in names)
 
-    async def _infer_group(self, requests, group: list[int], width: int, encoded, wanted: tuple[str, ...]):
+    def _group_request(self, requests, group: list[int], width: int, encoded, wanted: tuple[str, ...]):
         padded = [esm2_tokens.pad_to_width(*encoded[index], width) for index in group]
         input_ids = np.concatenate([ids for ids, _ in padded])
         attention_mask = np.concatenate([mask for _, mask in padded])
@@ -125,7 +141,7 @@ class TritonPythonModel:
             requested_output_names=[self.target_outputs[name] for name in wanted],
             timeout=_group_timeout([requests[index] for index in group]),
         )
-        return await request.async_exec()
+        return request
 
     def _split(self, answer, group: list[int], encoded, wanted: tuple[str, ...]) -> list:
         if isinstance(answer, BaseException):
@@ -146,4 +162,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        pass
+        self._loop.close()

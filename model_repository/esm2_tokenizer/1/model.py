@@ -50,6 +50,9 @@ class TritonPythonModel:
         for index, width in zip(valid, widths):
             input_ids, attention_mask = esm2_tokens.pad_to_width(*encoded[index], width)
             encoded[index] = pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor("INPUT_IDS", input_ids), pb_utils.Tensor("ATTENTION_MASK", attention_mask)]
+                output_tensors=[
+                    pb_utils.Tensor("INPUT_IDS", input_ids),
+                    pb_utils.Tensor("ATTENTION_MASK", attention_mask),
+                ]
             )
         return encoded
