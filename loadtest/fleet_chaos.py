@@ -822,9 +822,9 @@ def render_report(results: dict[str, Any], command: str, quick: bool) -> str:
         "`UNKNOWN: Stream removed (Data frame with END_STREAM flag received)` (about one per kill under this load, "
         "when it happens to be mid-answer); a stream HAProxy reset before any answer ends as `UNAVAILABLE: Stream "
         "removed (RST_STREAM error code 7)` (REFUSED_STREAM). Both are the client's to retry (inference is "
-        'idempotent): the project\'s client retries UNAVAILABLE; UNKNOWN "Stream removed" is classified as '
-        "transient only once client/errors.py learns it (requested; until then a project-client failure of that kind "
-        "is possible, though none was seen here).",
+        'idempotent): the project\'s client (client/errors.py) retries both, and "Socket closed" / "Connection '
+        'reset" alike. This is the one retry budget HAProxy and the client share: HAProxy replays what never reached '
+        "a replica's answer (at most once, on another replica), the client retries the rest within its deadline.",
         f"- Machine load: load average {results.get('load_before')} at the start, {results.get('load_after')} at the "
         "end (this 2-core machine is shared: the balancer, 2-3 replicas and the load generator compete for the same "
         "cores, so every extra hop waits for a core; the throughput ratio is only meaningful on an otherwise idle "
