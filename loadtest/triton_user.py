@@ -182,10 +182,14 @@ class TritonUser(User):
         self._sequence_cycle = itertools.islice(itertools.cycle(self.sequences), offset, None)
 
     def embed_next_sequence(self) -> None:
-        """Sends the next `batch` sequences of the pool as one request."""
+        """Sends the next `batch` sequences of the pool: one request, or several of the model's `max_batch_size`
+        when the serving plan caps executions below `batch` (as the project's client splits its calls)."""
         sequences = list(itertools.islice(self._sequence_cycle, self.batch))
-        request = prepare_request(self.target, sequences, self.buckets)
-        self.triton.infer(self.target, request, self.output_names, self.request_name, self.priority, self.deadline_s)
+        step = min(len(sequences), self.target.max_batch_size) if self.target.max_batch_size > 0 else len(sequences)
+        for start in range(0, len(sequences), max(1, step)):
+            request = prepare_request(self.target, sequences[start : start + step], self.buckets)
+            name, priority = self.request_name, self.priority
+            self.triton.infer(self.target, request, self.output_names, name, priority, self.deadline_s)
 
     def on_stop(self) -> None:
         self.triton.close()

@@ -45,7 +45,7 @@ from tritonfleet.deploy.fleet.haproxy import (
 from tritonfleet.deploy.fleet.processes import BalancerProcess, FleetStartError, ReplicaProcess
 from tritonfleet.deploy.fleet.replica_plan import ReplicaPlan, build_replica_repository, sync_replica_repository
 from tritonfleet.deploy.fleet.runtime_api import RuntimeApi, ServerStats
-from tritonfleet.deploy.local.server import LOOPBACK, _free_port, _port_is_free
+from tritonfleet.deploy.local.server import LOOPBACK, ServingAddresses, _free_port, _port_is_free
 
 LOGGER = logging.getLogger(__name__)
 FULL_WEIGHT = 100
@@ -176,7 +176,7 @@ class CanaryReport:
 # -- the fleet --------------------------------------------------------------------------------------------------------
 
 
-class Fleet:
+class Fleet(ServingAddresses):
     """N replicas behind HAProxy; a context manager. See the module docstring."""
 
     def __init__(self, options: FleetOptions) -> None:
@@ -214,23 +214,7 @@ class Fleet:
         self._monitor: threading.Thread | None = None
         self.control = None
 
-    # -- addresses ---------------------------------------------------------------------------------------------------
-    @property
-    def http_url(self) -> str:
-        return f"{self._client_host}:{self.options.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self._client_host}:{self.options.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self._client_host}:{self.options.metrics_port}/metrics"
-
-    @property
-    def _client_host(self) -> str:
-        return LOOPBACK if self.options.host in ("0.0.0.0", "::", "") else self.options.host
-
+    # -- addresses (http_url, grpc_url, metrics_url: ServingAddresses) ------------------------------------------------
     @property
     def api(self) -> RuntimeApi:
         assert self.balancer is not None

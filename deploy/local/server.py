@@ -67,7 +67,30 @@ class ServerOptions:
     supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
 
 
-class LocalTritonServer:
+class ServingAddresses:
+    """The client-side addresses of something listening on `options.host` and `options.{http,grpc,metrics}_port`
+    (one tritonserver, or the fleet's balancer front): a wildcard bind is reached through loopback."""
+
+    options: Any
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.options.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.options.metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        return LOOPBACK if self.options.host in ("0.0.0.0", "::", "") else self.options.host
+
+
+class LocalTritonServer(ServingAddresses):
     """A tritonserver process serving one model repository; usable as a context manager.
 
     Example:
@@ -84,23 +107,6 @@ class LocalTritonServer:
         self.log_path = self._workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
         self.supervisor: ModelSupervisor | None = None
-
-    # -- addresses -----------------------------------------------------------------------------------------------
-    @property
-    def http_url(self) -> str:
-        return f"{self._client_host}:{self.options.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self._client_host}:{self.options.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self._client_host}:{self.options.metrics_port}/metrics"
-
-    @property
-    def _client_host(self) -> str:
-        return LOOPBACK if self.options.host in ("0.0.0.0", "::", "") else self.options.host
 
     @property
     def pid(self) -> int | None:
