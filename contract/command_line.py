@@ -96,6 +96,31 @@ def split_url(text: str) -> tuple[str | None, str]:
     raise argparse.ArgumentTypeError(f"--url {text!r}: the scheme must be http:// or grpc://")
 
 
+def add_server_url(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, old_http_flag: str, old_grpc_flag: str = "--grpc-url"
+) -> None:
+    """The repeatable `--url [SCHEME://]HOST:PORT` of the load tools, with their old per-protocol spellings kept as
+    deprecated aliases; `url_values(args)` folds them back into `--url` values."""
+    parser.add_argument(
+        "--url",
+        action="append",
+        metavar="[SCHEME://]HOST:PORT",
+        help="the server (repeatable): http://HOST:PORT and/or grpc://HOST:PORT; without a scheme, the address of "
+        "the one --protocol (default: 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)",
+    )
+    add_deprecated(parser, old_http_flag, "--url http://HOST:PORT", dest="deprecated_http_url")
+    add_deprecated(parser, old_grpc_flag, "--url grpc://HOST:PORT", dest="deprecated_grpc_url")
+
+
+def url_values(args: argparse.Namespace) -> list[str]:
+    """`--url` values, plus those the deprecated per-protocol flags of `add_server_url` gave."""
+    urls = list(args.url or [])
+    for scheme, old in (("http", "deprecated_http_url"), ("grpc", "deprecated_grpc_url")):
+        if value := getattr(args, old, None):
+            urls.append(f"{scheme}://" + value.split("://", 1)[-1])
+    return urls
+
+
 def server_urls(urls: Sequence[str] | None, protocols: Sequence[str], host: str = LOOPBACK) -> dict[str, str]:
     """{protocol: HOST:PORT} for each of `protocols` from `--url` values.
 

@@ -22,7 +22,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tritonfleet.contract.command_line import HelpFormatter, add_deprecated, server_urls, warn_python_m
+from tritonfleet.contract.command_line import (
+    HelpFormatter,
+    add_deprecated,
+    add_server_url,
+    server_urls,
+    url_values,
+    warn_python_m,
+)
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.perf_analyzer import run_perf_analyzer
 from tritonfleet.loadtest.workload import (
@@ -370,15 +377,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--start-local-server", action="store_true", help="serve --model-repository for the sweep")
-    parser.add_argument(
-        "--url",
-        action="append",
-        metavar="[SCHEME://]HOST:PORT",
-        help="the server (repeatable): http://HOST:PORT and/or grpc://HOST:PORT; without a scheme, the address of "
-        "the one --protocol (default: 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)",
-    )
-    add_deprecated(parser, "--http-url", "--url http://HOST:PORT", dest="http_url")
-    add_deprecated(parser, "--grpc-url", "--url grpc://HOST:PORT", dest="grpc_url")
+    add_server_url(parser, "--http-url")
     parser.add_argument("--models", default="", help="comma-separated; default: every model in the repository")
     parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="both", help="protocols to sweep")
     add_deprecated(parser, "--protocols", "--protocol http|grpc|both", dest="protocols")
@@ -395,11 +394,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
     protocols = _csv_list(getattr(args, "protocols", "")) or (
         ("http", "grpc") if args.protocol == "both" else (args.protocol,)
     )
-    urls = list(args.url or [])
-    urls += [f"http://{args.http_url.split('://', 1)[-1]}"] if getattr(args, "http_url", None) else []
-    urls += [f"grpc://{args.grpc_url.split('://', 1)[-1]}"] if getattr(args, "grpc_url", None) else []
     try:
-        args.urls = server_urls([], ("http", "grpc")) | server_urls(urls, protocols)
+        args.urls = server_urls([], ("http", "grpc")) | server_urls(url_values(args), protocols)
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
 

@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tritonfleet.contract.command_line import HelpFormatter, add_deprecated, server_urls, warn_python_m
+from tritonfleet.contract.command_line import (
+    HelpFormatter,
+    add_deprecated,
+    add_server_url,
+    server_urls,
+    url_values,
+    warn_python_m,
+)
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.shapes import SHAPES
 from tritonfleet.loadtest.slo import SloPolicy, SloReport, evaluate_slo
@@ -218,15 +225,7 @@ PROGRAM = "python -m loadtest.run"
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     target = parser.add_argument_group("target")
-    target.add_argument(
-        "--url",
-        action="append",
-        metavar="[SCHEME://]HOST:PORT",
-        help="the server (repeatable): http://HOST:PORT and/or grpc://HOST:PORT; without a scheme, the address of "
-        "the one --protocol (default: 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)",
-    )
-    add_deprecated(target, "--host", "--url http://HOST:PORT", dest="host")
-    add_deprecated(target, "--grpc-url", "--url grpc://HOST:PORT", dest="grpc_url")
+    add_server_url(target, "--host")
     target.add_argument("--start-local-server", action="store_true", help="serve --model-repository for the run")
     target.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     load = parser.add_argument_group("load")
@@ -259,12 +258,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
 
 def target_urls(args: argparse.Namespace, protocols: Sequence[str]) -> dict[str, str]:
     """{"http": HOST:PORT, "grpc": HOST:PORT} from --url (and the deprecated --host/--grpc-url)."""
-    urls = list(args.url or [])
-    if getattr(args, "host", None):
-        urls.append("http://" + args.host.split("://", 1)[-1])
-    if getattr(args, "grpc_url", None):
-        urls.append("grpc://" + args.grpc_url.split("://", 1)[-1])
-    return server_urls(urls, protocols)
+    return server_urls(url_values(args), protocols)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:

@@ -382,25 +382,23 @@ def build_configs(recipe: Esm2Recipe, options: RepositoryOptions) -> dict[str, M
             INTERACTIVE_EMBEDDING_MODEL_PARAMETER: interactive_entry,
         },
     )
-    configs[EMBEDDING_MODEL] = ensemble_config(
-        EMBEDDING_MODEL,
-        tokenizer_inputs,
-        embedding_spec,
-        [tokenize, EnsembleStep(target, target_inputs, embedding_only)],
-        batching.max_batch_size,
-        {**common, **budget, "pipeline": f"{TOKENIZER_MODEL} -> {target} (EMBEDDING only)"},
-        response_cache=cache,
-    )
-    if reserve:
-        name = interactive_network(target)
-        configs[INTERACTIVE_MODEL] = ensemble_config(
-            INTERACTIVE_MODEL,
+
+    def embedding_entry(name: str, network: str, note: str) -> ModelConfig:
+        """A cached entry returning EMBEDDING alone (Triton's cache key ignores the requested outputs)."""
+        return ensemble_config(
+            name,
             tokenizer_inputs,
             embedding_spec,
-            [tokenize, EnsembleStep(name, target_inputs, embedding_only)],
+            [tokenize, EnsembleStep(network, target_inputs, embedding_only)],
             batching.max_batch_size,
-            {**common, **budget, "pipeline": f"{TOKENIZER_MODEL} -> {name} (EMBEDDING only; interactive traffic)"},
+            {**common, **budget, "pipeline": f"{TOKENIZER_MODEL} -> {network} ({note})"},
             response_cache=cache,
+        )
+
+    configs[EMBEDDING_MODEL] = embedding_entry(EMBEDDING_MODEL, target, "EMBEDDING only")
+    if reserve:
+        configs[INTERACTIVE_MODEL] = embedding_entry(
+            INTERACTIVE_MODEL, interactive_network(target), "EMBEDDING only; interactive traffic"
         )
     return configs
 
