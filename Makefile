@@ -53,9 +53,10 @@ test-fast: test-unit ## Alias of test-unit: the fast tier; `make test` is the fu
 test-integration: setup ## Run the tests that start a real tritonserver
 	$(PY) -m pytest -m integration
 
-lint: setup ## ruff check + format check
+lint: setup ## ruff check + format check, and the architecture checks (import-linter layers, one home per idea)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q tests/unit/test_architecture.py
 
 format: setup ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
@@ -73,6 +74,9 @@ bench: build-repository ## One-run benchmark (~20 min) on $(BUILD_REPO): raw eng
 engines: setup ## Engine study (~12 min): every ESM-2 engine variant in-process vs eager PyTorch, 8M/35M; reports/engines.md
 	$(TF) engines
 
+flagship: setup ## Flagship sizes (~10 min 150M, ~25 min 650M on 2 cores): export time + peak memory, served esm2 vs eager fp32 vs FastAPI; reports/flagship.md
+	$(TF) flagship --sizes 150M 650M
+
 cpu-plan: setup ## CPU plan study (~8 min): instances x threads x batching for esm2_onnx vs raw ORT; reports/cpu_plan.md
 	$(TF) cpu-plan
 
@@ -85,7 +89,8 @@ tune: build-repository ## Model Analyzer search for the best esm2_onnx config of
 tune-smoke: setup ## The make tune path on a tiny exported model: 2 configs, about 2 min; reports/tune-smoke/
 	rm -rf $(TUNE_SMOKE_DIR)/repository
 	$(TF) export torch --factory examples.my_model:build --name pooler --input-names IDS,MASK \
-		--output-names EMBEDDING --target cpu:$$(nproc) --formats onnx --output $(TUNE_SMOKE_DIR)/repository
+		--output-names EMBEDDING --input-roles TOKEN_IDS,ATTENTION_MASK --output-roles EMBEDDING \
+		--target cpu:$$(nproc) --formats onnx --output $(TUNE_SMOKE_DIR)/repository
 	$(TF) tune --preset smoke --model-repository $(TUNE_SMOKE_DIR)/repository \
 		--model pooler_onnx --output $(TUNE_SMOKE_DIR)
 
@@ -107,5 +112,5 @@ fleet-chaos: setup ## Fleet chaos study (~8 min): kill/hang a replica, rolling u
 clean: ## Remove generated weights, reports and build/ (keeps committed configs)
 	git clean -fdX model_repository reports build
 
-.PHONY: help setup demo export build-repository serve test test-unit test-fast test-integration lint format loadtest perf bench engines \
+.PHONY: help setup demo export build-repository serve test test-unit test-fast test-integration lint format loadtest perf bench engines flagship \
 	cpu-plan gpu-check tune tune-smoke priorities bulk chaos fleet fleet-chaos clean

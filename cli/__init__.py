@@ -68,6 +68,8 @@ COMMANDS: tuple[Command, ...] = (
             "measure", extra="loadtest,tune"),
     Command("engines", "tritonfleet.loadtest.engines:main", "engine study: every ESM-2 engine variant vs eager",
             "measure", extra="loadtest"),
+    Command("flagship", "tritonfleet.loadtest.flagship:main", "150M/650M: export cost, served esm2 vs eager fp32 "
+            "vs FastAPI", "measure", extra="loadtest"),
     Command("cpu-plan", "tritonfleet.loadtest.cpu_plan:main", "CPU plan study: instances x threads x batching",
             "measure", extra="loadtest"),
     Command("gpu-check", "tritonfleet.loadtest.gpu_check:main", "the GPU path in one go: export, parity, bench",

@@ -1,10 +1,11 @@
 """Bulk FASTA embedding that loses nothing and streams: memory is bounded by a window of records, not by the input.
 
 The FASTA file is read lazily (plain or gzip) in windows of `window` consecutive records. Each window is sorted by
-sequence length (stable) and cut into chunks of `chunk_size` records, so requests carry sequences of similar length
-and pad little; window w's chunks are numbered from w * ceil(window / chunk_size) (`client.writers.Layout`). A chunk
-is a fixed set of records for a given input and options: it is embedded, journaled as one atomic file (see
-`client.journal`) and is the unit of resumption. Chunks of a window are embedded concurrently while the next window
+sequence length (stable; a sequence's repeats after the window's first occurrences, see `window_order`) and cut into
+chunks of `chunk_size` records, so requests carry sequences of similar length and pad little; window w's chunks are
+numbered from w * ceil(window / chunk_size) (`client.writers.Layout`). A chunk is a fixed set of records for a
+given input and options: it is embedded, journaled as one atomic file (see `client.journal`) and is the unit of
+resumption. Chunks of a window are embedded concurrently while the next window
 is read; at most `concurrency + 1` chunks are in flight. At the end, `client.writers.assemble` streams the chunks
 into the output in input order.
 
@@ -26,20 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import itertools
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from tritonfleet.client.aio import AsyncEmbeddingClient
+from tritonfleet.client.bulk_plan import (
+    BulkOptions,
+    PlannedRecord,
+    SeenIndex,
+    plan_windows,
+)
 from tritonfleet.client.config import ClientConfig
 from tritonfleet.client.errors import InvalidRequestError
-from tritonfleet.client.fasta import FastaRecord, iter_fasta, scan_fasta
+from tritonfleet.client.fasta import iter_fasta, scan_fasta
 from tritonfleet.client.journal import (
     ChunkResult,
     Journal,
@@ -50,69 +54,14 @@ from tritonfleet.client.journal import (
     read_output_manifest,
     rejected_path_for,
 )
-from tritonfleet.client.long_sequences import DEFAULT_WINDOW_OVERLAP, combine_windows, split_windows
+from tritonfleet.client.long_sequences import combine_windows
 from tritonfleet.client.model import OutputKind
 from tritonfleet.client.writers import Layout, assemble
-from tritonfleet.contract import esm2_tokens as tokenizer
-from tritonfleet.contract.priorities import PriorityClass
 
-OutputFormat = Literal["npz", "parquet", "hdf5"]
-LongSequencePolicy = Literal["skip", "chunk"]
 JOURNAL_FORMAT_VERSION = 2
-DEFAULT_WINDOW = 8192
 INDEX_NAME = "index.sqlite"
 # Manifest keys that only shape the journal: a finished output is the same without them.
 _JOURNAL_ONLY_KEYS = ("chunk_size", "window", "dedup", "chunk_order", "journal_format")
-
-
-@dataclass(frozen=True)
-class BulkOptions:
-    """What `embed-fasta` does.
-
-    Attributes:
-        fasta: input FASTA (plain or gzip).
-        output: the result file.
-        output_format: "npz" (ids, embeddings, windows, manifest), "parquet" (id, embedding, windows) or "hdf5"
-            (one dataset per id, UniProt's per-protein layout).
-        concurrency: requests in flight.
-        long_sequences: "skip" rejects sequences over 1022 residues; "chunk" embeds them by windows.
-        window_overlap: residues shared by consecutive windows in "chunk" mode.
-        chunk_size: records per journal chunk (the unit of resumption).
-        overwrite: discard an existing journal/output from a different run instead of refusing.
-        priority: the requests' class; "bulk" lets interactive traffic on the same server go first.
-        window: records read, length-sorted and chunked together; bounds the job's memory.
-        dedup: compute each distinct sequence once per job (off: every record is sent, e.g. to study a server
-            cache).
-        per_residue: per-residue embeddings [L, D] instead of the mean (HDF5 output only).
-        hold_after_chunks: test hook: after writing this many chunks, wait instead of writing more (until
-            `release_file` exists, or until interrupted), so a test can act on a job that cannot have finished.
-            None in normal use.
-        release_file: test hook: the file whose creation ends the wait of `hold_after_chunks`.
-    """
-
-    fasta: Path
-    output: Path
-    output_format: OutputFormat = "npz"
-    concurrency: int = 4
-    long_sequences: LongSequencePolicy = "skip"
-    window_overlap: int = DEFAULT_WINDOW_OVERLAP
-    chunk_size: int = 256
-    overwrite: bool = False
-    priority: PriorityClass = "bulk"
-    window: int = DEFAULT_WINDOW
-    dedup: bool = True
-    per_residue: bool = False
-    hold_after_chunks: int | None = None
-    release_file: Path | None = None
-
-    def check(self) -> None:
-        """Raises ValueError for option combinations that cannot work."""
-        if self.chunk_size < 1 or self.window < 1 or self.concurrency < 1:
-            raise ValueError("chunk size, window and concurrency must be >= 1")
-        if self.per_residue and self.output_format != "hdf5":
-            raise ValueError("per-residue embeddings are written to HDF5 only: use --format hdf5 (or an .h5 output)")
-        if self.per_residue and self.long_sequences == "chunk":
-            raise ValueError("per-residue embeddings cannot be combined with --long-sequences chunk")
 
 
 @dataclass(frozen=True)
@@ -125,119 +74,6 @@ class BulkSummary:
     output: Path
     rejected_path: Path
     repeats: int = 0
-
-
-@dataclass(frozen=True)
-class _Planned:
-    """A record's fate before any request: embed these windows (one for normal records), reject, or reuse the
-    result of an earlier record with the same sequence (`alias`: its position and chunk)."""
-
-    record: FastaRecord
-    windows: tuple[str, ...] = ()
-    rejection: str | None = None
-    alias: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class _PlannedWindow:
-    number: int
-    chunks: tuple[tuple[int, tuple[_Planned, ...]], ...]  # (chunk index, its records in length order)
-
-
-def plan_record(record: FastaRecord, options: BulkOptions) -> _Planned:
-    """Validates one record and decides how to embed it."""
-    text = record.sequence.strip().upper()
-    if options.long_sequences == "chunk" and len(text) > tokenizer.MAX_RESIDUES:
-        for position, character in enumerate(text, start=1):  # the length is handled by windows; check residues
-            if character not in tokenizer.VALID_RESIDUES:
-                return _Planned(record, rejection=f"invalid residue {character!r} at position {position}")
-        return _Planned(record, windows=tuple(split_windows(text, tokenizer.MAX_RESIDUES, options.window_overlap)))
-    try:
-        return _Planned(record, windows=(tokenizer.validate_sequence(text),))
-    except tokenizer.InvalidSequenceError as error:
-        reason = str(error)
-        if len(text) > tokenizer.MAX_RESIDUES:
-            reason += " (use --long-sequences chunk to embed it by windows)"
-        return _Planned(record, rejection=reason)
-
-
-def plan_chunks(records: Sequence[FastaRecord], chunk_size: int) -> list[list[FastaRecord]]:
-    """One window's chunks: the records sorted by length (stable), cut every `chunk_size`."""
-    by_length = sorted(records, key=lambda record: len(record.sequence))
-    return [by_length[start : start + chunk_size] for start in range(0, len(by_length), chunk_size)]
-
-
-class SeenIndex:
-    """Ids and sequences seen so far in this job, on disk (SQLite), so memory stays bounded on any input."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.unlink(missing_ok=True)  # a scratch index: rebuilt from the input on every run
-        self._db = sqlite3.connect(path, check_same_thread=False)
-        self._db.executescript(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-4096;"
-            "CREATE TABLE ids (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID;"
-            "CREATE TABLE sequences (key BLOB PRIMARY KEY, position INTEGER, chunk INTEGER) WITHOUT ROWID;"
-        )
-
-    def claim_id(self, record_id: str, line: int) -> int | None:
-        """None if the id is new (now claimed), else the line of the record that has it."""
-        row = self._db.execute("SELECT line FROM ids WHERE id = ?", (record_id,)).fetchone()
-        if row is not None:
-            return int(row[0])
-        self._db.execute("INSERT INTO ids VALUES (?, ?)", (record_id, line))
-        return None
-
-    def source_of(self, text: str, position: int, chunk: int) -> tuple[int, int] | None:
-        """(position, chunk) of the first record with this sequence, or None if it is the first (now recorded)."""
-        key = hashlib.blake2b(text.encode("ascii"), digest_size=16).digest()
-        row = self._db.execute("SELECT position, chunk FROM sequences WHERE key = ?", (key,)).fetchone()
-        if row is not None:
-            return int(row[0]), int(row[1])
-        self._db.execute("INSERT INTO sequences VALUES (?, ?, ?)", (key, position, chunk))
-        return None
-
-    def commit(self) -> None:
-        self._db.commit()
-
-    def close(self) -> None:
-        self._db.close()
-        self.path.unlink(missing_ok=True)
-
-
-def plan_windows(records: Iterable[FastaRecord], options: BulkOptions, index: SeenIndex) -> Iterator[_PlannedWindow]:
-    """Reads `records` one window at a time and plans each window's chunks (see the module doc)."""
-    layout = Layout(records=0, window=options.window, chunk_size=options.chunk_size)
-    iterator = iter(records)
-    for number in itertools.count():
-        batch = list(itertools.islice(iterator, options.window))
-        if not batch:
-            return
-        planned = []
-        for record in batch:
-            first_line = index.claim_id(record.id, record.line)
-            if first_line is not None:
-                reason = f"repeated id {record.id!r} (first at line {first_line}); outputs are keyed by id"
-                planned.append(_Planned(record, rejection=reason))
-            else:
-                planned.append(plan_record(record, options))
-        order = sorted(range(len(planned)), key=lambda i: len(planned[i].record.sequence))
-        first_chunk = number * layout.chunks_per_window
-        chunk_of = {}
-        for rank, i in enumerate(order):
-            chunk_of[i] = first_chunk + rank // options.chunk_size
-        if options.dedup:
-            for i, plan in enumerate(planned):
-                if plan.rejection is None:
-                    source = index.source_of("".join(plan.windows), plan.record.position, chunk_of[i])
-                    if source is not None:
-                        planned[i] = dataclasses.replace(plan, alias=source)
-        index.commit()
-        chunks = tuple(
-            (first_chunk + k, tuple(planned[i] for i in order[start : start + options.chunk_size]))
-            for k, start in enumerate(range(0, len(order), options.chunk_size))
-        )
-        yield _PlannedWindow(number, chunks)
 
 
 async def served_identity(client: AsyncEmbeddingClient, kind: OutputKind = "EMBEDDING") -> dict[str, Any]:
@@ -295,7 +131,7 @@ def manifest_for(options: BulkOptions, identity: dict[str, Any], input_sha256: s
         "chunk_size": options.chunk_size,
         "window": options.window,
         "dedup": options.dedup,
-        "chunk_order": "length-within-window",
+        "chunk_order": "occurrence-then-length-within-window",
     }
 
 
@@ -429,7 +265,7 @@ class _Run:
             records.close()
             index.close()
 
-    async def _run_chunk(self, chunk_index: int, plans: Sequence[_Planned]) -> None:
+    async def _run_chunk(self, chunk_index: int, plans: Sequence[PlannedRecord]) -> None:
         result = await _embed_chunk(self.client, chunk_index, plans, self.options)
         await self.check_identity()
         hold = self.options.hold_after_chunks
@@ -447,7 +283,7 @@ async def _held(release_file: Path | None) -> None:
 
 
 async def _embed_chunk(
-    client: AsyncEmbeddingClient, index: int, planned: Sequence[_Planned], options: BulkOptions
+    client: AsyncEmbeddingClient, index: int, planned: Sequence[PlannedRecord], options: BulkOptions
 ) -> ChunkResult:
     result = ChunkResult(index, residues=[] if options.per_residue else None)
     accepted = [plan for plan in planned if plan.rejection is None and plan.alias is None]
@@ -476,7 +312,7 @@ async def _embed_chunk(
 
 
 async def _embed_planned(
-    client: AsyncEmbeddingClient, plans: Sequence[_Planned], per_residue: bool = False
+    client: AsyncEmbeddingClient, plans: Sequence[PlannedRecord], per_residue: bool = False
 ) -> list[np.ndarray]:
     """Embeds every window of every plan in one client call (split by the client to what the server advertises),
     then folds windows back per record."""
@@ -497,8 +333,8 @@ async def _embed_planned(
 
 
 async def _embed_one_by_one(
-    client: AsyncEmbeddingClient, plans: Sequence[_Planned], result: ChunkResult, per_residue: bool
-) -> tuple[list[np.ndarray], list[_Planned]]:
+    client: AsyncEmbeddingClient, plans: Sequence[PlannedRecord], result: ChunkResult, per_residue: bool
+) -> tuple[list[np.ndarray], list[PlannedRecord]]:
     """Isolates records the server rejects: each is sent alone; rejections are recorded with the server's words."""
     vectors, kept = [], []
     for plan in plans:
@@ -513,7 +349,7 @@ async def _embed_one_by_one(
 
 
 async def _embed_alone(
-    client: AsyncEmbeddingClient, plan: _Planned, per_residue: bool
+    client: AsyncEmbeddingClient, plan: PlannedRecord, per_residue: bool
 ) -> tuple[np.ndarray | None, str]:
     try:
         return (await _embed_planned(client, [plan], per_residue))[0], ""

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tritonfleet.client.bulk import DEFAULT_WINDOW, BulkOptions, embed_fasta
+from tritonfleet.client.bulk import embed_fasta
+from tritonfleet.client.bulk_plan import DEFAULT_WINDOW, BulkOptions
 from tritonfleet.client.config import DEFAULT_PORTS, PROTOCOLS, ClientConfig, RetryPolicy
 from tritonfleet.client.embedding_client import EmbeddingClient
 from tritonfleet.client.errors import (

@@ -8,11 +8,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tritonfleet.contract.esm2.pipeline import ESM2
+from tritonfleet.contract.pipeline import Purpose
 from tritonfleet.contract.priorities import PRIORITY_CLASSES, PriorityClass
 
 Protocol = Literal["http", "grpc"]
 PROTOCOLS: tuple[str, ...] = ("http", "grpc")
 DEFAULT_PORTS: dict[str, int] = {"http": 8000, "grpc": 8001}
+# The model a client calls unless told otherwise: the default entry of the built-in pipeline (ESM-2's `esm2`).
+DEFAULT_MODEL = ESM2.entry(Purpose.DEFAULT_ENTRY).name
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,12 @@ class ClientConfig:
         deadline_s: time one request may take, retries included; sent as Triton's request timeout (the remaining
             time, microseconds), so a request that cannot start in time is refused (`DeadlineExceededError`)
             instead of computed late. None: no deadline (the server's queue policy and `timeout_s` still apply).
-        entry_routing: follow the entry models the configured model advertises (config parameters
-            `embedding_model`, `interactive_embedding_model` of `esm2`): `embed()` goes to the EMBEDDING-only model of
-            its priority class (`esm2_interactive`: a network copy bulk traffic cannot occupy; `esm2_embedding` for
-            bulk; both answer repeats from Triton's response cache); `embed_residues()` stays on `model`. False:
-            every request goes to `model`.
+        entry_routing: follow the entry models the configured model advertises, as its pipeline's routes say
+            (`tritonfleet.contract.pipeline.Route`; ESM-2: config parameters `interactive_embedding_model`,
+            `embedding_model` of `esm2`): `embed()` goes to the EMBEDDING-only model of its priority class (the
+            interactive entry, `esm2_interactive`: a network copy bulk traffic cannot occupy; the bulk entry,
+            `esm2_embedding`; both answer repeats from Triton's response cache); `embed_residues()` stays on `model`
+            (the per-residue entry). False: every request goes to `model`.
         tls: connect with TLS (HTTPS, or gRPC over TLS), e.g. to a fleet behind an ingress. A url given as
             `https://host:port` sets it (and `http://host:port` is accepted as plain); the scheme is stripped.
         ca_file: PEM file of the certificate authorities that verify the server (default: the system's).
@@ -91,7 +96,7 @@ class ClientConfig:
 
     url: str = "127.0.0.1:8000"
     protocol: Protocol = "http"
-    model: str = "esm2"
+    model: str = DEFAULT_MODEL
     version: str = ""
     timeout_s: float = 60.0
     max_in_flight: int = 4

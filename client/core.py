@@ -16,6 +16,7 @@ import numpy as np
 from tritonfleet.client.errors import InvalidSequenceError, UnsupportedModelError
 from tritonfleet.client.model import ModelSpec
 from tritonfleet.contract import esm2_tokens as tokenizer
+from tritonfleet.contract.esm2.workload import sequence_array  # noqa: F401 - the client's name for it
 
 
 @dataclass(frozen=True)
@@ -110,20 +111,9 @@ def plan_batches(lengths: Sequence[int], max_batch_size: int, token_budget: int 
     return tuple(Batch(number, tuple(group)) for number, group in enumerate(groups, start=1))
 
 
-def sequence_array(texts: Sequence[str]) -> np.ndarray:
-    """The BYTES tensor [N, 1] of a `SEQUENCE` input: one ASCII sequence per row."""
-    array = np.empty((len(texts), 1), dtype=np.object_)  # BYTES must be np.object_ (keeps NULs)
-    for row, text in enumerate(texts):
-        array[row, 0] = text.encode("ascii")
-    return array
-
-
 def build_input_arrays(spec: ModelSpec, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """The request tensors for one batch, keyed by served input name."""
-    if spec.feed == "sequences":
-        return {spec.inputs["SEQUENCE"]: sequence_array(texts)}
-    input_ids, attention_mask = tokenizer.encode_batch(list(texts))
-    return {spec.inputs["INPUT_IDS"]: input_ids, spec.inputs["ATTENTION_MASK"]: attention_mask}
+    """The request tensors for one batch, keyed by served input name: built by the model's pipeline by role."""
+    return spec.pipeline_declaration().requests.inputs(spec.roles, list(texts))
 
 
 def batch_texts(call: PreparedCall, batch: Batch) -> list[str]:

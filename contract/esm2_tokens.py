@@ -46,6 +46,10 @@ MAX_TOKENS = MAX_RESIDUES + SPECIAL_TOKENS_PER_SEQUENCE
 # so buckets pay off when same-bucket requests arrive together (bulk clients sending length-sorted sequences);
 # random-order single requests still batch ~1.1 on average, as with no buckets.
 DEFAULT_BUCKETS: tuple[int, ...] = (128, 192, 256, 320, 384, 480, 608, 768, MAX_TOKENS)
+# No buckets: each request padded to its own longest sequence. Where every execution holds one sequence (the CPU
+# plans' execution cap) buckets batch nothing and only add padded tokens (~12 % on the Swiss-Prot mix, 2.5x the work
+# for a 50-residue protein padded to 128), so those exports write this instead (config value "exact").
+EXACT_LENGTHS = "exact"
 # What one more execution of the network costs, in padded tokens: the tokenizer pads consecutive requests to a
 # shared width when that is cheaper than splitting them into separate executions (see `plan_shared_widths`).
 # The value is (time of one more execution) / (compute time per token). Measured on the 2-core CPU machine with
@@ -116,7 +120,10 @@ def validate_buckets(buckets: Iterable[int]) -> tuple[int, ...]:
 
 
 def parse_buckets(text: str) -> tuple[int, ...]:
-    """Parses a comma-separated bucket list such as "64,128,1024" (the form stored in the Triton config)."""
+    """Parses a comma-separated bucket list such as "64,128,1024" (the form stored in the Triton config), or
+    EXACT_LENGTHS: the empty tuple, each request padded to its own longest sequence and no further."""
+    if text.strip() == EXACT_LENGTHS:
+        return ()
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -126,7 +133,8 @@ def parse_buckets(text: str) -> tuple[int, ...]:
 
 def format_buckets(buckets: Iterable[int]) -> str:
     """The inverse of `parse_buckets`."""
-    return ",".join(str(bucket) for bucket in validate_buckets(buckets))
+    buckets = tuple(buckets)
+    return ",".join(str(bucket) for bucket in validate_buckets(buckets)) if buckets else EXACT_LENGTHS
 
 
 def bucket_for(token_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
@@ -241,8 +249,13 @@ def encode(sequence: str | bytes, buckets: Sequence[int] | None = DEFAULT_BUCKET
 class TokenizerSettings:
     """How a served model tokenizes: its length buckets and the run-merging cost (config `parameters`)."""
 
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS  # () = exact lengths (EXACT_LENGTHS)
     run_overhead_tokens: int = DEFAULT_RUN_OVERHEAD_TOKENS
+
+    @property
+    def padding_buckets(self) -> tuple[int, ...] | None:
+        """The buckets `encode_batch` takes: None pads to the longest sequence exactly."""
+        return self.buckets or None
 
     @classmethod
     def from_model_config(cls, model_config_json: str) -> TokenizerSettings:
@@ -280,7 +293,7 @@ class EncodingFailure:
 
 
 def encode_request(
-    sequences: Sequence[str | bytes], buckets: Sequence[int]
+    sequences: Sequence[str | bytes], buckets: Sequence[int] | None
 ) -> tuple[np.ndarray, np.ndarray] | EncodingFailure:
     """`encode_batch` for one served request: a failure is returned, not raised, so batch-mates are unaffected."""
     try:

@@ -27,7 +27,7 @@ from tritonfleet.export.parity import MIN_COSINE_POOLED
 UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
 
 
-PROGRAM = "python -m deploy.demo"
+PROGRAM = "tritonfleet demo"
 
 
 def parse_args(argv: list[str] | None, prog: str = PROGRAM) -> argparse.Namespace:

@@ -1,6 +1,8 @@
 """Command line: `tritonfleet export torch --factory MODULE:CALLABLE --name NAME --output DIR ...` for any PyTorch
-model, `tritonfleet export esm2 [--checkpoint ID|PATH | --random-init 8M] --target cpu:4 --output DIR ...` for ESM-2
-(`python -m export ...` from a checkout: deprecated, same flags).
+model (a bare network, export/torch_command.py), `tritonfleet export <pipeline> ...` for every installed pipeline
+with an export command (tritonfleet.contract.pipeline; ESM-2: `tritonfleet export esm2 [--checkpoint ID|PATH |
+--random-init 8M] --target cpu:4 --output DIR ...`, export/esm2/command.py) (`python -m export ...` from a checkout:
+deprecated, same flags).
 
 `--target` names the machine that will serve the repository (cpu:CORES, gpu:IDS, gpu:all; auto = this machine, and
 says what it chose); it is written down in the repository's `serving_target.json`.
@@ -17,17 +19,14 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tritonfleet.contract.command_line import HelpFormatter, warn_deprecated, warn_python_m
-from tritonfleet.contract.esm2_tokens import (
-    DEFAULT_BUCKETS,
-    RUN_OVERHEAD_TOKENS_CPU,
-    RUN_OVERHEAD_TOKENS_GPU,
-    format_buckets,
-    parse_buckets,
-)
+from tritonfleet.contract.pipeline import get_pipeline, pipelines
 from tritonfleet.contract.priorities import PRIORITY_CLASSES
+from tritonfleet.contract.serving_plan import BatchingPlan, PriorityPlan
 from tritonfleet.export.devices import (
     MAX_CPU_INSTANCES,
     TARGET_FILENAME,
@@ -40,18 +39,15 @@ from tritonfleet.export.devices import (
     target_record,
     usable_cores,
 )
-from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
-from tritonfleet.export.generic import TORCH_PRECISIONS
 from tritonfleet.export.model_config import (
     FORMATS,
     GPU_BATCHING,
-    BatchingOptions,
-    PriorityQueues,
     check_formats,
     default_batching,
 )
-from tritonfleet.export.network import PRECISIONS, ExportReport
-from tritonfleet.export.signature import ExportError, parse_names
+from tritonfleet.export.network import ExportReport
+from tritonfleet.export.signature import ExportError
+from tritonfleet.export.torch_command import COMMAND as TORCH_COMMAND
 
 logger = logging.getLogger("tritonfleet.export")
 PROGRAM = "python -m export"
@@ -167,7 +163,7 @@ def _add_serving_options(parser: argparse.ArgumentParser, parity_default: int | 
 
 
 def _add_priority_options(parser: argparse.ArgumentParser) -> None:
-    defaults = PriorityQueues()
+    defaults = PriorityPlan()
     group = parser.add_argument_group(
         "priorities (every batching model: interactive = level 1 is served before bulk = level 2; docs/design.md)"
     )
@@ -206,88 +202,18 @@ def _add_priority_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
-    from tritonfleet.export.esm2.repository import CANONICAL_COMMAND
-
     parser = argparse.ArgumentParser(
         prog=prog, description="Export models to a Triton repository.", formatter_class=HelpFormatter
     )
     models = parser.add_subparsers(dest="model", required=True)
-    torch_parser = models.add_parser(
-        "torch",
-        formatter_class=HelpFormatter,
-        help="any PyTorch model: MODULE:CALLABLE returns (module, samples)",
-        description="Export any PyTorch model to ONNX and/or TorchScript models <NAME>_onnx, <NAME>_torchscript "
-        "(tensors NAME__<i>), parity-checked against eager PyTorch, with generated configs. CALLABLE() returns "
-        "(module, samples): an nn.Module and a list of input tuples (or tensors) of different shapes. The leading "
-        "axis is the batch; any other axis whose size differs across samples becomes dynamic (-1); axes of "
-        "different inputs that vary alike share one dynamic size.",
-    )
-    torch_parser.add_argument("--factory", required=True, metavar="MODULE:CALLABLE", help="e.g. my_model:build")
-    torch_parser.add_argument("--name", required=True, help="model name prefix: models <NAME>_<format>")
-    torch_parser.add_argument(
-        "--input-names", metavar="A,B,...", help="input names in forward order (default: INPUT0,INPUT1,...)"
-    )
-    torch_parser.add_argument(
-        "--output-names", metavar="C,D,...", help="output names in return order (default: OUTPUT0,OUTPUT1,...)"
-    )
-    torch_parser.add_argument(
-        "--precision",
-        choices=TORCH_PRECISIONS,
-        default="fp32",
-        help="int8 (ONNX: per-row activation scales, integer MatMuls, batch invariant; TorchScript stays fp32); bf16: "
-        "TorchScript under CPU autocast (both gated on cosine similarity to eager fp32; fp32/int8 outputs alone vs in "
-        "a padded batch within 1e-5) (default: %(default)s)",
-    )
-    _add_serving_options(torch_parser, None, "parity-check every format on the first N samples (default: all; 0 skips)")
-
-    esm2 = models.add_parser(
-        "esm2",
-        formatter_class=HelpFormatter,
-        help="ESM-2 protein embeddings: ONNX + TorchScript + tokenizer + BLS + ensemble",
-        description=f"Canonical command for the committed repository: {CANONICAL_COMMAND}",
-    )
-    weights = esm2.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", help="HF id (facebook/esm2_t33_650M_UR50D) or local save_pretrained dir")
-    weights.add_argument("--random-init", choices=RANDOM_INIT_SIZES, help="RANDOM weights of this size (tests)")
-    esm2.add_argument("--seed", type=int, default=0, help="seed of --random-init weights (default: %(default)s)")
-    esm2.add_argument(
-        "--precision",
-        choices=("auto", *PRECISIONS),
-        default="auto",
-        help="auto: int8 on a CPU plan whose CPU has VNNI (fp32 if an int8 engine misses its gate), else fp32. "
-        "int8 (ONNX: per-row activation scales, integer MatMuls, batch invariant; TorchScript stays fp32) and "
-        "bf16 (TorchScript only, CPUs with AVX512-BF16/AMX) keep fp32 outputs and must pass the quality gate "
-        "(pooled cosine >= 0.999, per-residue >= 0.99 vs eager fp32) and, for fp32/int8, the invariance gate "
-        "(outputs alone vs in a padded batch within 1e-5); fp16 is meant for GPUs (default: %(default)s)",
-    )
-    esm2.add_argument(
-        "--onnx-graph",
-        choices=("fused", "exported"),
-        default="fused",
-        help="fused: ESM-2 built with ONNX Runtime's fused rotary attention ops; exported: torch.onnx's graph "
-        "(fp16 always uses it) (default: %(default)s)",
-    )
-    esm2.add_argument(
-        "--length-buckets",
-        type=parse_buckets,
-        default=DEFAULT_BUCKETS,
-        metavar="N,N,...",
-        help=f"token-length buckets of the tokenizer (default: {format_buckets(DEFAULT_BUCKETS)})",
-    )
-    esm2.add_argument(
-        "--run-overhead-tokens",
-        type=int,
-        default=None,
-        help="tokenizer pads consecutive requests to one width when cheaper than this many padded tokens per "
-        f"execution (default: {RUN_OVERHEAD_TOKENS_CPU} on CPU, {RUN_OVERHEAD_TOKENS_GPU} on GPUs; 0 disables)",
-    )
-    esm2.add_argument(
-        "--ensemble-target",
-        choices=("onnx", "torchscript"),
-        help="the network the esm2 ensemble and esm2_bls call (default: the first of --formats)",
-    )
-    esm2.add_argument("--configs-only", action="store_true", help="write configs and support files, no weights")
-    _add_serving_options(esm2, 4, "parity cases per network; 0 skips parity (default: %(default)s)")
+    commands = {"torch": TORCH_COMMAND}
+    commands.update((p.name, p.hook("command")) for p in pipelines().values() if p.command_hook)
+    for name, command in commands.items():
+        subcommand = models.add_parser(
+            name, formatter_class=HelpFormatter, help=command.summary, description=command.description
+        )
+        command.add_arguments(subcommand)
+        _add_serving_options(subcommand, command.parity_default, command.parity_help)
     return parser
 
 
@@ -328,10 +254,10 @@ def write_target(args: argparse.Namespace, plan: DevicePlan, precision: str) -> 
     return path
 
 
-def _priorities(args: argparse.Namespace) -> PriorityQueues | None:
+def _priorities(args: argparse.Namespace) -> PriorityPlan | None:
     if args.no_priorities:
         return None
-    return PriorityQueues(
+    return PriorityPlan(
         interactive_queue_size=args.interactive_queue_size,
         interactive_budget_us=round(args.interactive_budget_ms * 1000),
         bulk_timeout_us=round(args.bulk_queue_timeout_s * 1e6),
@@ -339,7 +265,7 @@ def _priorities(args: argparse.Namespace) -> PriorityQueues | None:
     )
 
 
-def _batching(args: argparse.Namespace, plan: DevicePlan, tokenizer: bool = False) -> BatchingOptions:
+def _batching(args: argparse.Namespace, plan: DevicePlan, tokenizer: bool = False) -> BatchingPlan:
     """The device's batching policy with the command line's overrides; tokenizers keep their own queue delay."""
     policy = default_batching(plan, tokenizer)
     try:
@@ -361,73 +287,20 @@ def _formats(text: str) -> tuple[str, ...]:
     return check_formats(tuple(part.strip() for part in text.split(",") if part.strip()))
 
 
-def run_torch(args: argparse.Namespace) -> ExportReport:
-    from tritonfleet.export.factory import call_factory, load_factory
-    from tritonfleet.export.generic import TorchExportOptions, export_torch, model_names
+@dataclass(frozen=True)
+class ServingArguments:
+    """The shared serving options' readers a pipeline's export command runs with (`ExportCommand.run`)."""
 
-    options = TorchExportOptions(
-        name=args.name,
-        output=args.output,
-        input_names=parse_names(args.input_names),
-        output_names=parse_names(args.output_names),
-        formats=_formats(args.formats),
-        devices=(devices := _devices(args)),
-        batching=_batching(args, devices),
-        onnx_exporter=args.onnx_exporter,
-        precision=args.precision,
-        parity_samples=args.parity_samples,
-        parameters={"factory": args.factory},
-    )
-    module, samples = call_factory(load_factory(args.factory), args.factory)
-    report = export_torch(module, samples, options)
-    print(f"model repository: {report.output}")
-    print(f"  models: {', '.join(model_names(options.name, options.formats).values())}")
-    if report.signature is not None:
-        print(f"  signature: {report.signature.describe()}")
-    print(f"  devices: {options.devices.describe()}")
-    print(f"  serving target: {write_target(args, options.devices, options.precision)}")
-    return report
+    devices: Callable[[argparse.Namespace], DevicePlan] = _devices
+    batching: Callable[..., BatchingPlan] = _batching
+    formats: Callable[[str], tuple[str, ...]] = _formats
+    write_target: Callable[[argparse.Namespace, DevicePlan, str], Path] = write_target
 
 
-def run_esm2(args: argparse.Namespace) -> ExportReport:
-    from tritonfleet.export.esm2.recipe import Esm2Recipe
-    from tritonfleet.export.esm2.repository import RepositoryOptions, export_with_precision
-
-    options = RepositoryOptions(
-        output=args.output,
-        devices=(devices := _devices(args)),
-        batching=_batching(args, devices),
-        tokenizer_batching=_batching(args, devices, tokenizer=True),
-        length_buckets=args.length_buckets,
-        run_overhead_tokens=args.run_overhead_tokens,
-        ensemble_target=args.ensemble_target,
-        formats=_formats(args.formats),
-        onnx_exporter=args.onnx_exporter,
-        parity_samples=args.parity_samples,
-        configs_only=args.configs_only,
-        execution_cap=args.max_batch_size is None,
-    )
-    recipe = Esm2Recipe(
-        checkpoint=args.checkpoint,
-        random_init=None if args.checkpoint else args.random_init,
-        seed=args.seed,
-        onnx_graph=args.onnx_graph,
-    )
-    report = export_with_precision(recipe, options, args.precision)
-    if args.precision == "auto" and not args.resolved_target[1] and options.devices.kind == "KIND_CPU":
-        print(
-            f"note: --precision auto chose {report.precision} from the exporting machine's CPU (int8 needs VNNI); "
-            "name --precision if the serving machine's CPU differs",
-            file=sys.stderr,
-        )
-    print(f"model repository: {report.output}")
-    print(f"  weights: {recipe.weights_source}")
-    print(f"  devices: {options.devices.describe()}; precision: {report.precision}; onnx graph: {recipe.onnx_graph}")
-    print(f"  buckets: {format_buckets(options.length_buckets)}")
-    print(f"  serving target: {write_target(args, options.devices, report.precision)}")
-    if recipe.is_random:
-        print("  WARNING: RANDOM WEIGHTS - embeddings are meaningless; use --checkpoint for a real model")
-    return report
+def run_pipeline(args: argparse.Namespace) -> ExportReport:
+    """`tritonfleet export torch|<pipeline>`: the bare network's or the pipeline's export command."""
+    command = TORCH_COMMAND if args.model == "torch" else get_pipeline(args.model).hook("command")
+    return command.run(args, ServingArguments())
 
 
 def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
@@ -437,7 +310,7 @@ def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     started = time.perf_counter()
     try:
-        report = run_torch(args) if args.model == "torch" else run_esm2(args)
+        report = run_pipeline(args)
     except ExportError as error:
         message = " ".join(str(error).split())
         print(f"{prog} {args.model}: error: {message}", file=sys.stderr)

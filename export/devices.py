@@ -18,20 +18,23 @@ thread beyond the cores: while interactive traffic is idle it sleeps and bulk ke
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+# The CPU rule (`plan_cpu`) lives in contract.serving_plan: the fleet re-plans a replica's cores with it.
+from tritonfleet.contract.serving_plan import (
+    MAX_CPU_INSTANCES,  # noqa: F401 - export's CLI names it
+    BatchingPlan,
+    InstancePlan,
+    ServingPlan,
+    ThreadPlan,
+    plan_cpu,
+)
 from tritonfleet.contract.serving_target import TARGET_FILENAME as SERVING_TARGET_FILENAME
 
 InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
-MAX_CPU_INSTANCES = 8
-# The native backends' thread keys (onnxruntime_backend / pytorch_backend READMEs); the Python-based ones honour them.
-THREAD_PARAMETERS: dict[str, tuple[str, str]] = {
-    "onnx": ("intra_op_thread_count", "inter_op_thread_count"),
-    "torchscript": ("INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"),
-}
 
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -117,12 +120,35 @@ class DevicePlan:
         """CPU tokenizer instances: one per GPU so tokenization keeps up with N GPUs, at least one."""
         return max(1, len(self.gpus))
 
-    def engine_parameters(self, fmt: str) -> Mapping[str, str]:
-        """Config `parameters` that size a CPU instance's engine threads (none for GPU plans or default threads)."""
+    def instance_plan(self) -> InstancePlan:
+        """The networks' instance group."""
+        if self.kind == "KIND_GPU":
+            return InstancePlan("KIND_GPU", self.instances_per_gpu, self.gpus)
+        return InstancePlan("KIND_CPU", self.cpu_instances)
+
+    def thread_plan(self) -> ThreadPlan:
+        """A CPU instance's engine threads: `cpu_threads` intra-op, one inter-op (none for GPU plans or default
+        threads)."""
         if self.kind != "KIND_CPU" or not self.cpu_threads:
-            return {}
-        intra, inter = THREAD_PARAMETERS[fmt]
-        return {intra: str(self.cpu_threads), inter: "1"}
+            return ThreadPlan()
+        return ThreadPlan(self.cpu_threads, 1)
+
+    def network_plan(self, batching: BatchingPlan, token_budget: int | None = None, cpu_nice: int = 0) -> ServingPlan:
+        """The serving plan of the exported networks."""
+        return ServingPlan(self.instance_plan(), self.thread_plan(), batching, token_budget, cpu_nice=cpu_nice)
+
+    def interactive_plan(self, batching: BatchingPlan, copy_of: str, token_budget: int | None = None) -> ServingPlan:
+        """The interactive-only reserve: `interactive_instances` single-threaded CPU instances of `copy_of`, with
+        queues for interactive traffic alone (`BatchingPlan.for_interactive_only`)."""
+        if not self.interactive_instances:
+            raise ValueError("this device plan reserves no interactive-only instances")
+        return ServingPlan(
+            InstancePlan("KIND_CPU", self.interactive_instances),
+            ThreadPlan(1, 1),
+            batching.for_interactive_only(),
+            token_budget,
+            interactive_copy_of=copy_of,
+        )
 
     def describe(self) -> str:
         if self.kind == "KIND_CPU":
@@ -148,25 +174,6 @@ def parse_gpu_ids(text: str, flag: str = "--gpus") -> tuple[int, ...]:
     if not ids or any(gpu < 0 for gpu in ids) or len(set(ids)) != len(ids):
         raise ValueError(f"{flag} needs unique non-negative GPU ids, got {text!r}")
     return ids
-
-
-def plan_cpu(cores: int, instances: int | None = None, threads: int | None = None) -> tuple[int, int]:
-    """(instances, intra-op threads each) filling `cores` without oversubscribing them.
-
-    Unset values are chosen: one single-threaded instance per core up to MAX_CPU_INSTANCES, then more threads per
-    instance; a given instance count splits the cores between them, a given thread count sets how many instances fit.
-    """
-    if cores < 1:
-        raise ValueError(f"--cpu-cores must be >= 1, got {cores}")
-    if instances is not None and instances < 1 or threads is not None and threads < 1:
-        raise ValueError("--cpu-instances and --cpu-threads must be >= 1")
-    if instances is None and threads is None:
-        instances = min(cores, MAX_CPU_INSTANCES)
-    if instances is None:
-        instances = max(1, cores // threads)
-    if threads is None:
-        threads = max(1, cores // instances)
-    return instances, threads
 
 
 def plan_devices(

@@ -1,5 +1,7 @@
 """`python -m export torch`: any PyTorch model, given as an eager module and sample inputs, into a Triton repository.
 
+A bare network is a one-network pipeline (`torch_pipeline`: its models and tensors from the exported signature, with
+the roles `--input-roles` / `--output-roles` give them, written to the configs' `tensor_roles`; else INPUT / OUTPUT).
 Each format becomes one model, `<name>_onnx` (onnxruntime_onnx) and/or `<name>_torchscript` (pytorch_libtorch,
 tensors named `<NAME>__<index>`), with the signature inferred from the samples (export.signature), dynamic batching
 with a bounded queue, the device plan, and a warmup request made from the first sample. Configs are written only
@@ -15,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tritonfleet.contract.bare_network import TENSOR_ROLES_PARAMETER, format_tensor_roles, network_pipeline
 from tritonfleet.contract.model_config import write_config
+from tritonfleet.contract.pipeline import Pipeline, Role
+from tritonfleet.contract.serving_plan import BatchingPlan
 from tritonfleet.export.devices import DevicePlan, plan_devices
 from tritonfleet.export.model_config import (
     FORMATS,
     GENERATED_HEADER,
     WARMUP_DIRNAME,
-    BatchingOptions,
     Format,
     WarmupSample,
     check_formats,
@@ -58,6 +62,8 @@ class TorchExportOptions:
             int8 and bf16 pass a similarity gate against eager fp32 instead of the fp32 tolerance.
         parity_samples: how many samples (from the first) parity checks every format on; None: all, 0: none.
         parameters: extra config `parameters` (strings), e.g. where the model came from.
+        input_roles, output_roles: the tensors' roles in forward order (contract.pipeline.Role), so the load tools
+            can address them (e.g. TOKEN_IDS, ATTENTION_MASK -> EMBEDDING); None: no role declared.
     """
 
     name: str
@@ -66,11 +72,13 @@ class TorchExportOptions:
     output_names: tuple[str, ...] | None = None
     formats: tuple[Format, ...] = FORMATS
     devices: DevicePlan = field(default_factory=lambda: plan_devices("none"))
-    batching: BatchingOptions | None = None
+    batching: BatchingPlan | None = None
     onnx_exporter: OnnxExporter = "dynamo"
     precision: str = "fp32"
     parity_samples: int | None = None
     parameters: Mapping[str, str] = field(default_factory=dict)
+    input_roles: tuple[Role, ...] | None = None
+    output_roles: tuple[Role, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.batching is None:
@@ -103,9 +111,38 @@ def sample_warmup(
     return WarmupSample(WARMUP_SAMPLE, batch_size, files, dims), data
 
 
+def tensor_roles(signature: Signature, options: TorchExportOptions, fmt: Format) -> dict[str, Role]:
+    """{served tensor name: role} of one format's model, as the options declare them (empty when they declare none)."""
+    roles: dict[str, Role] = {}
+    for kind, specs, given in (
+        ("input", signature.inputs, options.input_roles),
+        ("output", signature.outputs, options.output_roles),
+    ):
+        if given is None:
+            continue
+        if len(given) != len(specs):
+            raise ExportError(f"--{kind}-roles gives {len(given)} role(s) but the model has {len(specs)} {kind}(s)")
+        roles.update(zip(served_names(specs, fmt), given))
+    return roles
+
+
+def torch_pipeline(signature: Signature, options: TorchExportOptions) -> Pipeline:
+    """The exported models as a one-network pipeline, from the signature and the declared roles."""
+    models = model_names(options.name, options.formats)
+    return network_pipeline(
+        options.name,
+        {
+            model: (served_names(signature.inputs, fmt), served_names(signature.outputs, fmt))
+            for fmt, model in models.items()
+        },
+        {name: role for fmt in models for name, role in tensor_roles(signature, options, fmt).items()},
+    )
+
+
 def export_torch(module: Any, samples: Sequence[Any], options: TorchExportOptions) -> ExportReport:
     """Exports an eager module with its samples: every format, parity against eager, then configs and warmup."""
     network = describe_network(module, samples, options.input_names, options.output_names)
+    torch_pipeline(network.signature, options)  # refuses roles that do not fit the signature before exporting
     report = ExportReport(options.output)
     models = model_names(options.name, options.formats)
     cases = parity_cases(network, options.parity_samples)
@@ -141,9 +178,13 @@ def write_models(
             fmt,
             signature.inputs,
             signature.outputs,
-            options.devices,
-            options.batching,
+            options.devices.network_plan(options.batching),
             [warmup],
-            {**options.parameters, "precision": options.precision},
+            {**options.parameters, "precision": options.precision, **_roles_parameter(signature, options, fmt)},
         )
         report.configs.append(write_config(config, options.output / model, header=GENERATED_HEADER))
+
+
+def _roles_parameter(signature: Signature, options: TorchExportOptions, fmt: Format) -> dict[str, str]:
+    roles = tensor_roles(signature, options, fmt)
+    return {TENSOR_ROLES_PARAMETER: format_tensor_roles(roles)} if roles else {}

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
+from tritonfleet.contract.engines import Engine, open_engine
 from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.signature import ExportError, Sample, Signature
 
@@ -143,16 +142,7 @@ def check_onnx_signature(signature: Signature, path: Path) -> None:
                 )
 
 
-def onnx_runner(path: Path, threads: int = 0):
-    """A callable numpy inputs -> numpy outputs running the ONNX model with ONNX Runtime on the CPU."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_names = [value.name for value in session.get_inputs()]
-
-    def run(*inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(session.run(None, dict(zip(input_names, inputs))))
-
-    return run
+def onnx_runner(path: Path, threads: int = 0) -> Engine:
+    """The ONNX model with ONNX Runtime on the CPU as a callable numpy inputs -> numpy outputs (the engine
+    layer's)."""
+    return open_engine(path, "onnx", threads=threads)

@@ -310,12 +310,13 @@ def as_outputs(result) -> tuple:
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
 
-def eager_runner(module) -> Runner:
-    """The eager torch module as numpy -> numpy (CPU)."""
+def eager_runner(module, inference_mode: bool = False) -> Runner:
+    """The eager torch module as numpy -> numpy (CPU), under torch.no_grad (or torch.inference_mode). Exported files
+    run through the engine layer (`tritonfleet.contract.engines.open_engine`), which is a Runner too."""
     import torch
 
     def run(*inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        with torch.no_grad():
+        with torch.inference_mode() if inference_mode else torch.no_grad():
             outputs = as_outputs(module(*(torch.from_numpy(array) for array in inputs)))
         return tuple(output.numpy() for output in outputs)
 

@@ -13,9 +13,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from tritonfleet.contract.engines import Engine, EngineOptions, open_engine
 from tritonfleet.export.parity import as_outputs
 from tritonfleet.export.signature import Sample
 
@@ -118,15 +118,7 @@ def export_torchscript(
     return traced
 
 
-def torchscript_runner(path: Path):
-    """A callable numpy inputs -> numpy outputs running the saved TorchScript model on the CPU."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def run(*inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        with torch.no_grad():
-            outputs = as_outputs(module(*(torch.from_numpy(array) for array in inputs)))
-        return tuple(output.numpy() for output in outputs)
-
-    return run
+def torchscript_runner(path: Path, threads: int = 0) -> Engine:
+    """The saved TorchScript model on the CPU, under torch.no_grad like the eager reference, as a callable numpy
+    inputs -> numpy outputs (the engine layer's)."""
+    return open_engine(path, "torchscript", threads=threads, options=EngineOptions(inference_mode=False))

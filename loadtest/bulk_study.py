@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,10 +36,9 @@ import numpy as np
 
 from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.esm2_tokens import random_proteins
-from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
-from tritonfleet.deploy.local import local_server
-from tritonfleet.loadtest.bench.report import machine_description
 from tritonfleet.loadtest.run import PROJECT_ROOT
+from tritonfleet.loadtest.studies import ReportHeader, export_esm2_repository, exported_precision, scratch_folder, serve
+from tritonfleet.loadtest.studies.header import write_report
 from tritonfleet.loadtest.workload import generate_sequences, percentile
 
 TARGET_SPEEDUP = 1.3  # cache alone and dedup alone vs neither, at least
@@ -140,7 +137,7 @@ def run_condition(
 ) -> ConditionResult:
     print(f"== {name}", flush=True)
     options = {} if server_cache else {"response_cache_bytes": 0}
-    with local_server(repository, **options) as server:
+    with serve(repository, **options) as server:
         command = [sys.executable, "-m", "tritonfleet.client", "embed-fasta", str(fasta), "--url", server.http_url]
         command += ["--output", str(out), "--no-progress", "--overwrite"] + ([] if client_dedup else ["--no-dedup"])
         started = time.perf_counter()
@@ -183,7 +180,7 @@ def interactive_repeats(repository: Path, config: BulkStudyConfig) -> dict[str, 
     rng = np.random.default_rng(config.seed)
     (protein,) = random_proteins(1, rng, 50, 300)
     repeats, fresh = [], []
-    with local_server(repository) as server, EmbeddingClient(ClientConfig(url=server.http_url)) as client:
+    with serve(repository) as server, EmbeddingClient(ClientConfig(url=server.http_url)) as client:
         entry = client.entry_spec("EMBEDDING").name
         first = client.embed([protein])
         for _ in range(config.interactive_repeats):
@@ -200,14 +197,10 @@ def interactive_repeats(repository: Path, config: BulkStudyConfig) -> dict[str, 
 
 
 def run_study(config: BulkStudyConfig, work_dir: Path) -> tuple[BulkStudyConfig, dict]:
-    from tritonfleet.export.esm2 import export_esm2
-
-    repository = work_dir / "repository"
-    export_esm2(
-        repository, random_init=config.model_size, precision=config.precision, formats=("onnx",), parity_samples=0
+    repository = export_esm2_repository(
+        work_dir / "repository", config.model_size, precision=config.precision, formats=("onnx",), parity_samples=0
     )
-    network = read_config(repository / "esm2_onnx" / CONFIG_FILENAME)
-    config = dataclasses.replace(config, precision=network.parameters["precision"].string_value)
+    config = dataclasses.replace(config, precision=exported_precision(repository))
     fasta, distinct = repeated_fasta(work_dir / "repeats.fasta", config)
     # An unmeasured first job: the first server and job of a run pay for cold file caches and imports.
     warmup = dataclasses.replace(config, records=min(config.records, 60), seed=config.seed + 1)
@@ -254,13 +247,14 @@ def verdicts(study: dict) -> dict[str, float | bool]:
 
 def render_markdown(config: BulkStudyConfig, study: dict, command: str) -> str:
     result = verdicts(study)
-    machine = machine_description()
+    header = ReportHeader.collect(command)
+    machine = header.details
     neither = next((row["seconds"] for row in study["conditions"] if row["name"] == "neither"), math.nan)
     interactive = study["interactive"]
     lines = [
         "# Bulk jobs with repeated sequences: Triton's response cache and the client's dedup",
         "",
-        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}). Machine: {machine['cpu_model']}, "
+        f"Command: `{command}` {header.dated()}. Machine: {machine['cpu_model']}, "
         f"{machine['usable_cores']} usable cores, no GPU. Repository: `python -m export esm2 --random-init "
         f"{config.model_size}` defaults (ONNX only, {config.precision}), one local server per condition (a cold "
         "cache each time).",
@@ -337,16 +331,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tritonfleet.l
     if args.records is not None:
         config = dataclasses.replace(config, records=args.records)
     command = "python -m tritonfleet.loadtest.bulk_study " + " ".join(argv if argv is not None else sys.argv[1:])
-    with tempfile.TemporaryDirectory(prefix="bulk-study-") as temporary:
-        work_dir = args.work_dir or Path(temporary)
-        work_dir.mkdir(parents=True, exist_ok=True)
+    with scratch_folder("bulk-study-", keep=args.work_dir) as work_dir:
         config, study = run_study(config, work_dir)
-    config.report_dir.mkdir(parents=True, exist_ok=True)
-    report = config.report_dir / f"{config.name}.md"
-    report.write_text(render_markdown(config, study, command.strip()))
-    (config.report_dir / f"{config.name}.json").write_text(
-        json.dumps({"verdicts": verdicts(study), **study}, indent=2, default=float)
-    )
+    markdown = render_markdown(config, study, command.strip())
+    report = write_report(config.report_dir, config.name, markdown, {"verdicts": verdicts(study), **study})
     print(report.read_text())
     return 0 if verdicts(study)["all_jobs_succeeded"] else 1
 

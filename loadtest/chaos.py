@@ -19,12 +19,12 @@ recovered within `--recovery-target-s` with no user-visible failure, 1 otherwise
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -33,8 +33,9 @@ from pathlib import Path
 
 from tritonfleet.client import ClientConfig, EmbeddingClient
 from tritonfleet.contract.command_line import HelpFormatter
-from tritonfleet.deploy.local import LocalTritonServer, local_server
+from tritonfleet.deploy.local import LocalTritonServer
 from tritonfleet.deploy.local.stubs import list_stub_processes
+from tritonfleet.loadtest.studies import exported_repository, serve
 
 LOGGER = logging.getLogger("tritonfleet.loadtest.chaos")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -91,14 +92,6 @@ class LoadRecorder:
             return list(self.outcomes)
 
 
-def export_random_esm2(destination: Path) -> Path:
-    from tritonfleet.export.esm2 import export_esm2
-
-    print(f"exporting an ESM-2 8M repository with random weights into {destination} (about 1.5 minutes) ...")
-    export_esm2(destination, random_init="8M")
-    return destination
-
-
 def _default_repository() -> Path | None:
     committed = PROJECT_ROOT / "model_repository"
     return committed if (committed / "esm2_onnx" / "1" / "model.onnx").exists() else None
@@ -137,11 +130,13 @@ def _percentiles(values: list[float]) -> str:
 
 
 def run(options: ChaosOptions) -> int:
-    repository = options.model_repository or _default_repository()
-    if repository is None:
-        repository = export_random_esm2(Path(tempfile.mkdtemp(prefix="tritonfleet-chaos-")) / "model_repository")
-    print(f"starting tritonserver on {repository} with self-healing ...", flush=True)
-    with local_server(repository, model_control_mode="explicit", self_heal=True) as server:
+    with contextlib.ExitStack() as stack:
+        repository = options.model_repository or _default_repository()
+        if repository is None:
+            print("exporting an ESM-2 8M repository with random weights (about 1.5 minutes) ...", flush=True)
+            repository = stack.enter_context(exported_repository("tritonfleet-chaos-"))
+        print(f"starting tritonserver on {repository} with self-healing ...", flush=True)
+        server = stack.enter_context(serve(repository, model_control_mode="explicit", self_heal=True))
         return _kill_under_load(options, server)
 
 

@@ -1,7 +1,7 @@
 """Benchmark (not a test): our client's per-call overhead against bare tritonclient at concurrency 1.
 
-    python -m loadtest.client_overhead --http-url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001
-    python -m loadtest.client_overhead ... --shm          # also: HTTP binary vs system shared memory, large batch
+    python -m tritonfleet.loadtest.client_overhead --http-url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001
+    python -m tritonfleet.loadtest.client_overhead ... --shm  # also: HTTP binary vs system shared memory, large batch
 
 Both sides send the identical request (same sequences, same model, only the EMBEDDING output, binary tensors on
 HTTP) one at a time; calls alternate between the two so drift on a shared machine hits both equally. The reported
@@ -31,6 +31,7 @@ from tritonclient.utils import serialize_byte_tensor
 from tritonfleet.client import ClientConfig, EmbeddingClient
 from tritonfleet.client.core import sequence_array
 from tritonfleet.client.transport import infer_inputs, requested_outputs
+from tritonfleet.contract.esm2.pipeline import EMBEDDING, ENSEMBLE_MODEL, RESIDUE_EMBEDDINGS, SEQUENCE
 from tritonfleet.contract.esm2_tokens import random_proteins
 
 
@@ -53,11 +54,12 @@ def bare_call(protocol: str, url: str, model: str, sequences: list[str]) -> tupl
     """The request built with tritonclient alone (no validation, planning or retries), as a bare-library user would."""
     module = http_client if protocol == "http" else grpc_client
     triton = module.InferenceServerClient(url)
-    arrays = {"SEQUENCE": sequence_array(sequences)}
+    arrays = {SEQUENCE.name: sequence_array(sequences)}
 
     def call() -> np.ndarray:
-        result = triton.infer(model, infer_inputs(protocol, arrays), outputs=requested_outputs(protocol, ["EMBEDDING"]))
-        return result.as_numpy("EMBEDDING")
+        outputs = requested_outputs(protocol, [EMBEDDING.name])
+        result = triton.infer(model, infer_inputs(protocol, arrays), outputs=outputs)
+        return result.as_numpy(EMBEDDING.name)
 
     return call, triton
 
@@ -107,9 +109,9 @@ def measure_shared_memory(args: argparse.Namespace) -> dict[str, object]:
     triton = http_client.InferenceServerClient(args.http_url, network_timeout=600, connection_timeout=600)
 
     def binary() -> np.ndarray:
-        inputs = infer_inputs("http", {"SEQUENCE": array})
-        result = triton.infer(args.model, inputs, outputs=requested_outputs("http", ["RESIDUE_EMBEDDINGS"]))
-        return result.as_numpy("RESIDUE_EMBEDDINGS")
+        inputs = infer_inputs("http", {SEQUENCE.name: array})
+        result = triton.infer(args.model, inputs, outputs=requested_outputs("http", [RESIDUE_EMBEDDINGS.name]))
+        return result.as_numpy(RESIDUE_EMBEDDINGS.name)
 
     reference = binary()
     serialized = serialize_byte_tensor(array)  # BYTES go to shared memory length-prefixed, as on the wire
@@ -124,12 +126,12 @@ def measure_shared_memory(args: argparse.Namespace) -> dict[str, object]:
         triton.register_system_shared_memory("tf_out", key + "_out", output_bytes)
 
         def shared() -> np.ndarray:
-            infer_input = http_client.InferInput("SEQUENCE", list(array.shape), "BYTES")
+            infer_input = http_client.InferInput(SEQUENCE.name, list(array.shape), "BYTES")
             infer_input.set_shared_memory("tf_in", input_bytes)
-            output = http_client.InferRequestedOutput("RESIDUE_EMBEDDINGS", binary_data=True)
+            output = http_client.InferRequestedOutput(RESIDUE_EMBEDDINGS.name, binary_data=True)
             output.set_shared_memory("tf_out", output_bytes)
             result = triton.infer(args.model, [infer_input], outputs=[output])
-            meta = result.get_output("RESIDUE_EMBEDDINGS")
+            meta = result.get_output(RESIDUE_EMBEDDINGS.name)
             return shm.get_contents_as_numpy(output_region, np.float32, meta["shape"]).copy()
 
         np.testing.assert_array_equal(shared(), reference)
@@ -164,10 +166,10 @@ def measure_client_side_work(sequences: list[str], embedding_dim: int, iteration
     from tritonfleet.client.model import ModelSpec
 
     config = {
-        "name": "esm2",
+        "name": ENSEMBLE_MODEL,
         "max_batch_size": 64,
-        "input": [{"name": "SEQUENCE", "data_type": "TYPE_STRING", "dims": [1]}],
-        "output": [{"name": "EMBEDDING", "data_type": "TYPE_FP32", "dims": [embedding_dim]}],
+        "input": [{"name": SEQUENCE.name, "data_type": "TYPE_STRING", "dims": [1]}],
+        "output": [{"name": EMBEDDING.name, "data_type": "TYPE_FP32", "dims": [embedding_dim]}],
     }
     spec = ModelSpec.from_config(config)
     fake_output = np.zeros((len(sequences), embedding_dim), dtype=np.float32)
@@ -185,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--http-url", default="127.0.0.1:8000")
     parser.add_argument("--grpc-url", default="127.0.0.1:8001")
-    parser.add_argument("--model", default="esm2")
+    parser.add_argument("--model", default=ENSEMBLE_MODEL)
     parser.add_argument("--batch", type=int, default=8, help="sequences per request")
     parser.add_argument("--length", type=int, default=100, help="residues per sequence")
     parser.add_argument("--iterations", type=int, default=200)

@@ -16,6 +16,7 @@ generator on one machine would.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -28,6 +29,7 @@ import tritonclient.http as httpclient
 from tritonfleet.contract import esm2_tokens
 from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.model_config import config_to_json, read_config
+from tritonfleet.contract.serving_plan import ServingPlan, plan_cpu
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.bench.engines import raw_ceiling
 from tritonfleet.loadtest.bench.report import machine_description
@@ -48,20 +50,20 @@ class Plan:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
 
+    def serving_plan(self, exported: ServingPlan) -> ServingPlan:
+        """The exported network's plan with this plan's instances, threads and batching; preferred sizes raise
+        max_batch_size to the largest of them (Triton refuses preferred sizes above it, and CPU exports cap it)."""
+        batching = dataclasses.replace(
+            exported.batching,
+            max_batch_size=max((exported.batching.max_batch_size, *self.preferred_batch_sizes)),
+            preferred_batch_sizes=self.preferred_batch_sizes,
+            max_queue_delay_us=self.max_queue_delay_us,
+        )
+        return dataclasses.replace(exported, batching=batching).with_cpu(self.instances, self.threads)
+
     def apply(self, config) -> dict:
         """The config JSON with this plan's instance group, thread parameters and batching (a load override)."""
-        config.instance_group[0].count = self.instances
-        for key in ("intra_op_thread_count", "inter_op_thread_count"):
-            if key in config.parameters:
-                del config.parameters[key]
-        if self.threads:
-            config.parameters["intra_op_thread_count"].string_value = str(self.threads)
-            config.parameters["inter_op_thread_count"].string_value = "1"
-        batching = config.dynamic_batching
-        del batching.preferred_batch_size[:]
-        batching.preferred_batch_size.extend(self.preferred_batch_sizes)
-        batching.max_queue_delay_microseconds = self.max_queue_delay_us
-        return config_to_json(config)
+        return config_to_json(self.serving_plan(ServingPlan.from_config(config)).apply(config))
 
     def describe(self) -> str:
         threads = f"{self.threads} thread(s)" if self.threads else "ORT default threads"
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
     parser.add_argument("--raw-seconds", type=float, default=10.0)
     parser.add_argument("--output", type=Path, default=Path("reports/cpu_plan.md"))
     args = parser.parse_args(argv)
-    from tritonfleet.export.devices import plan_cpu, usable_cores
+    from tritonfleet.export.devices import usable_cores
     from tritonfleet.export.esm2 import export_esm2
 
     started = time.perf_counter()
@@ -206,8 +208,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
         for workload in WORKLOADS
     }
     conclusion = [
-        f"- Planned by `export.devices.plan_cpu` for {cores} cores: **{chosen}** (one single-threaded instance per "
-        "core), no batching delay, no preferred sizes (`export.model_config.CPU_BATCHING`).",
+        f"- Planned by `contract.serving_plan.plan_cpu` for {cores} cores: **{chosen}** (one single-threaded instance "
+        "per core), no batching delay, no preferred sizes (`export.model_config.CPU_BATCHING`).",
         *(f"- Best measured for {workload}: {result.describe}." for workload, result in best.items()),
         "- Why one thread per instance: a single-threaded engine does more work per core than one spread over the "
         "cores (compare the raw columns), and instances that each spin on every core oversubscribe them together "

@@ -1,7 +1,7 @@
 """Engine study: in-process CPU speed of every ESM-2 engine variant the export offers, against eager PyTorch (SDPA)
 of the same size, on the same inputs, with the same threads.
 
-    python -m tritonfleet.loadtest.engines [--sizes 8M 35M] [--threads 1 2] [--output reports/engines.md]
+    tritonfleet engines [--sizes 8M 35M] [--threads 1 2] [--output reports/engines.md]
 
 Each variant is the file `export_esm2` writes (so each passed its quality gate at export), loaded as the local
 runtime loads it: ONNX Runtime sessions (intra-op threads = T, inter-op 1, all graph optimizations), TorchScript
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tritonfleet.contract.command_line import HelpFormatter
+from tritonfleet.contract.engines import EngineOptions, open_engine
 from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
 from tritonfleet.loadtest.bench.report import machine_description
 
@@ -56,16 +59,12 @@ class Measurement:
 
 def build_runners(size: str, threads: int, workdir: Path, refused: dict[str, str]) -> dict[str, Callable]:
     """{variant: run(ids, mask)} for eager and every variant that passes its gate for this size."""
-    import onnxruntime as ort
-    import torch
-
     from tritonfleet.export.esm2 import export_esm2
     from tritonfleet.export.esm2.model import build_esm2
-    from tritonfleet.export.parity import ParityError
+    from tritonfleet.export.parity import ParityError, eager_runner
     from tritonfleet.export.signature import ExportError
 
-    module = build_esm2(random_init=size)
-    runners: dict[str, Callable] = {EAGER: _torch_runner(module)}
+    runners: dict[str, Callable] = {EAGER: eager_runner(build_esm2(random_init=size), inference_mode=True)}
     for variant, (arguments, fmt) in VARIANTS.items():
         output = workdir / f"{size}-{variant.replace(' ', '-')}"
         if f"{size} {variant}" in refused:
@@ -76,15 +75,12 @@ def build_runners(size: str, threads: int, workdir: Path, refused: dict[str, str
             except (ParityError, ExportError) as error:
                 refused[f"{size} {variant}"] = str(error)
                 continue
-        if fmt == "onnx":
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            session = ort.InferenceSession(
-                str(output / "esm2_onnx" / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
-            )
-            runners[variant] = _onnx_runner(session)
-        else:
-            runners[variant] = _torch_runner(torch.jit.load(str(output / "esm2_torchscript" / "1" / "model.pt")))
+        model = (
+            output / "esm2_onnx" / "1" / "model.onnx"
+            if fmt == "onnx"
+            else output / "esm2_torchscript" / "1" / "model.pt"
+        )
+        runners[variant] = _open(model, fmt, threads)
     fused_fp32 = workdir / f"{size}-onnx-fused-fp32" / "esm2_onnx" / "1" / "model.onnx"
     if fused_fp32.is_file():
         from tritonfleet.export.quantize import quantize_onnx_int8_per_tensor
@@ -92,28 +88,15 @@ def build_runners(size: str, threads: int, workdir: Path, refused: dict[str, str
         per_tensor = workdir / f"{size}-per-tensor-int8.onnx"
         if not per_tensor.exists():
             quantize_onnx_int8_per_tensor(fused_fp32, per_tensor)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(str(per_tensor), options, providers=["CPUExecutionProvider"])
-        runners[PER_TENSOR_INT8] = _onnx_runner(session)
+        runners[PER_TENSOR_INT8] = _open(per_tensor, "onnx", threads)
     return runners
 
 
-def _torch_runner(module) -> Callable:
-    import torch
-
-    def run(ids: np.ndarray, mask: np.ndarray):
-        with torch.inference_mode():
-            return module(torch.from_numpy(ids), torch.from_numpy(mask))
-
-    return run
-
-
-def _onnx_runner(session) -> Callable:
-    def run(ids: np.ndarray, mask: np.ndarray):
-        return session.run(None, {"INPUT_IDS": ids, "ATTENTION_MASK": mask})
-
-    return run
+def _open(model: Path, fmt: str, threads: int) -> Callable:
+    """The file as the local runtime opens it: ONNX Runtime with `threads` intra-op and 1 inter-op thread,
+    TorchScript with torch's (process-wide) `threads` under torch.inference_mode."""
+    options = EngineOptions(inter_threads=1) if fmt == "onnx" else EngineOptions()
+    return open_engine(model, fmt, threads, options=options)
 
 
 def measure(
@@ -177,8 +160,8 @@ def render(results: list[Measurement], refused: dict[str, str], command: str, se
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tritonfleet.loadtest.engines", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "tritonfleet engines") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["8M", "35M"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--lengths", nargs="+", type=int, default=[128, 384, 1022])
@@ -206,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                         results += rows
                         print(f"{size} t={threads} L={length} B={batch}: "
                               + ", ".join(f"{r.variant} {r.seq_per_s:.1f}" for r in rows), flush=True)  # fmt: skip
-    command = "python -m tritonfleet.loadtest.engines " + " ".join(argv if argv is not None else [])
+    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(results, refused, command.strip(), time.perf_counter() - started), encoding="utf-8")
     print(f"wrote {args.output}")

@@ -9,6 +9,8 @@ embeddings against eager PyTorch on the same device (fp32: max abs diff; fp16: c
 measure esm2_onnx, esm2_torchscript and the esm2 ensemble with perf_analyzer at concurrency 1/16/64, with the
 networks' dynamic batching on (the GPU plan: preferred sizes within 2 ms) and off (no dynamic_batching: one request
 per execution), sampling GPU utilisation with nvidia-smi during every point.
+Packed step (fp32 GPU repositories also serve `esm2_onnx_packed`): its EMBEDDING of packed batches against
+`esm2_onnx` alone, and both measured in one closed loop (loadtest/packed_check.py).
 Last, the fleet step: the first precision's repository served by `deploy.fleet` with one replica per GPU (on CPU: one
 per core, at most 2) behind HAProxy, embedded through the gRPC front; the report lists each replica's share.
 
@@ -19,6 +21,7 @@ check serves TorchScript only and says so), nvidia-pytriton and perf_analyzer as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -32,9 +35,11 @@ from tritonfleet.client import ClientConfig, EmbeddingClient
 from tritonfleet.contract import esm2_tokens
 from tritonfleet.contract.command_line import HelpFormatter, add_deprecated
 from tritonfleet.contract.model_config import config_to_json, read_config
+from tritonfleet.contract.serving_plan import ServingPlan
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.bench.report import machine_description
 from tritonfleet.loadtest.devices import GpuUtilisationSampler, cuda_device_count
+from tritonfleet.loadtest.packed_check import PACKED_MODEL, served_packed_check
 from tritonfleet.loadtest.perf_sweep import PerfPoint, measure_point, write_input_data
 from tritonfleet.loadtest.workload import generate_sequences, repository_targets
 
@@ -62,9 +67,9 @@ class Point:
 
 
 def onnx_on_gpu() -> bool:
-    import onnxruntime
+    from tritonfleet.contract.engines import runner_for
 
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return runner_for("onnx").cuda_available()
 
 
 def eager_embeddings(size: str, sequences: list[str], device: str) -> np.ndarray:
@@ -93,9 +98,10 @@ def set_batching(admin, repository: Path, models: list[str], on: bool) -> None:
     """Reloads the networks with their exported dynamic batching (on) or none at all (off), same weights."""
     for model in models:
         config = read_config(repository / model)
+        plan = ServingPlan.from_config(config)
         if not on:
-            config.ClearField("dynamic_batching")
-        admin.load_model(model, config=json.dumps(config_to_json(config)))
+            plan = dataclasses.replace(plan, batching=plan.batching.without_dynamic())
+        admin.load_model(model, config=json.dumps(config_to_json(plan.apply(config))))
 
 
 def run_precision(args, precision: str, device: str, workdir: Path) -> tuple[list[ServedParity], list[Point], dict]:
@@ -121,6 +127,8 @@ def run_precision(args, precision: str, device: str, workdir: Path) -> tuple[lis
     points = []
     with local_server(repository, model_control_mode="explicit") as server:
         parities = [served_parity(server.grpc_url, model, precision, sequences, eager) for model in ("esm2", *networks)]
+        if (repository / PACKED_MODEL).is_dir():  # GPU plans serve packed batches too (export/esm2/packed.py)
+            export["packed"] = served_packed_check(server.grpc_url, mix, device)
         admin = httpclient.InferenceServerClient(server.http_url)
         try:
             for batching in ("on", "off"):
@@ -279,9 +287,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
         fleet = run_fleet_step(Path(tmp) / first, device, 8 if args.quick else 256)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     text = render(args, device, exports, parities, points, (time.perf_counter() - started) / 60)
+    packed = {precision: export["packed"] for precision, export in exports.items() if "packed" in export}
+    text += "".join(line + "\n" for precision, check in packed.items() for line in check.markdown(precision))
     args.output.write_text(text + "\n".join(render_fleet(fleet)) + "\n")
     print(f"wrote {args.output}")
-    return 0 if parities and all(parity.passed for parity in parities) and not fleet["failed"] else 1
+    passed = parities and all(parity.passed for parity in parities) and all(c.passed for c in packed.values())
+    return 0 if passed and not fleet["failed"] else 1
 
 
 if __name__ == "__main__":

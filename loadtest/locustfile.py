@@ -31,6 +31,7 @@ from pathlib import Path
 
 import gevent
 
+from tritonfleet.contract.pipeline import Purpose, get_pipeline
 from tritonfleet.loadtest.shapes import SHAPES, ShapeSettings, users_at
 from tritonfleet.loadtest.triton_user import (
     EXPIRED_SUFFIX,
@@ -39,7 +40,7 @@ from tritonfleet.loadtest.triton_user import (
     TritonGrpcUser,
     TritonUser,
 )
-from tritonfleet.loadtest.workload import DEFAULT_SEED, generate_sequences, percentile
+from tritonfleet.loadtest.workload import DEFAULT_SEED, percentile
 
 stats.PERCENTILES_TO_REPORT = [0.50, 0.90, 0.95, 0.99, 0.999, 1.0]
 stats.PERCENTILES_TO_STATISTICS = [0.50, 0.99]
@@ -49,7 +50,10 @@ MAX_RECORDED_LATENCIES = 2_000_000  # per run; bounds memory on very long soaks
 @events.init_command_line_parser.add_listener
 def _add_triton_options(parser) -> None:
     group = parser.add_argument_group("tritonfleet")
-    group.add_argument("--triton-model", default="esm2", help="model to load (default: the esm2 ensemble)")
+    group.add_argument(
+        "--pipeline", default="esm2", help="the pipeline whose workload and models are loaded (default: %(default)s)"
+    )
+    group.add_argument("--triton-model", default="", help="model to load (default: the pipeline's default entry)")
     group.add_argument(
         "--url",
         default="grpc://127.0.0.1:8001",
@@ -179,18 +183,20 @@ def _configure(environment, **_kwargs) -> None:
     options = environment.parsed_options
     if options is None:
         return
+    pipeline = get_pipeline(options.pipeline)
     for user_class in (TritonHttpEmbedUser, TritonGrpcEmbedUser, TritonInteractiveUser, TritonBulkUser):
-        user_class.model = options.triton_model
+        user_class.model = options.triton_model or pipeline.entry(Purpose.DEFAULT_ENTRY).name
         user_class.outputs = options.triton_outputs
         user_class.timeout_s = options.triton_timeout_s
     pool, seed = options.sequence_pool, options.sequence_seed
+    items = pipeline.workload.items
     for user_class in (TritonHttpEmbedUser, TritonGrpcEmbedUser):
-        user_class.sequences = generate_sequences(pool, options.length_mix, seed)
+        user_class.sequences = items(pool, options.length_mix, seed)
     interactive, bulk = TritonInteractiveUser, TritonBulkUser
-    interactive.sequences = generate_sequences(pool, options.interactive_length_mix, seed)
+    interactive.sequences = items(pool, options.interactive_length_mix, seed)
     # Length-sorted, as embed-fasta sends its chunks: consecutive requests pad little, and users at different
     # offsets hit different buckets (equal-length bulk requests would keep the instances' executions in lockstep).
-    bulk_pool = generate_sequences(max(pool, options.bulk_batch), options.bulk_length_mix, seed + 1)
+    bulk_pool = items(max(pool, options.bulk_batch), options.bulk_length_mix, seed + 1)
     bulk.sequences = sorted(bulk_pool, key=len)
     interactive.fixed_count, bulk.fixed_count = options.interactive_users, options.bulk_users
     interactive.protocol = bulk.protocol = options.mixed_protocol

@@ -2,7 +2,7 @@
 
 The installer writes `.tools/perf_analyzer/install.json` (an `InstallManifest`): the binary from the PyPI
 `perf-analyzer` wheel and, on hosts whose glibc is older than the 2.38 the wheel needs, Debian trixie's dynamic
-loader and library path to run it through. `python -m loadtest.perf_analyzer run -- <perf_analyzer args>` (or
+loader and library path to run it through. `tritonfleet perf-analyzer run -- <perf_analyzer args>` (or
 `run_perf_analyzer([...])`) is the one way the rest of the project calls perf_analyzer.
 """
 
@@ -106,7 +106,7 @@ def write_wrapper(path: Path, tools_dir: Path = DEFAULT_TOOLS_DIR) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m loadtest.perf_analyzer") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m tritonfleet.loadtest.perf_analyzer") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--tools-dir", type=Path, default=DEFAULT_TOOLS_DIR, help="the installer's folder")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -1,7 +1,7 @@
 """perf_analyzer sweeps over every model of a repository: concurrency and request-rate, HTTP and gRPC.
 
-    python -m loadtest.perf_sweep --start-local-server --model-repository model_repository
-    python -m loadtest.perf_sweep --http-url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001 --models esm2,esm2_onnx
+    tritonfleet perf --start-local-server --model-repository model_repository
+    tritonfleet perf --http-url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001 --models esm2,esm2_onnx
 
 For each model it writes valid `--input-data` JSON built from the model config (BYTES sequences for models with a
 BYTES input such as the `esm2` ensemble and `esm2_tokenizer`; bucket-padded token ids from the ESM alphabet for the
@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import csv
 import json
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,8 +29,8 @@ from tritonfleet.contract.command_line import (
     url_values,
     warn_python_m,
 )
-from tritonfleet.deploy.local import local_server
-from tritonfleet.loadtest.perf_analyzer import run_perf_analyzer
+from tritonfleet.loadtest.studies.perf import PerfPoint, failure_tail, parse_perf_csv, run_until_stable
+from tritonfleet.loadtest.studies.serving import serve
 from tritonfleet.loadtest.workload import (
     ModelTarget,
     buckets_from_repository,
@@ -43,7 +42,6 @@ from tritonfleet.loadtest.workload import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPORT_DIR = PROJECT_ROOT / "reports"
-UNSTABLE_EXIT_CODE = 2  # perf_analyzer: "Failed to obtain stable measurement"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,86 +70,6 @@ def write_input_data(target: ModelTarget, sequences: Sequence[str], buckets: Seq
     return path
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# perf_analyzer -f CSV
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PerfPoint:
-    """One perf_analyzer measurement (latencies in microseconds, as perf_analyzer writes them)."""
-
-    model: str
-    protocol: str
-    mode: str  # "concurrency" | "request_rate"
-    load: float  # concurrency or requests/s asked for
-    throughput: float  # inferences/s
-    p50_us: float
-    p90_us: float
-    p95_us: float
-    p99_us: float
-    client_send_us: float = 0.0
-    network_server_us: float = 0.0
-    server_queue_us: float = 0.0
-    server_compute_input_us: float = 0.0
-    server_compute_infer_us: float = 0.0
-    server_compute_output_us: float = 0.0
-    client_recv_us: float = 0.0
-
-
-_COLUMN_FIELDS = {
-    "Client Send": "client_send_us",
-    "Network+Server Send/Recv": "network_server_us",
-    "Server Queue": "server_queue_us",
-    "Server Compute Input": "server_compute_input_us",
-    "Server Compute Infer": "server_compute_infer_us",
-    "Server Compute Output": "server_compute_output_us",
-    "Client Recv": "client_recv_us",
-}
-
-
-def _number(text: str | None) -> float:
-    try:
-        return float(text) if text not in (None, "") else math.nan
-    except ValueError:
-        return math.nan
-
-
-def parse_perf_csv(text: str, model: str, protocol: str) -> list[PerfPoint]:
-    """Parse perf_analyzer's `-f` CSV (first table only; `--collect-metrics` GPU columns are ignored)."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return []
-    header = [name.strip() for name in next(csv.reader([lines[0]]))]
-    if "Inferences/Second" not in header:
-        raise ValueError(f"not a perf_analyzer CSV (no Inferences/Second column): {lines[0][:200]}")
-    mode, load_column = ("request_rate", "Request Rate") if "Request Rate" in header else ("concurrency", "Concurrency")
-    points = []
-    for row_values in csv.reader(lines[1:]):
-        if len(row_values) < len(header) or not row_values[0].strip():
-            break  # a blank line or a second table (e.g. per-model metrics) ends the first one
-        row = dict(zip(header, (value.strip() for value in row_values)))
-        load = _number(row.get(load_column))
-        if math.isnan(load):
-            break
-        extras = {attr: _number(row.get(column)) for column, attr in _COLUMN_FIELDS.items() if column in row}
-        points.append(
-            PerfPoint(
-                model=model,
-                protocol=protocol,
-                mode=mode,
-                load=load,
-                throughput=_number(row.get("Inferences/Second")),
-                p50_us=_number(row.get("p50 latency")),
-                p90_us=_number(row.get("p90 latency")),
-                p95_us=_number(row.get("p95 latency")),
-                p99_us=_number(row.get("p99 latency")),
-                **extras,
-            )
-        )
-    return points
-
-
 def measure_point(
     url: str,
     model: str,
@@ -167,16 +85,12 @@ def measure_point(
     base = ["-m", model, "-u", url.split("://", 1)[-1], "-i", "grpc", "--input-data", str(input_data),
             "-f", str(csv_path), "--concurrency-range", str(concurrency),
             "--warmup-request-count", str(2 * concurrency)]  # fmt: skip
-    if request_count:
-        completed = run_perf_analyzer(base + ["--request-count", str(request_count)])
-    else:
-        completed = run_perf_analyzer(
-            base + ["--measurement-interval", str(interval_ms), "-s", "15", "--max-trials", "6"]
-        )
-    if completed.returncode == UNSTABLE_EXIT_CODE:
-        completed = run_perf_analyzer(base + ["--request-count", str(max(40, 8 * concurrency))])
+    measure = ["--request-count", str(request_count)] if request_count else [
+        "--measurement-interval", str(interval_ms), "-s", "15", "--max-trials", "6"]  # fmt: skip
+    # A noisy (shared) CPU that never stabilises: a fixed count of requests instead.
+    completed = run_until_stable(base + measure, retry_args=base + ["--request-count", str(max(40, 8 * concurrency))])
     if completed.returncode != 0 or not csv_path.exists():
-        print(f"  perf_analyzer failed: {(completed.stderr or completed.stdout).strip()[-300:]}", flush=True)
+        print(f"  perf_analyzer failed: {failure_tail(completed)}", flush=True)
         return None
     points = parse_perf_csv(csv_path.read_text(), model, "grpc")
     return points[0] if points else None
@@ -241,13 +155,15 @@ def run_point(config: SweepConfig, model: str, protocol: str, input_data: Path, 
     args = perf_analyzer_args(config, model, protocol, input_data, csv_path, mode, load, config.request_count)
     print(f"perf_analyzer {' '.join(args)}", flush=True)
     try:
-        completed = run_perf_analyzer(args, timeout=config.point_timeout_s)
-        if completed.returncode == UNSTABLE_EXIT_CODE and config.request_count == 0:
-            # Noisy (shared) CPU: fall back to a fixed number of requests rather than losing the point.
-            fallback = max(16, round(load * 8))
-            print(f"  unstable; measuring a fixed {fallback} requests instead", flush=True)
-            args = perf_analyzer_args(config, model, protocol, input_data, csv_path, mode, load, fallback)
-            completed = run_perf_analyzer(args, timeout=config.point_timeout_s)
+        # Noisy (shared) CPU: fall back to a fixed number of requests rather than losing the point.
+        fallback = max(16, round(load * 8))
+        completed = run_until_stable(
+            args,
+            retry_args=perf_analyzer_args(config, model, protocol, input_data, csv_path, mode, load, fallback),
+            retries=1 if config.request_count == 0 else 0,
+            timeout=config.point_timeout_s,
+            note=f"  unstable; measuring a fixed {fallback} requests instead",
+        )
     except Exception as error:  # noqa: BLE001 - a failed point is reported and the sweep goes on
         result.failures.append(f"{model} {protocol} {mode}={load:g}: {error}")
         return []
@@ -362,7 +278,7 @@ def _server(args) -> Iterator[tuple[str, str]]:
     if not args.start_local_server:
         yield args.urls["http"], args.urls["grpc"]
         return
-    with local_server(args.model_repository) as server:
+    with serve(args.model_repository) as server:
         yield server.http_url, server.grpc_url
 
 
@@ -370,7 +286,7 @@ def _csv_list(text: str, cast=str) -> tuple:
     return tuple(cast(part) for part in text.split(",") if part.strip())
 
 
-PROGRAM = "python -m loadtest.perf_sweep"
+PROGRAM = "python -m tritonfleet.loadtest.perf_sweep"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:

@@ -25,36 +25,35 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import multiprocessing
 import os
-import random
 import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from tritonfleet.contract.command_line import HelpFormatter
-from tritonfleet.contract.esm2_tokens import random_proteins
-from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
-from tritonfleet.deploy.local import local_server
-from tritonfleet.loadtest.bench.report import machine_description
 from tritonfleet.loadtest.run import PROJECT_ROOT
-from tritonfleet.loadtest.workload import generate_sequences, percentile
+from tritonfleet.loadtest.studies import ReportHeader, export_esm2_repository, exported_precision, scratch_folder, serve
+from tritonfleet.loadtest.studies.header import write_report
+from tritonfleet.loadtest.traffic import (
+    BULK_MIX,
+    INTERACTIVE_LENGTHS,
+    InteractiveUsers,
+    entry_counts,
+    library_callers,
+    rejections,
+    start_fasta_job,
+    stop_fasta_job,
+    write_fasta,
+)
+from tritonfleet.loadtest.workload import percentile
 
 TARGET_P99_RATIO = 3.0  # interactive p99 under bulk / idle, at most
 TARGET_THROUGHPUT_RATIO = 0.9  # bulk throughput with interactive traffic / bulk alone, at least
-INTERACTIVE_LENGTHS = (50, 300)
-BULK_MIX = "long"
 
 
 @dataclass(frozen=True)
@@ -134,19 +133,19 @@ def export_repositories(config: PrioritiesBenchConfig, work_dir: Path) -> dict[s
     """The shipped defaults (`python -m export esm2 --random-init SIZE`, ONNX only to save time) and, with
     `previous_plan`, the same network under the previous plan: max_batch_size 64, no interactive copy, no cache."""
     from tritonfleet.export.devices import plan_devices
-    from tritonfleet.export.esm2 import export_esm2
     from tritonfleet.export.model_config import default_batching
 
-    shipped = work_dir / "shipped"
-    export_esm2(shipped, random_init=config.model_size, precision=config.precision, formats=("onnx",), parity_samples=0)
+    shipped = export_esm2_repository(
+        work_dir / "shipped", config.model_size, precision=config.precision, formats=("onnx",), parity_samples=0
+    )
     repositories = {"shipped": shipped}
     if config.previous_plan:
         previous = work_dir / "previous_plan"
         devices = plan_devices("none", interactive_instances=0)
-        export_esm2(
+        export_esm2_repository(
             previous,
-            random_init=config.model_size,
-            precision=read_config(shipped / "esm2_onnx" / CONFIG_FILENAME).parameters["precision"].string_value,
+            config.model_size,
+            precision=exported_precision(shipped),
             formats=("onnx",),
             parity_samples=0,
             devices=devices,
@@ -156,143 +155,6 @@ def export_repositories(config: PrioritiesBenchConfig, work_dir: Path) -> dict[s
         )
         repositories["previous_plan"] = previous
     return repositories
-
-
-# -- load generators ------------------------------------------------------------------------------------------------
-def write_fasta(path: Path, count: int, seed: int) -> Path:
-    sequences = generate_sequences(count, BULK_MIX, seed=seed)
-    path.write_text("".join(f">bulk_{seed}_{index}\n{sequence}\n" for index, sequence in enumerate(sequences)))
-    return path
-
-
-def start_fasta_job(url: str, fasta: Path, out: Path) -> subprocess.Popen:
-    """One `embed-fasta` job with its defaults (priority bulk, its concurrency and chunking)."""
-    command = [
-        sys.executable,
-        "-m",
-        "tritonfleet.client",
-        "embed-fasta",
-        str(fasta),
-        "--url",
-        url,
-        "--output",
-        str(out),
-    ]
-    log = (out.parent / f"{out.stem}.log").open("wb")
-    return subprocess.Popen([*command, "--no-progress"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_fasta_job(process: subprocess.Popen, limit_s: float) -> int | None:
-    """Ctrl-C (the job stops after its in-flight requests, journal intact), SIGKILL past `limit_s`."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=limit_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-    return process.returncode
-
-
-def library_callers(url: str, callers: int, batch: int, stop_at: float, seed: int, results) -> None:
-    """In its own process: `callers` threads, each embedding `batch` long proteins per call (priority bulk) until
-    the wall clock passes `stop_at` (the call in flight then finishes)."""
-    from tritonfleet.client import ClientConfig, EmbeddingClient
-
-    errors: list[str] = []
-
-    def caller(number: int) -> None:
-        rng_seed = seed * 1000 + number
-        with EmbeddingClient(ClientConfig(url=url, priority="bulk")) as client:
-            calls = 0
-            while time.time() < stop_at:
-                sequences = generate_sequences(batch, BULK_MIX, seed=rng_seed + 7919 * calls)
-                calls += 1
-                try:
-                    client.embed(sequences)
-                except Exception as error:  # reported, not raised: the phase goes on
-                    errors.append(f"{type(error).__name__}: {str(error)[:200]}")
-
-    threads = [threading.Thread(target=caller, args=(number,)) for number in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    results.put(errors)
-
-
-class InteractiveUsers:
-    """Threads of the project's client with its defaults, one fresh protein per request."""
-
-    def __init__(self, url: str, users: int, think_s: float, seed: int) -> None:
-        self.url, self.users, self.think_s, self.seed = url, users, think_s, seed
-        self.stop = threading.Event()
-        self.records: list[tuple[float, float, str]] = []  # (end time, latency ms, outcome)
-        self.entry = ""
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> InteractiveUsers:
-        self._threads = [threading.Thread(target=self._user, args=(number,)) for number in range(self.users)]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _user(self, number: int) -> None:
-        from tritonfleet.client import ClientConfig, EmbeddingClient
-
-        rng = np.random.default_rng(self.seed * 100 + number)
-        pause = random.Random(self.seed * 100 + number)
-        with EmbeddingClient(ClientConfig(url=self.url)) as client:
-            self.entry = client.entry_spec("EMBEDDING").name
-            while not self.stop.is_set():
-                (protein,) = random_proteins(1, rng, *INTERACTIVE_LENGTHS)
-                started = time.perf_counter()
-                try:
-                    client.embed([protein])
-                    outcome = "ok"
-                except Exception as error:
-                    outcome = type(error).__name__
-                ended = time.time()
-                with self._lock:
-                    self.records.append((ended, (time.perf_counter() - started) * 1000, outcome))
-                self.stop.wait(pause.uniform(0.5, 1.5) * self.think_s)
-
-    def finish(self, limit_s: float) -> None:
-        self.stop.set()
-        for thread in self._threads:
-            thread.join(timeout=limit_s)
-
-
-# -- server-side counts ---------------------------------------------------------------------------------------------
-def entry_counts(http_url: str) -> dict[str, int]:
-    """Sequences answered so far by each entry model (ensembles and the BLS model), from Triton's statistics."""
-    import tritonclient.http as httpclient
-
-    with httpclient.InferenceServerClient(http_url) as client:
-        stats = client.get_inference_statistics()["model_stats"]
-        entries = {
-            model["name"]
-            for model in client.get_model_repository_index()
-            if model.get("state") == "READY" and _is_entry(client, model["name"])
-        }
-    return {model["name"]: int(model["inference_count"]) for model in stats if model["name"] in entries}
-
-
-def _is_entry(client, name: str) -> bool:
-    config = client.get_model_config(name)
-    return config.get("platform") == "ensemble" or name.endswith("_bls")
-
-
-def rejections(metrics_url: str) -> dict[str, int]:
-    """Triton's REJECTED failures per model (queue full or queue-wait budget expired)."""
-    counts: dict[str, int] = {}
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith("nv_inference_request_failure{") and 'reason="REJECTED"' in line:
-            model = line.split('model="', 1)[1].split('"', 1)[0]
-            counts[model] = counts.get(model, 0) + int(float(line.rsplit(" ", 1)[1]))
-    return counts
 
 
 # -- one phase ------------------------------------------------------------------------------------------------------
@@ -306,7 +168,7 @@ def run_phase(
     print(f"== {name}: {repository.name}, {length_s:g} s, load average {load_before:.2f}", flush=True)
     phase_dir = work_dir / name
     phase_dir.mkdir(parents=True, exist_ok=True)
-    with local_server(repository) as server:
+    with serve(repository) as server:
         started = time.time()
         jobs, library, results = [], None, multiprocessing.get_context("spawn").Queue()
         if bulk:
@@ -364,8 +226,7 @@ def run_phase(
 def run_bench(config: PrioritiesBenchConfig, work_dir: Path) -> tuple[PrioritiesBenchConfig, list[PhaseResult]]:
     repositories = export_repositories(config, work_dir)
     shipped = repositories["shipped"]
-    precision = read_config(shipped / "esm2_onnx" / CONFIG_FILENAME).parameters["precision"].string_value
-    config = dataclasses.replace(config, precision=precision)
+    config = dataclasses.replace(config, precision=exported_precision(shipped))
     phases = [
         run_phase("idle", shipped, config, work_dir, interactive=True, bulk=False),
         run_phase("bulk_alone", shipped, config, work_dir, interactive=False, bulk=True),
@@ -414,11 +275,12 @@ def _ms(value: float) -> str:
 
 def render_markdown(config: PrioritiesBenchConfig, phases: Sequence[PhaseResult], command: str) -> str:
     result = verdicts(phases)
-    machine = machine_description()
+    header = ReportHeader.collect(command)
+    machine = header.details
     lines = [
         "# Priorities: interactive latency under bulk load, shipped defaults",
         "",
-        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}). Machine: {machine['cpu_model']}, "
+        f"Command: `{command}` {header.dated()}. Machine: {machine['cpu_model']}, "
         f"{machine['usable_cores']} usable cores, no GPU. Repository: `python -m export esm2 --random-init "
         f"{config.model_size}` defaults on this machine (ONNX only; precision {config.precision}; the CPU plan's "
         "execution cap of one sequence per execution, one interactive-only network instance beyond the cores, the "
@@ -511,18 +373,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tritonfleet.l
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # stop the servers on the way out
     config = config_from_args(args)
     command = "python -m tritonfleet.loadtest.priorities " + " ".join(argv if argv is not None else sys.argv[1:])
-    with tempfile.TemporaryDirectory(prefix="priorities-") as temporary:
-        work_dir = args.work_dir or Path(temporary)
-        work_dir.mkdir(parents=True, exist_ok=True)
+    with scratch_folder("priorities-", keep=args.work_dir) as work_dir:
         config, phases = run_bench(config, work_dir)
-    config.report_dir.mkdir(parents=True, exist_ok=True)
-    report = config.report_dir / f"{config.name}.md"
-    report.write_text(render_markdown(config, phases, command.strip()))
-    (config.report_dir / f"{config.name}.json").write_text(
-        json.dumps(
-            {"verdicts": verdicts(phases), "phases": [phase.as_json() for phase in phases]}, indent=2, default=float
-        )
-    )
+    data = {"verdicts": verdicts(phases), "phases": [phase.as_json() for phase in phases]}
+    report = write_report(config.report_dir, config.name, render_markdown(config, phases, command.strip()), data)
     print(report.read_text())
     return 0
 

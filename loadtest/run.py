@@ -1,8 +1,8 @@
 """Headless Locust run against Triton with CSV + HTML reports and an SLO verdict as the exit code.
 
-    python -m loadtest.run --start-local-server --model-repository model_repository -u 8 -t 60s
-    python -m loadtest.run --host http://127.0.0.1:8000 --grpc-url 127.0.0.1:8001 --load-shape spike
-    python -m loadtest.run --start-local-server --scenario mixed --interactive-users 4 --bulk-users 8 -t 120s
+    tritonfleet loadtest --start-local-server --model-repository model_repository -u 8 -t 60s
+    tritonfleet loadtest --host http://127.0.0.1:8000 --grpc-url 127.0.0.1:8001 --load-shape spike
+    tritonfleet loadtest --start-local-server --scenario mixed --interactive-users 4 --bulk-users 8 -t 120s
 
 `--scenario mixed` runs bulk users (64-sequence requests of long proteins, priority bulk) beside interactive users
 (one short protein, priority interactive) and judges the SLO on the interactive class only.
@@ -31,9 +31,9 @@ from tritonfleet.contract.command_line import (
     url_values,
     warn_python_m,
 )
-from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.shapes import SHAPES
 from tritonfleet.loadtest.slo import SloPolicy, SloReport, evaluate_slo
+from tritonfleet.loadtest.studies.serving import serve
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -219,7 +219,7 @@ def format_verdict(summary: dict, report: SloReport, policy: SloPolicy) -> str:
     return "\n".join(lines)
 
 
-PROGRAM = "python -m loadtest.run"
+PROGRAM = "python -m tritonfleet.loadtest.run"
 
 
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
         )  # fmt: skip
 
     if args.start_local_server:
-        with local_server(args.model_repository) as server:
+        with serve(args.model_repository) as server:
             return run_locust(config_for(server.http_url, server.grpc_url), policy)[0]
     return run_locust(config_for(urls["http"], urls["grpc"]), policy)[0]
 

@@ -18,11 +18,6 @@ ones to compare).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import queue
-import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,10 +28,12 @@ import tritonclient.grpc as grpc_client
 
 from tritonfleet.contract import esm2_tokens as esm_tokens
 from tritonfleet.contract.command_line import HelpFormatter
-from tritonfleet.deploy.local import local_server
+from tritonfleet.contract.esm2.pipeline import BLS_MODEL, EMBEDDING_MODEL, ENSEMBLE_MODEL, ONNX_MODEL
 from tritonfleet.loadtest.bench.engines import OnnxEngine, encoded_batches, run_side_by_side, warm_up
-from tritonfleet.loadtest.bench.report import machine_description
+from tritonfleet.loadtest.bench.load import send_all
 from tritonfleet.loadtest.server_stats import inference_statistics, statistics_delta
+from tritonfleet.loadtest.studies import copy_repository, machine_description, scratch_folder, serve
+from tritonfleet.loadtest.studies.process_cpu import CpuReading, cpu_delta, process_cpu_s, server_cpu
 from tritonfleet.loadtest.workload import (
     buckets_from_repository,
     generate_sequences,
@@ -45,50 +42,8 @@ from tritonfleet.loadtest.workload import (
     repository_targets,
 )
 
-NETWORK = "esm2_onnx"
-DEFAULT_MODELS = ("esm2_onnx", "esm2", "esm2_embedding", "esm2_bls")
-
-
-@dataclass
-class CpuReading:
-    """CPU-seconds (user + system) per process label."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def total(self) -> float:
-        return sum(self.seconds.values())
-
-
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
-def _label(process: psutil.Process) -> str:
-    """tritonserver, or the stub's model instance (`esm2_onnx_0_1`), from its command line."""
-    try:
-        cmdline = process.cmdline()
-    except psutil.Error:
-        return "gone"
-    if cmdline and cmdline[0].endswith("triton_python_backend_stub") and len(cmdline) > 8:
-        return cmdline[8]  # stub argv: model path, shm region, sizes, parent pid, backend dir, ipc size, instance
-    return Path(cmdline[0]).name if cmdline else "unknown"
-
-
-def server_cpu(server_pid: int) -> CpuReading:
-    """CPU-seconds of tritonserver and each of its descendants (the python stubs), by label."""
-    root = psutil.Process(server_pid)
-    reading = CpuReading()
-    for process in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            label = _label(process)
-            reading.seconds[label] = reading.seconds.get(label, 0.0) + _cpu(process)
-    return reading
-
-
-def cpu_delta(before: CpuReading, after: CpuReading) -> CpuReading:
-    return CpuReading({name: value - before.seconds.get(name, 0.0) for name, value in after.seconds.items()})
+NETWORK = ONNX_MODEL
+DEFAULT_MODELS = (ONNX_MODEL, ENSEMBLE_MODEL, EMBEDDING_MODEL, BLS_MODEL)
 
 
 @dataclass
@@ -123,9 +78,9 @@ def measure_raw(model_path: Path, sequences: Sequence[str], warmup_sequences: Se
     for engine in engines:
         warm_up(engine, encoded_batches(list(warmup_sequences), 1), 3.0)
     me = psutil.Process()
-    before = _cpu(me)
+    before = process_cpu_s(me)
     run = run_side_by_side(engines, batches)
-    used = _cpu(me) - before
+    used = process_cpu_s(me) - before
     return Scenario("raw ORT in-process (2 x 1 thread, batch 1)", run.sequences, run.elapsed_s,
                     CpuReading({"in-process engine": used}), 0.0, run.latencies_ms)  # fmt: skip
 
@@ -139,49 +94,6 @@ def combined(first: Scenario, second: Scenario) -> Scenario:
                     first.latencies_ms + second.latencies_ms)  # fmt: skip
 
 
-def send_all(url: str, model: str, requests: Sequence, concurrency: int, output: str) -> list[float]:
-    """Every prepared request once, `concurrency` at a time (one gRPC client per worker thread); latencies in ms."""
-    work: queue.Queue = queue.Queue()
-    for index, request in enumerate(requests):
-        work.put((index, request))
-    latencies: list[float] = []
-    failures: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        client = grpc_client.InferenceServerClient(url)
-        wanted = [grpc_client.InferRequestedOutput(output)]
-        try:
-            while not failures:
-                try:
-                    _, request = work.get_nowait()
-                except queue.Empty:
-                    return
-                inputs = []
-                for name, array in request.inputs.items():
-                    datatype = "BYTES" if array.dtype == object else "INT64"
-                    tensor = grpc_client.InferInput(name, list(array.shape), datatype)
-                    tensor.set_data_from_numpy(array)
-                    inputs.append(tensor)
-                began = time.perf_counter()
-                client.infer(model, inputs, outputs=wanted)
-                with lock:
-                    latencies.append((time.perf_counter() - began) * 1e3)
-        except Exception as error:  # noqa: BLE001 - re-raised in the caller
-            failures.append(error)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise RuntimeError(f"{model}: {failures[0]}") from failures[0]
-    return latencies
-
-
 def measure_served(server, model: str, sequences: Sequence[str], warmup: Sequence[str], concurrency: int,
                    buckets: Sequence[int], targets: dict) -> Scenario:  # fmt: skip
     target = targets[model]
@@ -191,11 +103,11 @@ def measure_served(server, model: str, sequences: Sequence[str], warmup: Sequenc
     stats_client = grpc_client.InferenceServerClient(server.grpc_url)
     stats_before = inference_statistics(stats_client)
     me = psutil.Process()
-    server_before, client_before = server_cpu(server.pid), _cpu(me)
+    server_before, client_before = server_cpu(server.pid), process_cpu_s(me)
     started = time.perf_counter()
     latencies = send_all(server.grpc_url, model, requests, concurrency, output)
     elapsed = time.perf_counter() - started
-    server_after, client_after = server_cpu(server.pid), _cpu(me)
+    server_after, client_after = server_cpu(server.pid), process_cpu_s(me)
     stats = statistics_delta(stats_before, inference_statistics(stats_client))
     stats_client.close()
     return Scenario(f"served `{model}`", len(sequences), elapsed, cpu_delta(server_before, server_after),
@@ -271,10 +183,10 @@ def fixed_costs(server, models: Sequence[str], targets: dict, buckets: Sequence[
     me = psutil.Process()
     for _ in range(10):
         engine(input_ids, attention_mask)
-    before = _cpu(me)
+    before = process_cpu_s(me)
     for _ in range(calls):
         engine(input_ids, attention_mask)
-    results = [FixedCost("raw in-process (1 thread)", 1e3 * (_cpu(me) - before) / calls, 0.0)]
+    results = [FixedCost("raw in-process (1 thread)", 1e3 * (process_cpu_s(me) - before) / calls, 0.0)]
     for model in dict.fromkeys(models):
         request = prepare_request(targets[model], [protein], buckets)
         send_all(server.grpc_url, model, [request] * 10, 1, targets[model].embedding_output)
@@ -419,14 +331,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
     sequences = generate_sequences(count, "swissprot", args.seed)
     warmup = generate_sequences(min(count, 32), "swissprot", args.seed + 1)
     buckets = buckets_from_repository(repository)
-    with tempfile.TemporaryDirectory(prefix="served-overhead-") as workdir:
-        copy = Path(workdir) / "repository"
-        shutil.copytree(repository, copy)
+    with scratch_folder("served-overhead-") as workdir:
+        copy = copy_repository(repository, workdir / "repository")
         raw_before = measure_raw(copy / NETWORK / "1" / "model.onnx", sequences, warmup)
         served = []
         # No response cache: every request is computed (the overhead is what is measured here).
         server_options = {"model_control_mode": "explicit", "load_models": tuple(dict.fromkeys(models))}
-        with local_server(copy, response_cache_bytes=0, **server_options) as server:
+        with serve(copy, response_cache_bytes=0, **server_options) as server:
             paired = paired_latency(server, models, targets, buckets, 24 if args.quick else 100)
             fixed = fixed_costs(server, models, targets, buckets, 100 if args.quick else 300)
             for model in models:

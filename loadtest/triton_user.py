@@ -23,8 +23,10 @@ from typing import Any, ClassVar
 
 from tritonfleet.client.transport import infer_inputs, request_options, requested_outputs
 from tritonfleet.contract.command_line import split_url, warn_deprecated
+from tritonfleet.contract.esm2.pipeline import ESM2
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS
 from tritonfleet.contract.model_config import config_from_json
+from tritonfleet.contract.pipeline import Purpose
 from tritonfleet.contract.priorities import priority_level
 from tritonfleet.loadtest.workload import ModelTarget, PreparedRequest, prepare_request, refusal_kind
 
@@ -96,7 +98,7 @@ class TritonLocustClient:
             self.client = triton_grpc.InferenceServerClient(self.url)
 
     def model_target(self, model: str) -> ModelTarget:
-        """The model's inputs/outputs from the server (its configuration)."""
+        """The model's inputs/outputs from the server (its configuration); their roles from its pipeline."""
         answer = self.client.get_model_config(model, **({"as_json": True} if self.protocol == "grpc" else {}))
         return ModelTarget.from_config(config_from_json(answer))
 
@@ -161,7 +163,7 @@ class TritonUser(User):
 
     abstract = True
     protocol: ClassVar[str] = "http"
-    model: ClassVar[str] = "esm2"
+    model: ClassVar[str] = ESM2.entry(Purpose.DEFAULT_ENTRY).name  # the locustfile sets its pipeline's
     outputs: ClassVar[str] = "embedding"
     sequences: ClassVar[Sequence[str]] = ()
     buckets: ClassVar[Sequence[int]] = DEFAULT_BUCKETS

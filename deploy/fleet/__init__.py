@@ -1,4 +1,4 @@
-"""A fleet of local tritonservers behind HAProxy (issue 17): `python -m deploy.fleet`, `Fleet`, the HAProxy config."""
+"""A fleet of local tritonservers behind HAProxy (issue 17): `tritonfleet fleet`, `Fleet`, the HAProxy config."""
 
 from tritonfleet.deploy.fleet.fleet import CanaryPolicy, CanaryReport, Fleet, FleetError, FleetOptions
 from tritonfleet.deploy.fleet.haproxy import BalancerSpec, DnsDiscovery, ReplicaAddress, render_config

@@ -1,6 +1,7 @@
-"""`python -m deploy.fleet --model-repository DIR --replicas N|auto [...] [extra deploy.local flags]`: a fleet in the
-foreground until Ctrl-C/SIGTERM; `python -m deploy.fleet ctl {status,drain,undrain,update,rollback,canary,scale}`
-operates a running one through its loopback control API."""
+"""`tritonfleet fleet --model-repository DIR --replicas N|auto [...] [extra `tritonfleet serve` flags]`: a fleet in the
+foreground until Ctrl-C/SIGTERM; `tritonfleet fleet ctl {status,drain,undrain,update,rollback,canary,scale}`
+operates a running one through its loopback control API. `python -m deploy.fleet` (a checkout) is the same, deprecated.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import sys
 import threading
 from pathlib import Path
 
+from tritonfleet.contract.command_line import HelpFormatter, warn_python_m
 from tritonfleet.deploy.fleet.control import ControlClient
 from tritonfleet.deploy.fleet.fleet import CanaryPolicy, Fleet, FleetError, FleetOptions
 from tritonfleet.deploy.fleet.processes import FleetStartError
 
 DEFAULT_CONTROL = "127.0.0.1:8003"
+PROGRAM = "tritonfleet fleet"
 
 
 def _replicas(text: str) -> int | str:
@@ -59,13 +62,14 @@ def _policy(args: argparse.Namespace) -> CanaryPolicy:
     )
 
 
-def parse_serve_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+def parse_serve_args(argv: list[str], prog: str = PROGRAM) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.fleet",
+        prog=prog,
+        formatter_class=HelpFormatter,
         allow_abbrev=False,  # a replica flag must never be taken for an abbreviation of a fleet flag
-        description="N local tritonservers (each the deploy.local launcher, self-healing) behind HAProxy. Unknown "
-        "arguments go to every replica's launcher (and from there to tritonserver). Operate it with "
-        "`python -m deploy.fleet ctl ...`.",
+        description="N local tritonservers (each the `tritonfleet serve` launcher, self-healing) behind HAProxy. "
+        "Unknown arguments go to every replica's launcher (and from there to tritonserver). Operate it with "
+        f"`{prog} ctl ...`.",
     )
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--replicas", type=_replicas, default="auto", help="N or auto (one per GPU; CPU: cores/2)")
@@ -99,8 +103,8 @@ def parse_serve_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, extra
 
 
-def serve(argv: list[str]) -> int:
-    args, extra = parse_serve_args(argv)
+def serve(argv: list[str], prog: str = PROGRAM) -> int:
+    args, extra = parse_serve_args(argv, prog)
     options = FleetOptions(
         model_repository=args.model_repository,
         replicas=args.replicas,
@@ -156,8 +160,8 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
-def ctl(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.fleet ctl", description="Operate a running fleet.")
+def ctl(argv: list[str], prog: str = f"{PROGRAM} ctl") -> int:
+    parser = argparse.ArgumentParser(prog=prog, formatter_class=HelpFormatter, description="Operate a running fleet.")
     parser.add_argument("--control", default=DEFAULT_CONTROL, help="the fleet's control API (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status")
@@ -197,13 +201,14 @@ def ctl(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ctl"]:
-        return ctl(argv[1:])
-    return serve(argv)
+        return ctl(argv[1:], f"{prog} ctl")
+    return serve(argv, prog)
 
 
 if __name__ == "__main__":
+    warn_python_m(__spec__.name if __spec__ else None, "fleet")
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""The fleet's loopback control API (JSON over HTTP) and its client, used by `python -m deploy.fleet ctl ...`.
+"""The fleet's loopback control API (JSON over HTTP) and its client, used by `tritonfleet fleet ctl ...`.
 
     GET  /status                                     replicas, ports, balancer state, versions, canaries
     POST /drain    {"replica": "r1"}                 POST /undrain {"replica": "r1"}

@@ -7,15 +7,17 @@ repository unchanged would run 2 network instances on it. Every CPU replica ther
 under the fleet's run directory: each model directory links to the original's version directories (nothing is copied,
 model versions stay immutable) beside a rewritten `config.pbtxt`:
 
-- network models (a CPU instance group and an engine thread parameter, `intra_op_thread_count` /
-  `INTRA_OP_THREAD_COUNT`): the export's rule for the replica's cores, one single-threaded instance per core up to
-  `MAX_CPU_INSTANCES`, then more threads per instance (export/devices.py `plan_cpu`, mirrored here: deploy does not
-  import export);
+- network models (a CPU instance group and an engine thread parameter, contract/engine_formats.py): the export's
+  rule for the replica's cores, one single-threaded instance per core up to `MAX_CPU_INSTANCES`, then more threads
+  per instance (`contract.serving_plan.plan_cpu`, the rule the export plans with);
 - a model that drives a network (its `target_model` parameter, the BLS model): as many instances as its target;
 - the interactive-only network copy (`*_interactive`, or a `serves` parameter saying "interactive"): unchanged, it is
   the capacity the export reserves beyond the cores;
 - any other CPU model (tokenizer, unknown models): its count, capped at the replica's cores;
-- ensembles, GPU groups and models without instance groups: unchanged. GPU replicas serve the repository as it is.
+- ensembles, GPU groups, models without instance groups and configs a serving plan cannot hold (several instance
+  groups): unchanged. GPU replicas serve the repository as it is.
+
+Every rewrite is `ServingPlan.from_config` -> a re-planned `ServingPlan` -> `apply` on a copy of the config.
 
 The fleet loads new versions through each replica's repository API with the replica's served config as the override
 (`Fleet.serve_version`), so the per-replica counts survive rolling updates and canaries; `sync_replica_repository`
@@ -32,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tritonclient.grpc import model_config_pb2 as mc
-
+from tritonfleet.contract.engine_formats import format_of_config
 from tritonfleet.contract.model_config import (
     CONFIG_FILENAME,
     ModelConfig,
@@ -41,13 +42,9 @@ from tritonfleet.contract.model_config import (
     string_parameters,
     write_config,
 )
+from tritonfleet.contract.serving_plan import ServingPlan
 from tritonfleet.contract.serving_target import TARGET_FILENAME, read_serving_target
 
-MAX_CPU_INSTANCES = 8  # export/devices.py MAX_CPU_INSTANCES (same rule, not imported)
-THREAD_PARAMETERS = (
-    ("intra_op_thread_count", "inter_op_thread_count"),
-    ("INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"),
-)
 INTERACTIVE_SUFFIX = "_interactive"
 TARGET_MODEL_PARAMETER = "target_model"
 HEADER = (
@@ -55,20 +52,11 @@ HEADER = (
     "# from {source}; do not edit (rewritten at every replica start).\n"
 )
 # KIND_AUTO is a CPU instance on a replica without a GPU (only CPU replicas are planned here).
-CPU_KINDS = (mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO)
+CPU_KINDS = ("KIND_CPU", "KIND_AUTO")
 
 
 class ReplicaPlanError(ValueError):
     """A repository the fleet cannot plan per replica (one line, says which file and why)."""
-
-
-def plan_cpu(cores: int) -> tuple[int, int]:
-    """(network instances, intra-op threads each) for `cores`: one single-threaded instance per core up to
-    MAX_CPU_INSTANCES, then more threads per instance (the export's default CPU plan)."""
-    if cores < 1:
-        raise ReplicaPlanError(f"a replica needs at least one core, got {cores}")
-    instances = min(cores, MAX_CPU_INSTANCES)
-    return instances, max(1, cores // instances)
 
 
 @dataclass(frozen=True)
@@ -127,89 +115,67 @@ class ReplicaPlan:
         }
 
 
-def _cpu_groups(config: ModelConfig) -> list[Any]:
-    return [group for group in config.instance_group if group.kind in CPU_KINDS]
+def _is_interactive_reserve(name: str, plan: ServingPlan) -> bool:
+    return name.endswith(INTERACTIVE_SUFFIX) or plan.interactive_only
 
 
-def _thread_keys(config: ModelConfig) -> tuple[str, str] | None:
-    for intra, inter in THREAD_PARAMETERS:
-        if intra in config.parameters:
-            return intra, inter
-    return None
+def _cpu_plan(config: ModelConfig) -> ServingPlan | None:
+    """The config's plan when it runs on one CPU instance group (None: ensembles, GPU groups, no group, or a config
+    a plan cannot hold)."""
+    if config.platform == "ensemble":
+        return None
+    try:
+        plan = ServingPlan.from_config(config)
+    except ValueError:
+        return None
+    return plan if plan.instances is not None and plan.instances.kind in CPU_KINDS else None
 
 
-def _is_interactive_reserve(name: str, config: ModelConfig) -> bool:
-    serves = string_parameters(config).get("serves", "")
-    return name.endswith(INTERACTIVE_SUFFIX) or serves.startswith("interactive")
-
-
-def _set_count(config: ModelConfig, count: int) -> None:
-    """Sets the CPU groups' total to `count` (one group: its count; several: shared in proportion, >= 1 each)."""
-    groups = _cpu_groups(config)
-    if len(groups) == 1:
-        groups[0].count = count
-        return
-    total = sum(group.count or 1 for group in groups)
-    for group in groups:
-        group.count = max(1, (group.count or 1) * count // total)
-
-
-def _count(config: ModelConfig) -> int:
-    return sum(group.count or 1 for group in _cpu_groups(config))
+def _rewritten(config: ModelConfig, plan: ServingPlan) -> ModelConfig:
+    scaled = ModelConfig()
+    scaled.CopyFrom(config)
+    return plan.apply(scaled)
 
 
 def scale_configs(configs: Mapping[str, ModelConfig], cores: int) -> tuple[dict[str, ModelConfig], ReplicaPlan]:
     """({model: rewritten config} for the models whose config changes, the replica's plan) for a replica of `cores`
     CPU cores; the input configs are not modified. Rules: the module docstring."""
-    instances, threads = plan_cpu(cores)
+    if cores < 1:
+        raise ReplicaPlanError(f"a replica needs at least one core, got {cores}")
     plan = ReplicaPlan(cores)
     changed: dict[str, ModelConfig] = {}
     network_counts: dict[str, int] = {}
-    followers: list[tuple[str, ModelConfig, str]] = []
+    followers: list[tuple[str, ModelConfig, ServingPlan, str]] = []
     for name, config in configs.items():
-        groups = _cpu_groups(config)
-        keys = _thread_keys(config)
-        if config.platform == "ensemble" or not groups or len(groups) != len(config.instance_group):
+        served = _cpu_plan(config)
+        if served is None:
             plan.models[name] = ModelPlan(None, None, "unchanged")
             continue
-        exported = _count(config)
-        if _is_interactive_reserve(name, config):
-            exported_threads = int(config.parameters[keys[0]].string_value) if keys else None
-            plan.models[name] = ModelPlan(exported, exported_threads, "interactive reserve", exported)
+        exported = served.instance_count
+        if _is_interactive_reserve(name, served):
+            plan.models[name] = ModelPlan(exported, served.threads.intra_op or None, "interactive reserve", exported)
             continue
-        if keys is not None:
-            scaled = ModelConfig()
-            scaled.CopyFrom(config)
-            _set_count(scaled, instances)
-            intra, inter = keys
-            scaled.parameters[intra].string_value = str(threads)
-            if inter in scaled.parameters:
-                scaled.parameters[inter].string_value = "1"
-            if scaled != config:
-                changed[name] = scaled
-            network_counts[name] = _count(scaled)
-            plan.models[name] = ModelPlan(_count(scaled), threads, "network", exported)
+        if format_of_config(config) is not None and served.threads.intra_op:
+            replica = served.for_cpu_cores(cores)
+            if replica != served:
+                changed[name] = _rewritten(config, replica)
+            network_counts[name] = replica.instance_count
+            plan.models[name] = ModelPlan(replica.instance_count, replica.threads.intra_op, "network", exported)
             continue
         target = string_parameters(config).get(TARGET_MODEL_PARAMETER)
         if target:
-            followers.append((name, config, target))
+            followers.append((name, config, served, target))
             continue
         capped = min(exported, cores)
         if capped != exported:
-            scaled = ModelConfig()
-            scaled.CopyFrom(config)
-            _set_count(scaled, capped)
-            changed[name] = scaled
+            changed[name] = _rewritten(config, served.with_instance_count(capped))
         role = "capped at the cores" if capped != exported else "kept (within the cores)"
         plan.models[name] = ModelPlan(capped, None, role, exported)
-    for name, config, target in followers:
-        exported = _count(config)
+    for name, config, served, target in followers:
+        exported = served.instance_count
         count = network_counts.get(target, min(exported, cores))
         if count != exported:
-            scaled = ModelConfig()
-            scaled.CopyFrom(config)
-            _set_count(scaled, count)
-            changed[name] = scaled
+            changed[name] = _rewritten(config, served.with_instance_count(count))
         plan.models[name] = ModelPlan(count, None, f"follows {target}", exported)
     return changed, plan
 

@@ -22,8 +22,9 @@ from tritonfleet.deploy.local.server import (
     TritonStartError,
 )
 from tritonfleet.deploy.local.supervisor import InferenceProbe, SupervisorHealthServer, SupervisorOptions
+from tritonfleet.deploy.server_flags import DEFAULT_EXIT_TIMEOUT_S
 
-PROGRAM = "python -m deploy.local"
+PROGRAM = "tritonfleet serve"
 
 
 def parse_args(argv: list[str] | None = None, prog: str = PROGRAM) -> tuple[argparse.Namespace, list[str]]:
@@ -45,7 +46,9 @@ def parse_args(argv: list[str] | None = None, prog: str = PROGRAM) -> tuple[argp
         help="explicit (loads every model at start and enables the repository API) by default, as self-healing "
         "needs it; none with --no-self-heal",
     )
-    parser.add_argument("--exit-timeout-secs", type=int, default=30, help="grace period for in-flight requests")
+    parser.add_argument(
+        "--exit-timeout-secs", type=int, default=DEFAULT_EXIT_TIMEOUT_S, help="grace period for in-flight requests"
+    )
     parser.add_argument("--startup-timeout-secs", type=float, default=300.0)
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument(

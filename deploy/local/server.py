@@ -21,13 +21,11 @@ from typing import Any
 from tritonfleet.deploy.local.runtime import TritonRuntime
 from tritonfleet.deploy.local.supervisor import ModelSupervisor, SupervisorOptions
 from tritonfleet.deploy.local.triton_admin import TritonAdmin
+from tritonfleet.deploy.server_flags import DEFAULT_EXIT_TIMEOUT_S, DEFAULT_RESPONSE_CACHE_BYTES, TritonServerFlags
 
 LOGGER = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
-# Triton's local response cache (`--cache-config local,size=BYTES`): models with `response_cache { enable: true }`
-# answer a repeated request from it. Each server (each fleet replica) has its own cache, in its own memory.
-DEFAULT_RESPONSE_CACHE_BYTES = 256 * 1024 * 1024
 # glog error/fatal lines ("E1122 07:58:01.123 ...") and Triton's own load failures.
 _ERROR_LINE = re.compile(r"^[EF]\d{4} |failed to load|error:|Address already in use", re.IGNORECASE)
 
@@ -58,7 +56,7 @@ class ServerOptions:
     metrics_port: int = 8002
     model_control_mode: str = "none"
     load_models: tuple[str, ...] = ("*",)
-    exit_timeout_s: int = 30
+    exit_timeout_s: int = DEFAULT_EXIT_TIMEOUT_S
     startup_timeout_s: float = 300.0
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
@@ -227,40 +225,32 @@ class LocalTritonServer(ServingAddresses):
 def tritonserver_command(options: ServerOptions, runtime: TritonRuntime, backend_directory: Path) -> list[str]:
     """tritonserver's command line for `options`, with `backend_directory` (see
     `TritonRuntime.assemble_backend_directory`): shared by `LocalTritonServer` and the exec launcher
-    (`deploy.local.tritonserver_exec`) that tools such as Model Analyzer start instead of the bare binary."""
-    command = [
-        str(runtime.server_binary),
-        f"--model-repository={Path(options.model_repository).resolve()}",
-        f"--backend-directory={backend_directory}",
-        f"--http-address={options.host}",
-        f"--http-port={options.http_port}",
-        f"--grpc-address={options.host}",
-        f"--grpc-port={options.grpc_port}",
-        f"--metrics-address={options.host}",
-        f"--metrics-port={options.metrics_port}",
-        "--allow-gpu-metrics=false",
-        f"--exit-timeout-secs={options.exit_timeout_s}",
-        f"--log-verbose={options.log_verbose}",
-        f"--model-control-mode={options.model_control_mode}",
-    ]
-    if options.model_control_mode == "explicit":
-        command.extend(f"--load-model={name}" for name in options.load_models)
-    command.extend(response_cache_args(options, runtime))
-    command.extend(options.extra_args)
-    return command
+    (`deploy.local.tritonserver_exec`) that tools such as Model Analyzer start instead of the bare binary. A flag in
+    `options.extra_args` replaces the project's own setting of it (a `--cache-config` the whole cache setting)."""
+    flags = local_flags(options, runtime, backend_directory)
+    return [str(runtime.server_binary), *flags.args(overridden_by=options.extra_args), *options.extra_args]
 
 
-def response_cache_args(options: ServerOptions, runtime: TritonRuntime) -> list[str]:
-    """`--cache-directory` (the wheel's caches/, holding `local/libtritoncache_local.so`) and `--cache-config
-    local,size=BYTES`; none when the cache is off or `extra_args` configure a cache themselves."""
-    if options.response_cache_bytes < 0:
-        raise ValueError(f"response_cache_bytes must be >= 0, got {options.response_cache_bytes}")
-    if options.response_cache_bytes == 0 or any(arg.startswith("--cache-config") for arg in options.extra_args):
-        return []
-    arguments = [f"--cache-config=local,size={options.response_cache_bytes}"]
-    if not any(arg.startswith("--cache-directory") for arg in options.extra_args):
-        arguments.insert(0, f"--cache-directory={caches_directory(runtime)}")
-    return arguments
+def local_flags(options: ServerOptions, runtime: TritonRuntime, backend_directory: Path) -> TritonServerFlags:
+    """The project's tritonserver flags (`deploy.server_flags`) for a local server; how they differ from the
+    containers' by design is `LOCAL_DIFFERENCES`."""
+    return TritonServerFlags(
+        model_repository=str(Path(options.model_repository).resolve()),
+        model_control_mode=options.model_control_mode,
+        load_models=options.load_models,
+        host=options.host,
+        http_port=options.http_port,
+        grpc_port=options.grpc_port,
+        metrics_port=options.metrics_port,
+        exit_timeout_s=options.exit_timeout_s,
+        allow_gpu_metrics=False,
+        response_cache_bytes=options.response_cache_bytes,
+        cache_directory=str(caches_directory(runtime)),
+        backend_directory=str(backend_directory),
+        admin_key=None,
+        log_format=None,
+        log_verbose=options.log_verbose,
+    )
 
 
 def caches_directory(runtime: TritonRuntime) -> Path:

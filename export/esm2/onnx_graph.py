@@ -20,6 +20,7 @@ above has CPU and CUDA kernels there; the graph is opset 18 / IR 10 (ORT 1.19 re
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,33 +219,22 @@ def _pool(g: _Graph, hidden: str, mask_float: str) -> None:
     g.op("Div", [summed, g.op("Max", [count, g.const(1.0)], "pool_count")], OUTPUT_NAMES[0])
 
 
-def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data_location: str | None = None) -> Path:
-    """Writes the ESM-2 embedder (docs/design.md's contract) with fused attention to `path`.
+Attend = Callable[[_Graph, str, str, str, str], str]
 
-    Args:
-        module: the eager `Esm2Embedder` (with `.esm`) or a `transformers.EsmModel`, fp32 or fp16 (weights are
-            written as fp32).
-        path: the .onnx file.
-        max_positions: the longest sequence (tokens) the graph accepts.
-        data_location: file name, beside the model, for weights over ~1.8 GB (default `<name>.data`); ONNX Runtime
-            loads it from the model's directory.
-    """
-    esm = getattr(module, "esm", module)
-    shape = Esm2Shape.from_config(esm.config)
-    hidden_size, heads = shape.hidden_size, shape.num_heads
-    g = _Graph()
-    ids, mask = INPUT_NAMES
-    mask_float = g.op("Cast", [mask], "mask_float", to=TensorProto.FLOAT)
-    residual = _embeddings(g, esm, shape, mask_float)
 
+def rotary_caches(g: _Graph, esm, max_positions: int) -> tuple[str, str]:
+    """The cos/sin cache initializers of `com.microsoft::RotaryEmbedding`."""
     cos, sin = rotary_tables(_inv_freq(esm), max_positions)
-    cos_cache, sin_cache = g.weight("rotary.cos_cache", cos), g.weight("rotary.sin_cache", sin)
-    ids_shape = g.op("Shape", [ids], "ids_shape")
-    length = g.op("Gather", [ids_shape, g.const(1, np.int64)], "length", axis=0)
-    positions = g.op("Range", [g.const(0, np.int64), length, g.const(1, np.int64)], "positions")
-    position_ids = g.op("Expand", [g.unsqueeze(positions, [0], "positions_2d"), ids_shape], "position_ids")
-    key_padding_mask = g.op("Cast", [mask], "key_padding_mask", to=TensorProto.INT32)
+    return g.weight("rotary.cos_cache", cos), g.weight("rotary.sin_cache", sin)
 
+
+def encoder(
+    g: _Graph, esm, shape: Esm2Shape, residual: str, position_ids: str, attend: Attend, max_positions: int
+) -> str:
+    """The transformer layers and the final LayerNorm on `residual` [batch, sequence, hidden] (the embeddings);
+    `attend(g, query, key, value, name)` returns the attention context (after rotary, before the output dense)."""
+    hidden_size, heads = shape.hidden_size, shape.num_heads
+    cos_cache, sin_cache = rotary_caches(g, esm, max_positions)
     layers = list(esm.encoder.layer)
     first_norm = layers[0].attention.LayerNorm
     x = g.op(
@@ -273,14 +263,7 @@ def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data
         key = g.contrib(
             "RotaryEmbedding", [key, position_ids, cos_cache, sin_cache], f"{name}.rotary_k", hidden_size, **rotary
         )
-        context = g.contrib(
-            "MultiHeadAttention",
-            [query, key, value, "", key_padding_mask],
-            f"{name}.attention",
-            hidden_size,
-            num_heads=heads,
-            scale=float(shape.head_dim) ** -0.5,
-        )
+        context = attend(g, query, key, value, name)
         dense = layer.attention.output.dense
         product = g.op(
             "MatMul", [context, g.weight(f"{name}.output.weight_t", _numpy(dense.weight).T.copy())], f"{name}.output"
@@ -302,21 +285,11 @@ def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data
         norm = esm.encoder.emb_layer_norm_after if last else layers[index + 1].attention.LayerNorm
         norm_name = "final_norm" if last else f"layer{index + 1}.attention_norm"
         x, residual = _add_and_norm(g, product, _numpy(dense.bias), residual, norm, norm_name, shape)
-    _pool(g, x, mask_float)
+    return x
 
-    graph = helper.make_graph(
-        g.nodes,
-        f"esm2_{shape.num_layers}_layers_{hidden_size}_fused",
-        [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"]) for name in INPUT_NAMES],
-        [
-            helper.make_tensor_value_info(OUTPUT_NAMES[0], TensorProto.FLOAT, ["batch", hidden_size]),
-            helper.make_tensor_value_info(OUTPUT_NAMES[1], TensorProto.FLOAT, ["batch", "sequence", hidden_size]),
-        ],
-        g.initializers,
-        value_info=g.value_info,
-    )
-    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="tritonfleet")
+
+def save_model(g: _Graph, model: onnx.ModelProto, path: Path, data_location: str | None) -> Path:
+    """Checks and writes `model`; weights over EXTERNAL_DATA_THRESHOLD bytes go to `data_location` beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if sum(len(array.raw_data) for array in g.initializers) > EXTERNAL_DATA_THRESHOLD:
         data_file = path.with_name(data_location or path.name + ".data")
@@ -327,3 +300,57 @@ def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data
         onnx.checker.check_model(model)
         onnx.save_model(model, str(path))
     return path
+
+
+def make_model(g: _Graph, name: str, inputs: list, outputs: list) -> onnx.ModelProto:
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, g.initializers, value_info=g.value_info)
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="tritonfleet")
+
+
+def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data_location: str | None = None) -> Path:
+    """Writes the ESM-2 embedder (docs/design.md's contract) with fused attention to `path`.
+
+    Args:
+        module: the eager `Esm2Embedder` (with `.esm`) or a `transformers.EsmModel`, fp32 or fp16 (weights are
+            written as fp32).
+        path: the .onnx file.
+        max_positions: the longest sequence (tokens) the graph accepts.
+        data_location: file name, beside the model, for weights over ~1.8 GB (default `<name>.data`); ONNX Runtime
+            loads it from the model's directory.
+    """
+    esm = getattr(module, "esm", module)
+    shape = Esm2Shape.from_config(esm.config)
+    hidden_size, heads = shape.hidden_size, shape.num_heads
+    g = _Graph()
+    ids, mask = INPUT_NAMES
+    mask_float = g.op("Cast", [mask], "mask_float", to=TensorProto.FLOAT)
+    residual = _embeddings(g, esm, shape, mask_float)
+    ids_shape = g.op("Shape", [ids], "ids_shape")
+    length = g.op("Gather", [ids_shape, g.const(1, np.int64)], "length", axis=0)
+    positions = g.op("Range", [g.const(0, np.int64), length, g.const(1, np.int64)], "positions")
+    position_ids = g.op("Expand", [g.unsqueeze(positions, [0], "positions_2d"), ids_shape], "position_ids")
+    key_padding_mask = g.op("Cast", [mask], "key_padding_mask", to=TensorProto.INT32)
+
+    def attend(g: _Graph, query: str, key: str, value: str, name: str) -> str:
+        return g.contrib(
+            "MultiHeadAttention",
+            [query, key, value, "", key_padding_mask],
+            f"{name}.attention",
+            hidden_size,
+            num_heads=heads,
+            scale=float(shape.head_dim) ** -0.5,
+        )
+
+    x = encoder(g, esm, shape, residual, position_ids, attend, max_positions)
+    _pool(g, x, mask_float)
+    model = make_model(
+        g,
+        f"esm2_{shape.num_layers}_layers_{hidden_size}_fused",
+        [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"]) for name in INPUT_NAMES],
+        [
+            helper.make_tensor_value_info(OUTPUT_NAMES[0], TensorProto.FLOAT, ["batch", hidden_size]),
+            helper.make_tensor_value_info(OUTPUT_NAMES[1], TensorProto.FLOAT, ["batch", "sequence", hidden_size]),
+        ],
+    )
+    return save_model(g, model, path, data_location)

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from tritonfleet.contract.esm2.pipeline import NETWORK_INPUTS, NETWORK_OUTPUTS
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS, encode_batch, random_proteins
+from tritonfleet.contract.pipeline import Role
 from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.esm2.sizes import ESM2_SIZES, RANDOM_INIT_SIZES
 from tritonfleet.export.network import PER_TENSOR_INT8_FORMATS, PRECISIONS
@@ -108,16 +110,17 @@ class Esm2Recipe:
 
     @property
     def signature(self) -> Signature:
-        """Token ids + mask [batch, sequence] -> pooled [batch, D] and per-token [batch, sequence, D] embeddings."""
+        """Token ids + mask [batch, sequence] -> pooled [batch, D] and per-token [batch, sequence, D] embeddings, the
+        network tensors the pipeline declares (tritonfleet.contract.esm2.pipeline), in forward order."""
+        axes = {
+            Role.TOKEN_IDS: (SEQUENCE_AXIS,),
+            Role.ATTENTION_MASK: (SEQUENCE_AXIS,),
+            Role.EMBEDDING: (self.hidden_size,),
+            Role.RESIDUE_EMBEDDINGS: (SEQUENCE_AXIS, self.hidden_size),
+        }
         return Signature(
-            inputs=(
-                TensorSpec("INPUT_IDS", "int64", (SEQUENCE_AXIS,)),
-                TensorSpec("ATTENTION_MASK", "int64", (SEQUENCE_AXIS,)),
-            ),
-            outputs=(
-                TensorSpec("EMBEDDING", self.output_dtype, (self.hidden_size,)),
-                TensorSpec("RESIDUE_EMBEDDINGS", self.output_dtype, (SEQUENCE_AXIS, self.hidden_size)),
-            ),
+            inputs=tuple(TensorSpec(tensor.name, "int64", axes[tensor.role]) for tensor in NETWORK_INPUTS),
+            outputs=tuple(TensorSpec(tensor.name, self.output_dtype, axes[tensor.role]) for tensor in NETWORK_OUTPUTS),
         )
 
     def build_module(self) -> torch.nn.Module:

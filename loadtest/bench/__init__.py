@@ -7,8 +7,8 @@ the other precisions the export offers, exported with the same device plan), two
 plus the README's entry point against a hand-written FastAPI + eager service (P2) and the per-request server-side
 overhead at concurrency 1 (P3).
 
-    python -m loadtest.bench --model-repository model_repository   # full run (needs a quiet machine: ~20 min)
-    python -m loadtest.bench --quick                                 # CI smoke: exports, tiny mix, short windows
+    tritonfleet bench --model-repository model_repository   # full run (needs a quiet machine: ~20 min)
+    tritonfleet bench --quick                                 # CI smoke: exports, tiny mix, short windows
 
 What is measured (groups a-d) is in `scenarios.py`; `engines.py` holds the raw in-process engines and the two ways of
 spending the cores on them (a; loadtest/cpu_plan.py takes its ceiling from there), `load.py` the closed-loop load

@@ -11,7 +11,8 @@ from pathlib import Path
 from tritonfleet.contract.command_line import HelpFormatter, add_deprecated, warn_python_m
 from tritonfleet.export.esm2.sizes import RANDOM_INIT_SIZES
 from tritonfleet.loadtest.bench.report import write_report
-from tritonfleet.loadtest.bench.scenarios import VARIANT_PRECISIONS, BenchConfig, run_bench
+from tritonfleet.loadtest.bench.scenarios import BenchConfig, run_bench
+from tritonfleet.loadtest.bench.variants import VARIANT_PRECISIONS
 from tritonfleet.loadtest.devices import select_devices
 
 DESCRIPTION = (
@@ -29,7 +30,7 @@ def variant_list(text: str) -> tuple[str, ...]:
     return variants
 
 
-PROGRAM = "python -m loadtest.bench"
+PROGRAM = "python -m tritonfleet.loadtest.bench"
 
 
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:

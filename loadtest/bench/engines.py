@@ -20,6 +20,9 @@ from typing import Protocol
 import numpy as np
 
 from tritonfleet.contract import esm2_tokens as esm_tokenizer
+from tritonfleet.contract.engines import EngineOptions, open_engine
+from tritonfleet.contract.esm2.pipeline import ESM2
+from tritonfleet.contract.pipeline import Role
 from tritonfleet.loadtest.bench.report import ScenarioResult
 from tritonfleet.loadtest.devices import GpuUtilisationSampler
 from tritonfleet.loadtest.workload import percentile
@@ -42,22 +45,20 @@ EngineFactory = Callable[[int], Engine]
 
 
 class OnnxEngine:
+    """An ONNX file on ONNX Runtime's CPU provider (intra-op `threads`, inter-op 1, sequential, all graph
+    optimisations), returning the pooled embeddings."""
+
     name = "onnx"
 
     def __init__(self, model_path: Path, threads: int, precision: str = "fp32") -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = next(o.name for o in self.session.get_outputs() if o.name.upper().startswith("EMBEDDING"))
+        self.engine = open_engine(model_path, "onnx", threads, "cpu", precision, EngineOptions(inter_threads=1))
+        self.input_names = self.engine.input_names
+        self.output_name = next(name for name in self.engine.output_names if ESM2.tensor_role(name) is Role.EMBEDDING)
         self.device, self.precision = "cpu", precision
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], dict(zip(self.input_names, (input_ids, attention_mask))))[0]
+        feeds = dict(zip(self.input_names, (input_ids, attention_mask)))
+        return self.engine.run(feeds, [self.output_name])[self.output_name]
 
 
 class TorchScriptEngine:
@@ -67,24 +68,13 @@ class TorchScriptEngine:
     name = "torchscript"
 
     def __init__(self, model_path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> None:
-        import torch
-
-        if threads > 0:
-            torch.set_num_threads(threads)
-        self.torch = torch
+        self.engine = open_engine(model_path, "torchscript", threads, device, precision)
+        self.output_name = self.engine.output_names[0]
         self.device, self.precision = device, precision
-        self.module = torch.jit.load(str(model_path), map_location=device).eval()
-        if precision == "fp16":
-            self.module = self.module.half()
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        with torch.inference_mode():
-            outputs = self.module(torch.from_numpy(input_ids).to(self.device),
-                                  torch.from_numpy(attention_mask).to(self.device))  # fmt: skip
-            if self.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            return outputs[0].float().cpu().numpy()
+        feeds = dict(zip(self.engine.input_names, (input_ids, attention_mask)))
+        return self.engine.run(feeds, [self.output_name])[self.output_name].astype(np.float32, copy=False)
 
 
 class EagerEngine:

@@ -1,16 +1,20 @@
 """The closed-loop load generator of groups b, c and d, and what it sends with (Triton over gRPC, the FastAPI service).
 
 Threads, one connection each, send back-to-back; only requests that complete inside the measurement window count.
+`send_all` sends a fixed set of prepared requests once each instead (the served-overhead study).
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import tritonclient.grpc as grpc_client
 
 from tritonfleet.client.transport import infer_inputs, requested_outputs
 from tritonfleet.loadtest.workload import ModelTarget, is_rejection, prepare_request
@@ -133,3 +137,46 @@ def closed_loop(make_sender: Callable[[], Sender], sequences: Sequence[str], con
         elapsed_s=duration_s,
         first_error=first_error[0] if first_error else "",
     )
+
+
+def send_all(url: str, model: str, requests: Sequence, concurrency: int, output: str) -> list[float]:
+    """Every prepared request once, `concurrency` at a time (one gRPC client per worker thread); latencies in ms."""
+    work: queue.Queue = queue.Queue()
+    for index, request in enumerate(requests):
+        work.put((index, request))
+    latencies: list[float] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        client = grpc_client.InferenceServerClient(url)
+        wanted = [grpc_client.InferRequestedOutput(output)]
+        try:
+            while not failures:
+                try:
+                    _, request = work.get_nowait()
+                except queue.Empty:
+                    return
+                inputs = []
+                for name, array in request.inputs.items():
+                    datatype = "BYTES" if array.dtype == object else "INT64"
+                    tensor = grpc_client.InferInput(name, list(array.shape), datatype)
+                    tensor.set_data_from_numpy(array)
+                    inputs.append(tensor)
+                began = time.perf_counter()
+                client.infer(model, inputs, outputs=wanted)
+                with lock:
+                    latencies.append((time.perf_counter() - began) * 1e3)
+        except Exception as error:  # noqa: BLE001 - re-raised in the caller
+            failures.append(error)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{model}: {failures[0]}") from failures[0]
+    return latencies

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as triton_grpc
-from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonfleet.contract.model_config import instance_count, model_configs, read_config, write_config
-from tritonfleet.export.devices import DevicePlan, default_precision, usable_cores
+from tritonfleet.contract.esm2.pipeline import BLS_MODEL, ENSEMBLE_MODEL
+from tritonfleet.contract.model_config import read_config
+from tritonfleet.export.devices import usable_cores
 from tritonfleet.loadtest.bench.engines import (
     EagerEngine,
     EngineFactory,
@@ -38,16 +38,26 @@ from tritonfleet.loadtest.bench.engines import (
     thread_splits,
 )
 from tritonfleet.loadtest.bench.load import FastApiSender, LoadResult, TritonGrpcSender, closed_loop
-from tritonfleet.loadtest.bench.report import (
+from tritonfleet.loadtest.bench.results import (
     TRITON_MODELS,
     BenchReport,
     OverheadResult,
     ScenarioResult,
     compute_figures,
-    machine_description,
+)
+from tritonfleet.loadtest.bench.variants import (
+    Variant,
+    engine_of,
+    loadable_models,
+    network_plan,
+    prepare_variants,
+    repository_precision,  # noqa: F401 - loadtest/flagship.py imports it from here
+    served_networks,
+    write_batching_off_repository,
 )
 from tritonfleet.loadtest.devices import GpuUtilisationSampler, precisions_for, select_devices, wait_for
 from tritonfleet.loadtest.server_stats import average_batch, inference_statistics, statistics_delta
+from tritonfleet.loadtest.studies.header import machine_description
 from tritonfleet.loadtest.workload import (
     ModelTarget,
     generate_sequences,
@@ -60,12 +70,7 @@ from tritonfleet.loadtest.workload import (
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPORT_DIR = PROJECT_ROOT / "reports"
 # Sequence-in pipelines: their own statistics include the network they call, whose compute is what counts.
-PIPELINE_MODELS = ("esm2", "esm2_bls")
-ENGINE_OF_PLATFORM = {"onnxruntime_onnx": "onnx", "onnxruntime": "onnx", "pytorch_libtorch": "torchscript",
-                      "pytorch": "torchscript"}  # fmt: skip
-VARIANT_PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
-# Export arguments a precision needs beyond `precision=` (bf16 exists for TorchScript only, so the pipelines call it).
-VARIANT_EXPORTS: dict[str, dict] = {"bf16": {"formats": ("torchscript",), "ensemble_target": "torchscript"}}
+PIPELINE_MODELS = (ENSEMBLE_MODEL, BLS_MODEL)
 
 
 @dataclass(frozen=True)
@@ -93,14 +98,6 @@ class BenchConfig:
                       batch_sizes=(1, 8), fastapi_batch=8, raw_seconds=2.0, raw_warmup_s=1.0, quick=True)  # fmt: skip
         values.update(overrides)
         return cls(**values)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One engine variant: a repository whose networks hold one precision."""
-
-    precision: str
-    repository: Path
 
 
 def run_bench(config: BenchConfig, command: str) -> BenchReport:
@@ -136,130 +133,6 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
             report.problems.append(f"{scenario.group} {scenario.name} ({scenario.precision}): {scenario.errors} "
                                    f"errors ({scenario.notes})")  # fmt: skip
     return report
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The variants
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def resolve_variants(requested: Sequence[str], repository_precision: str) -> list[str]:
-    """The precisions to export besides the repository's own, in the order asked, each once ("auto" is the
-    repository's precision: nothing to export)."""
-    unknown = sorted(set(requested) - set(VARIANT_PRECISIONS))
-    if unknown:
-        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANT_PRECISIONS)}")
-    extra: list[str] = []
-    for precision in requested:
-        resolved = repository_precision if precision == "auto" else precision
-        if resolved != repository_precision and resolved not in extra:
-            extra.append(resolved)
-    return extra
-
-
-def _network_configs(repository: Path) -> dict[str, mc.ModelConfig]:
-    """The exported networks' configs (ONNX Runtime and LibTorch models) by model name."""
-    return {
-        config.name or name: config
-        for name, config in model_configs(repository)
-        if ENGINE_OF_PLATFORM.get(config.platform or config.backend)
-    }
-
-
-def repository_precision(repository: Path) -> str:
-    """The precision the repository's networks were exported in (their `precision` parameter; fp32 when absent)."""
-    for config in _network_configs(repository).values():
-        if "precision" in config.parameters:
-            return config.parameters["precision"].string_value
-    return "fp32"
-
-
-def _intra_op_threads(config: mc.ModelConfig) -> int:
-    for key in ("intra_op_thread_count", "INTRA_OP_THREAD_COUNT"):
-        if key in config.parameters:
-            return int(config.parameters[key].string_value)
-    return 0
-
-
-def repository_devices(repository: Path) -> DevicePlan:
-    """The device plan a repository's networks were exported with, read back from their instance groups."""
-    networks = _network_configs(repository)
-    if not networks:
-        raise ValueError(f"{repository} holds no ONNX Runtime or LibTorch model")
-    config = next(iter(networks.values()))
-    groups = list(config.instance_group)
-    gpus = sorted({gpu for group in groups if group.kind == mc.ModelInstanceGroup.KIND_GPU for gpu in group.gpus})
-    if gpus:
-        return DevicePlan("KIND_GPU", tuple(gpus), instances_per_gpu=groups[0].count or 1)
-    return DevicePlan("KIND_CPU", cpu_instances=instance_count(config), cpu_threads=_intra_op_threads(config))
-
-
-def network_plan(config: mc.ModelConfig) -> str:
-    """How a served network spends the cores, e.g. '2 instances x 1 thread'."""
-    instances = instance_count(config)
-    if any(group.kind == mc.ModelInstanceGroup.KIND_GPU for group in config.instance_group):
-        return f"{instances} GPU instance{'s' if instances > 1 else ''}"
-    threads = _intra_op_threads(config)
-    described = f"{threads} thread{'s' if threads > 1 else ''}" if threads else "engine-default threads"
-    return f"{instances} instance{'s' if instances > 1 else ''} x {described}"
-
-
-def served_networks(repository: Path) -> dict[str, str]:
-    """Served model -> the network whose engine runs it: a network itself; the network the ensemble's steps or the
-    BLS model's `target_model` parameter call."""
-    networks = _network_configs(repository)
-    result = {name: name for name in networks}
-    for name, config in model_configs(repository):
-        if config.platform == "ensemble":
-            called = [step.model_name for step in config.ensemble_scheduling.step if step.model_name in networks]
-        else:
-            target = config.parameters["target_model"].string_value if "target_model" in config.parameters else ""
-            called = [target] if target in networks else []
-        if called:
-            result[config.name or name] = called[0]
-    return result
-
-
-def loadable_models(repository: Path) -> tuple[str, ...]:
-    """Every model Triton can load from the repository: all but a network without a model file (an export without
-    that format, e.g. bf16 for TorchScript only, still writes its config) and the pipelines calling such a network."""
-    networks = served_networks(repository)
-    empty = {name for name in _network_configs(repository) if not any((repository / name).glob("[0-9]*/*"))}
-    return tuple(name for name, _ in model_configs(repository) if name not in empty and networks.get(name) not in empty)
-
-
-def prepare_variants(config: BenchConfig, scratch: Path, report: BenchReport) -> list[Variant]:
-    """The default variant (the given repository, or one exported with the export's defaults) first, then every
-    other precision asked for, exported with the same device plan and random weights of the same size. A variant
-    refused by its quality gate is reported, not measured."""
-    from tritonfleet.export.esm2 import export_esm2
-    from tritonfleet.export.parity import ParityError
-    from tritonfleet.export.signature import ExportError
-
-    repository = config.model_repository
-    if repository is None:
-        print(f"exporting ESM-2 {config.model_size} (random weights, the export's defaults) ...", flush=True)
-        repository = scratch / "default"
-        export_esm2(repository, random_init=config.model_size, gpus="auto")
-        source = "exported by this run with the export's defaults"
-    else:
-        source = f"`{repository}`"
-    precision, devices = repository_precision(repository), repository_devices(repository)
-    if precision != (machine_default := default_precision(devices)):
-        source += f"; the export's default on this machine would be {machine_default}"
-    report.config["default_source"], report.config["device_plan"] = source, devices.describe()
-    variants = [Variant(precision, repository)]
-    for extra in resolve_variants(config.variants, precision):
-        print(f"exporting the {extra} variant (random weights {config.model_size}, {devices.describe()}) ...",
-              flush=True)  # fmt: skip
-        try:
-            export_esm2(scratch / extra, random_init=config.model_size, precision=extra, devices=devices,
-                        **VARIANT_EXPORTS.get(extra, {}))  # fmt: skip
-        except (ParityError, ExportError, ValueError) as error:
-            report.problems.append(f"variant {extra} not measured, its export failed: {error}")
-            continue
-        variants.append(Variant(extra, scratch / extra))
-    return variants
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -310,7 +183,7 @@ def raw_engine_results(
 
 def triton_results(config: BenchConfig, variant: Variant, sequences: Sequence[str], group: str,
                    report: BenchReport, measure_overheads: bool) -> list[ScenarioResult]:  # fmt: skip
-    from tritonfleet.deploy.local import local_server
+    from tritonfleet.loadtest.studies.serving import serve
 
     label = "Triton, dynamic batching" if group == "b" else "Triton, batching off"
     targets = repository_targets(variant.repository)
@@ -318,7 +191,7 @@ def triton_results(config: BenchConfig, variant: Variant, sequences: Sequence[st
     results = []
     loadable = loadable_models(variant.repository)
     with (
-        local_server(variant.repository, model_control_mode="explicit", load_models=loadable) as server,
+        serve(variant.repository, model_control_mode="explicit", load_models=loadable) as server,
         triton_grpc.InferenceServerClient(server.grpc_url) as stats,
     ):
         for model in TRITON_MODELS:
@@ -333,7 +206,7 @@ def triton_results(config: BenchConfig, variant: Variant, sequences: Sequence[st
                                    config.concurrency, config.duration_s)  # fmt: skip
             delta = statistics_delta(before, inference_statistics(stats))
             result = _served_result(
-                group, f"{label}: {model}", ENGINE_OF_PLATFORM[network_config.platform or network_config.backend],
+                group, f"{label}: {model}", engine_of(network_config),
                 load, concurrency=config.concurrency, gpu_utilisation=sampler.mean, precision=variant.precision,
                 model=model, threads=network_plan(network_config), average_server_batch=average_batch(delta, [network]),
             )  # fmt: skip
@@ -410,26 +283,6 @@ def settled_delta(stats_client, before: dict, models: set[str], timeout_s: float
         if all(delta.get(name, {}).get("success_count", 0) >= 1 for name in models) or time.monotonic() > deadline:
             return delta
         time.sleep(0.002)
-
-
-def write_batching_off_repository(source: Path, destination: Path) -> list[str]:
-    """A copy of `source` whose configs have dynamic_batching removed (max_batch_size kept); everything else is
-    symlinked. Returns the changed models."""
-    changed = []
-    destination.mkdir(parents=True, exist_ok=True)
-    for model_dir in sorted(path for path in source.iterdir() if path.is_dir()):
-        target_dir = destination / model_dir.name
-        target_dir.mkdir(exist_ok=True)
-        for entry in model_dir.iterdir():
-            link = target_dir / entry.name
-            if entry.name != "config.pbtxt" and not link.exists():
-                link.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
-    for name, config in model_configs(source):
-        if config.HasField("dynamic_batching"):
-            config.ClearField("dynamic_batching")
-            changed.append(config.name or name)
-        write_config(config, destination / name)
-    return changed
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,19 +11,13 @@ import pytest
 import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tritonfleet.contract.esm2.pipeline import ONNX_MODEL, TORCHSCRIPT_MODEL
 from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
 from tritonfleet.contract.model_config import read_config
 from tritonfleet.contract.tensors import dtype_from_config
 from tritonfleet.export.esm2.model import build_esm2
 from tritonfleet.export.esm2.recipe import Esm2Recipe
-from tritonfleet.export.esm2.repository import (
-    ONNX_FILENAME,
-    ONNX_MODEL,
-    TORCHSCRIPT_FILENAME,
-    TORCHSCRIPT_MODEL,
-    RepositoryOptions,
-    export_repository,
-)
+from tritonfleet.export.esm2.repository import ONNX_FILENAME, TORCHSCRIPT_FILENAME, RepositoryOptions, export_repository
 from tritonfleet.export.network import MODEL_VERSION
 from tritonfleet.export.onnx_export import onnx_runner, onnx_signature
 from tritonfleet.export.parity import eager_runner

@@ -20,10 +20,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
+from tritonfleet.contract.serving_plan import BatchingPlan
 from tritonfleet.deploy.local import local_server
 from tritonfleet.export.devices import plan_devices
 from tritonfleet.export.generic import TorchExportOptions, export_torch
-from tritonfleet.export.model_config import BatchingOptions
 from tritonfleet.export.parity import ParityError
 from tritonfleet.export.signature import ExportError
 
@@ -89,7 +89,7 @@ def repository(tmp_path_factory, mlp) -> Path:
             name="mlp",
             output=output,
             devices=plan_devices("none"),
-            batching=BatchingOptions(max_batch_size=16, preferred_batch_sizes=(16,), max_queue_delay_us=1000),
+            batching=BatchingPlan(max_batch_size=16, preferred_batch_sizes=(16,), max_queue_delay_us=1000),
         ),
     )
     assert set(report.parity) == {"onnx", "torchscript"}

@@ -19,12 +19,12 @@ import tritonclient.http as httpclient
 
 from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
 from tritonfleet.contract.model_config import read_config
+from tritonfleet.contract.serving_plan import BatchingPlan
 from tritonfleet.deploy.local import local_server
 from tritonfleet.export import parity
 from tritonfleet.export.devices import plan_devices
 from tritonfleet.export.esm2 import export_esm2
 from tritonfleet.export.esm2.model import build_esm2
-from tritonfleet.export.model_config import BatchingOptions
 from tritonfleet.export.onnx_export import onnx_runner
 from tritonfleet.export.parity import INVARIANCE_TOLERANCE, InvarianceGateError, ParityError, min_cosine
 from tritonfleet.export.signature import ExportError
@@ -36,7 +36,7 @@ CLIENTS = {"http": httpclient, "grpc": grpcclient}
 ONE_INSTANCE = {
     "devices": plan_devices("none", cpu_instances=1, cpu_threads=1),
     "parity_samples": 2,
-    "batching": BatchingOptions(max_batch_size=8, preferred_batch_sizes=(8,)),
+    "batching": BatchingPlan(max_batch_size=8, preferred_batch_sizes=(8,)),
 }
 VARIANTS = {
     "int8": {"precision": "int8"},

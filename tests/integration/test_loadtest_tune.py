@@ -34,8 +34,9 @@ def test_tune_smoke_searches_two_cpu_configs_and_leaves_no_server(tmp_path: Path
     repository = tmp_path / "repository"
     export = _run(
         ["tritonfleet.export", "torch", "--factory", "examples.my_model:build", "--name", "pooler",
-         "--input-names", "IDS,MASK", "--output-names", "EMBEDDING", "--gpus", "none", "--formats", "onnx",
-         "--output", str(repository)],
+         "--input-names", "IDS,MASK", "--output-names", "EMBEDDING",
+         "--input-roles", "TOKEN_IDS,ATTENTION_MASK", "--output-roles", "EMBEDDING", "--gpus", "none",
+         "--formats", "onnx", "--output", str(repository)],
         timeout=300,
     )  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]

@@ -23,9 +23,9 @@ import tritonclient.grpc as grpcclient
 from tritonfleet.client import AsyncEmbeddingClient, ClientConfig, DeadlineExceededError, EmbeddingClient, RetryPolicy
 from tritonfleet.client.core import sequence_array
 from tritonfleet.contract.priorities import PRIORITY_LEVELS
+from tritonfleet.contract.serving_plan import BatchingPlan, PriorityPlan
 from tritonfleet.deploy.local import LocalTritonServer
 from tritonfleet.export.devices import plan_devices
-from tritonfleet.export.model_config import BatchingOptions, PriorityQueues
 from tritonfleet.loadtest.run import EXIT_RUN_FAILED
 from tritonfleet.loadtest.run import main as run_main
 from tritonfleet.loadtest.workload import generate_sequences
@@ -47,11 +47,11 @@ def priority_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     output = tmp_path_factory.mktemp("priorities") / "repository"
     # A long interactive budget: these tests are about order, not about the budget refusing waiting requests.
-    batching = BatchingOptions(
+    batching = BatchingPlan(
         max_batch_size=MAX_BATCH,
         preferred_batch_sizes=(),
         max_queue_delay_us=0,
-        priorities=PriorityQueues(interactive_budget_us=600_000_000),
+        priorities=PriorityPlan(interactive_budget_us=600_000_000),
     )
     export_esm2(
         output,

@@ -19,11 +19,11 @@ import tritonclient.http as httpclient
 
 from tritonfleet.client import ClientConfig, EmbeddingClient
 from tritonfleet.client.core import sequence_array
+from tritonfleet.contract.esm2.pipeline import EMBEDDING_MODEL, ENSEMBLE_MODEL, INTERACTIVE_MODEL
 from tritonfleet.contract.esm2_tokens import random_proteins
 from tritonfleet.contract.model_config import CONFIG_FILENAME
 from tritonfleet.deploy.local.stubs import list_stub_processes
 from tritonfleet.export.esm2 import export_esm2
-from tritonfleet.export.esm2.repository import EMBEDDING_MODEL, ENSEMBLE_MODEL, INTERACTIVE_MODEL
 
 pytestmark = pytest.mark.integration
 

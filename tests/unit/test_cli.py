@@ -14,6 +14,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonfleet import cli
 from tritonfleet.contract.command_line import HelpFormatter, MissingToolError, server_urls
+from tritonfleet.contract.esm2.pipeline import ONNX_MODEL
 from tritonfleet.contract.model_config import read_config
 from tritonfleet.export.__main__ import main as export_main
 from tritonfleet.export.devices import (
@@ -23,7 +24,7 @@ from tritonfleet.export.devices import (
     plan_target,
     resolve_target,
 )
-from tritonfleet.export.esm2.repository import CANONICAL_ARGS, ONNX_MODEL
+from tritonfleet.export.esm2.repository import CANONICAL_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 # Commands whose parser belongs to another area and does not yet show every default (tritonfleet still dispatches

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tritonfleet.export.esm2 import repository
+from tritonfleet.export.esm2 import files as served_files
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -78,10 +78,10 @@ def test_the_console_script_is_declared():
     assert scripts["tritonfleet"] == "tritonfleet.cli:main"
 
 
-@pytest.mark.parametrize("model", sorted(repository.SERVED_CODE))
+@pytest.mark.parametrize("model", sorted(served_files.SERVED_CODE))
 def test_served_code_is_package_data_inside_the_package(model):
-    package_root = Path(repository.__file__).resolve().parents[1]  # the tritonfleet.export folder
-    for source in repository.SERVED_CODE[model].values():
+    package_root = Path(served_files.__file__).resolve().parents[1]  # the tritonfleet.export folder
+    for source in served_files.SERVED_CODE[model].values():
         assert source.is_file(), source
         assert package_root in source.resolve().parents or source.resolve().parent.parent == package_root.parent, (
             f"{source} is outside the installed packages"
@@ -90,7 +90,7 @@ def test_served_code_is_package_data_inside_the_package(model):
 
 @pytest.mark.parametrize("model", ["esm2_tokenizer", "esm2_bls"])
 def test_served_models_import_nothing_from_tritonfleet(model):
-    source = repository.SERVED_SOURCES / model / "model.py"
+    source = served_files.SERVED_SOURCES / model / "model.py"
     tree = ast.parse(source.read_text())
     imported = set()
     for node in ast.walk(tree):
@@ -108,7 +108,7 @@ def test_served_models_import_nothing_from_tritonfleet(model):
 @pytest.mark.parametrize("model", ["esm2_tokenizer", "esm2_bls"])
 def test_committed_copies_equal_the_package_data(model):
     committed = ROOT / "model_repository" / model / "1" / "model.py"
-    packaged = repository.SERVED_SOURCES / model / "model.py"
+    packaged = served_files.SERVED_SOURCES / model / "model.py"
     assert committed.read_bytes() == packaged.read_bytes(), (
         f"{committed.relative_to(ROOT)} differs from {packaged.relative_to(ROOT)} (the source): edit the source and "
         f"re-run `make export` (or copy it)"
@@ -117,6 +117,6 @@ def test_committed_copies_equal_the_package_data(model):
 
 def test_export_needs_no_checkout_folder():
     """Nothing the export reads is located through the checkout's model_repository/."""
-    for sources in repository.SERVED_CODE.values():
+    for sources in served_files.SERVED_CODE.values():
         for source in sources.values():
             assert "model_repository" not in source.parts

@@ -17,8 +17,9 @@ from tritonfleet.client.core import (
     request_tokens,
 )
 from tritonfleet.client.errors import InvalidSequenceError, UnsupportedModelError
-from tritonfleet.client.model import ModelSpec, logical_tensor_name
+from tritonfleet.client.model import ModelSpec
 from tritonfleet.contract.esm2_tokens import encode_batch
+from tritonfleet.contract.pipeline import Role
 
 D = 4
 
@@ -59,10 +60,13 @@ def test_torchscript_suffixes_are_resolved_from_a_grpc_json_config() -> None:
     assert (spec.name, spec.max_batch_size, spec.embedding_dim) == ("esm2_torchscript", 64, D)
 
 
-def test_logical_names_only_strip_a_trailing_index_suffix() -> None:
-    assert logical_tensor_name("INPUT_IDS__0") == "INPUT_IDS"
-    assert logical_tensor_name("EMBEDDING") == "EMBEDDING"
-    assert logical_tensor_name("A__B") == "A__B"
+def test_roles_come_from_the_pipeline_declaration_not_from_name_patterns() -> None:
+    # `INPUT_IDS__5` looks like a TorchScript name but no pipeline declares it: no role is guessed from it.
+    with pytest.raises(UnsupportedModelError, match="expected SEQUENCE"):
+        ModelSpec.from_config(
+            _config([("INPUT_IDS__5", "TYPE_INT64"), ("ATTENTION_MASK", "TYPE_INT64")], ["EMBEDDING"])
+        )
+    assert ENSEMBLE.pipeline == "esm2" and ENSEMBLE.input_name(Role.SEQUENCES) == "SEQUENCE"
 
 
 def test_models_outside_the_contract_are_refused_with_reasons() -> None:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tritonfleet.client.bulk import BulkOptions, SeenIndex, plan_chunks, plan_record, plan_windows
+from tritonfleet.client.bulk_plan import BulkOptions, SeenIndex, plan_record, plan_windows, window_order
 from tritonfleet.client.errors import TritonFleetError
 from tritonfleet.client.fasta import FastaRecord
 from tritonfleet.client.journal import (
@@ -140,11 +140,18 @@ def _record(sequence: str, position: int = 0) -> FastaRecord:
     return FastaRecord(position=position, id=f"r{position}", description="", sequence=sequence, line=1)
 
 
-def test_chunks_group_similar_lengths_deterministically_and_cover_every_record_once() -> None:
-    records = [_record("M" * length, position) for position, length in enumerate([5, 1, 9, 3, 3, 7, 2])]
-    chunks = plan_chunks(records, 3)
-    assert [[r.position for r in chunk] for chunk in chunks] == [[1, 6, 3], [4, 0, 5], [2]]
-    assert plan_chunks(records, 3) == chunks
+def test_window_order_sorts_by_length_stably_and_covers_every_record_once() -> None:
+    sequences = ["M" * 5, "M", "A" * 9, "MKV", "MKA", "M" * 7, "MK"]
+    assert window_order(sequences) == [1, 6, 3, 4, 0, 5, 2]
+    assert window_order(sequences) == window_order(list(sequences))
+
+
+def test_window_order_sends_repeats_after_every_first_occurrence() -> None:
+    """A repeat in flight beside its original would miss the server's response cache."""
+    sequences = ["MKV", "MKV", "MK", "MKVL", "MK", "MKV", "A"]
+    order = window_order(sequences)
+    assert order == [6, 2, 0, 3, 4, 1, 5]
+    assert sorted(order) == list(range(len(sequences)))
 
 
 def test_plan_record_rejects_with_reasons_or_windows_long_sequences() -> None:

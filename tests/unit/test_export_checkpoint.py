@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import EsmForMaskedLM
 
+from tritonfleet.contract.esm2.pipeline import ONNX_MODEL
 from tritonfleet.contract.esm2_tokens import encode_batch
 from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
 from tritonfleet.export.__main__ import main
 from tritonfleet.export.esm2.model import build_esm2, esm2_config
 from tritonfleet.export.esm2.recipe import Esm2Recipe
-from tritonfleet.export.esm2.repository import ONNX_MODEL
 
 
 @pytest.fixture(scope="module")

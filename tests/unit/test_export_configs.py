@@ -12,12 +12,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
-from tritonfleet.export.__main__ import main
-from tritonfleet.export.esm2.repository import (
+from tritonfleet.contract.esm2.pipeline import (
     BLS_MODEL,
-    CANONICAL_ARGS,
-    CANONICAL_COMMAND,
     EMBEDDING_MODEL,
     ENSEMBLE_MODEL,
     INTERACTIVE_MODEL,
@@ -25,6 +21,9 @@ from tritonfleet.export.esm2.repository import (
     TOKENIZER_MODEL,
     TORCHSCRIPT_MODEL,
 )
+from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
+from tritonfleet.export.__main__ import main
+from tritonfleet.export.esm2.repository import CANONICAL_ARGS, CANONICAL_COMMAND
 from tritonfleet.export.model_config import WARMUP_DIRNAME
 from tritonfleet.export.network import MODEL_VERSION
 
@@ -164,7 +163,7 @@ def test_warmup_files_exist_and_have_the_declared_size(generated):
 def test_tokenizer_code_is_copied_and_ensemble_has_a_version_dir(generated):
     output, configs = generated
     buckets = configs[TOKENIZER_MODEL].parameters["length_buckets"].string_value
-    assert re.fullmatch(r"\d+(,\d+)*", buckets)
+    assert re.fullmatch(r"\d+(,\d+)*", buckets) or buckets == "exact"
     version_dir = output / TOKENIZER_MODEL / MODEL_VERSION
     assert (version_dir / "model.py").read_text().startswith('"""Served python model `esm2_tokenizer`')
     assert "def encode_batch" in (version_dir / "esm2_tokens.py").read_text()
@@ -244,6 +243,19 @@ def test_cli_options_reach_the_configs(tmp_path):
     assert configs[TOKENIZER_MODEL].dynamic_batching.default_queue_policy.max_queue_size == 7
     assert configs[TOKENIZER_MODEL].parameters["length_buckets"].string_value == "64,256,1024"
     assert configs[ENSEMBLE_MODEL].ensemble_scheduling.step[1].model_name == TORCHSCRIPT_MODEL
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [("cpu:2", "exact"), ("gpu:0", "128,192,256,320,384,480,608,768,1024")],
+)
+def test_tokenizer_pads_to_exact_lengths_where_each_execution_holds_one_sequence(tmp_path, target, expected):
+    """CPU plans cap an execution at one sequence: buckets would batch nothing and only add padded tokens."""
+    configs = export_configs(tmp_path, "--target", target)
+    one_sequence = configs[ONNX_MODEL].max_batch_size == 1
+    assert one_sequence == target.startswith("cpu")
+    assert configs[TOKENIZER_MODEL].parameters["length_buckets"].string_value == expected
+    assert configs["esm2_bls"].parameters["length_buckets"].string_value == expected
 
 
 def test_cli_requires_a_weights_source(capsys):

@@ -5,15 +5,11 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonfleet.export.devices import MAX_CPU_INSTANCES, DevicePlan, plan_cpu, plan_devices
+from tritonfleet.contract.esm2.pipeline import ONNX_MODEL, TOKENIZER_MODEL, TORCHSCRIPT_MODEL
+from tritonfleet.contract.serving_plan import MAX_CPU_INSTANCES, BatchingPlan, InstancePlan, ThreadPlan, plan_cpu
+from tritonfleet.export.devices import DevicePlan, plan_devices
 from tritonfleet.export.esm2.recipe import Esm2Recipe
-from tritonfleet.export.esm2.repository import (
-    ONNX_MODEL,
-    TOKENIZER_MODEL,
-    TORCHSCRIPT_MODEL,
-    RepositoryOptions,
-    build_configs,
-)
+from tritonfleet.export.esm2.repository import RepositoryOptions, build_configs
 
 
 @pytest.mark.parametrize("gpu_count", [1, 4, 8])
@@ -52,13 +48,24 @@ def test_cpu_plan_never_oversubscribes_unless_asked(cores, instances, threads, p
         assert chosen_instances * chosen_threads <= max(cores, chosen_instances)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_thread_parameters_use_the_native_backends_keys(fmt):
-    parameters = DevicePlan("KIND_CPU", cpu_instances=2, cpu_threads=1).engine_parameters(fmt)
-    expected = {"onnx": {"intra_op_thread_count", "inter_op_thread_count"}}
-    assert set(parameters) == expected.get(fmt, {"INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"})
-    assert DevicePlan("KIND_GPU", (0,)).engine_parameters(fmt) == {}
-    assert DevicePlan("KIND_CPU").engine_parameters(fmt) == {}  # engine default threads: no parameter
+def test_cpu_plans_size_engine_threads_and_gpu_plans_leave_them_to_the_engine():
+    assert DevicePlan("KIND_CPU", cpu_instances=2, cpu_threads=3).thread_plan() == ThreadPlan(3, 1)
+    assert DevicePlan("KIND_GPU", (0,)).thread_plan() == ThreadPlan()
+    assert DevicePlan("KIND_CPU").thread_plan() == ThreadPlan()  # engine default threads: no parameter
+    assert DevicePlan("KIND_GPU", (1, 3), instances_per_gpu=2).instance_plan() == InstancePlan("KIND_GPU", 2, (1, 3))
+    assert DevicePlan("KIND_CPU", cpu_instances=4).instance_plan() == InstancePlan("KIND_CPU", 4)
+
+
+def test_the_interactive_reserve_is_single_threaded_with_interactive_queues():
+    devices = DevicePlan("KIND_CPU", cpu_instances=2, cpu_threads=1, interactive_instances=1)
+    batching = BatchingPlan(max_batch_size=4, preferred_batch_sizes=())
+    reserve = devices.interactive_plan(batching, copy_of="net_onnx", token_budget=512)
+    assert reserve.instances == InstancePlan("KIND_CPU", 1) and reserve.threads == ThreadPlan(1, 1)
+    assert reserve.batching.priorities.default_level == "interactive"
+    assert reserve.batching.max_queue_size == reserve.batching.priorities.interactive_queue_size
+    assert reserve.interactive_copy_of == "net_onnx" and reserve.execution_token_budget == 512
+    with pytest.raises(ValueError, match="reserves no"):
+        DevicePlan("KIND_GPU").interactive_plan(batching, copy_of="net_onnx")
 
 
 def test_bad_cpu_plans_are_rejected():

@@ -10,6 +10,13 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonfleet.client.model import ModelSpec, entry_model_name
+from tritonfleet.contract.esm2.pipeline import (
+    EMBEDDING_MODEL,
+    ENSEMBLE_MODEL,
+    INTERACTIVE_MODEL,
+    ONNX_MODEL,
+    TOKENIZER_MODEL,
+)
 from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
 from tritonfleet.export.__main__ import main
 from tritonfleet.export.devices import (
@@ -18,15 +25,8 @@ from tritonfleet.export.devices import (
     plan_devices,
     plan_execution_cap,
 )
+from tritonfleet.export.esm2.engine_policy import cache_is_exact
 from tritonfleet.export.esm2.recipe import Esm2Recipe
-from tritonfleet.export.esm2.repository import (
-    EMBEDDING_MODEL,
-    ENSEMBLE_MODEL,
-    INTERACTIVE_MODEL,
-    ONNX_MODEL,
-    TOKENIZER_MODEL,
-    cache_is_exact,
-)
 from tritonfleet.export.esm2.sizes import cpu_thread_tokens_per_s
 
 pytestmark = pytest.mark.unit
@@ -151,7 +151,7 @@ def test_cache_only_where_a_cached_answer_equals_a_computed_one():
 
 def spec(parameters: dict[str, str]) -> ModelSpec:
     return ModelSpec("esm2", "", "sequences", {"SEQUENCE": "SEQUENCE"}, {"EMBEDDING": "EMBEDDING"}, 1, 320,
-                     parameters=parameters)  # fmt: skip
+                     parameters=parameters, pipeline="esm2")  # fmt: skip
 
 
 def test_the_client_routes_by_priority_class_and_output():

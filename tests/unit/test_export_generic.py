@@ -12,12 +12,13 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonfleet.contract.model_config import ServedModel, read_config
+from tritonfleet.contract.serving_plan import BatchingPlan
 from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.__main__ import main
 from tritonfleet.export.devices import plan_devices
 from tritonfleet.export.factory import call_factory, load_factory
 from tritonfleet.export.generic import TorchExportOptions, model_names, write_models
-from tritonfleet.export.model_config import WARMUP_DIRNAME, BatchingOptions
+from tritonfleet.export.model_config import WARMUP_DIRNAME
 from tritonfleet.export.network import ExportReport, Network
 from tritonfleet.export.signature import ExportError, Signature
 
@@ -157,7 +158,7 @@ def test_batching_queue_and_devices_reach_the_configs(tmp_path):
     configs = written_models(
         tmp_path,
         devices=plan_devices("0,1", instances_per_gpu=2),
-        batching=BatchingOptions(max_batch_size=16, preferred_batch_sizes=(4, 16), max_queue_size=5),
+        batching=BatchingPlan(max_batch_size=16, preferred_batch_sizes=(4, 16), max_queue_size=5),
     )
     for config in configs.values():
         assert config.max_batch_size == 16
@@ -169,7 +170,7 @@ def test_batching_queue_and_devices_reach_the_configs(tmp_path):
 
 
 def test_warmup_is_the_first_sample_row_repeated_within_the_max_batch(tmp_path):
-    configs = written_models(tmp_path, batch=40, batching=BatchingOptions(max_batch_size=8, preferred_batch_sizes=()))
+    configs = written_models(tmp_path, batch=40, batching=BatchingPlan(max_batch_size=8, preferred_batch_sizes=()))
     for model, config in configs.items():
         (warmup,) = config.model_warmup
         assert warmup.batch_size == 8  # the sample's batch of 40, capped at max_batch_size
@@ -189,3 +190,41 @@ def test_options_are_checked():
         TorchExportOptions(name="m", output=None, formats=("onnx", "onnx"))
     with pytest.raises(ExportError, match="--parity-samples"):
         TorchExportOptions(name="m", output=None, parity_samples=-1)
+
+
+def test_declared_roles_reach_the_configs_and_the_load_tools(tmp_path):
+    from tritonfleet.contract.pipeline import Role, roles_of
+    from tritonfleet.loadtest.workload import ModelTarget, prepare_request
+
+    configs = written_models(
+        tmp_path,
+        input_roles=(Role.TOKEN_IDS, Role.ATTENTION_MASK),
+        output_roles=(Role.EMBEDDING, Role.RESIDUE_EMBEDDINGS),
+    )
+    assert configs["pooler_torchscript"].parameters["tensor_roles"].string_value == (
+        "IDS__0=TOKEN_IDS,MASK__1=ATTENTION_MASK,POOLED__0=EMBEDDING,TOKENS__1=RESIDUE_EMBEDDINGS"
+    )
+    roles = roles_of(ServedModel.from_config(configs["pooler_onnx"]))
+    assert (roles.input(Role.ATTENTION_MASK), roles.output(Role.EMBEDDING)) == ("MASK", "POOLED")
+    target = ModelTarget.from_config(configs["pooler_torchscript"])
+    assert (target.ids_input, target.mask_input, target.embedding_output) == ("IDS__0", "MASK__1", "POOLED__0")
+    request = prepare_request(target, ["MKTAYIAKQR"])
+    assert sorted(request.inputs) == ["IDS__0", "MASK__1"]
+
+
+def test_without_declared_roles_nothing_is_guessed_from_the_names(tmp_path):
+    from tritonfleet.loadtest.workload import ModelTarget
+
+    configs = written_models(tmp_path)
+    assert "tensor_roles" not in configs["pooler_onnx"].parameters
+    with pytest.raises(KeyError, match="no installed pipeline declares"):
+        _ = ModelTarget.from_config(configs["pooler_onnx"]).mask_input
+
+
+def test_roles_must_fit_the_signature(tmp_path):
+    from tritonfleet.contract.pipeline import Role
+
+    with pytest.raises(ExportError, match="--input-roles gives 1 role"):
+        written_models(tmp_path, input_roles=(Role.TOKEN_IDS,))
+    with pytest.raises(SystemExit):
+        main(["torch", "--factory", "m:f", "--name", "m", "--output", str(tmp_path), "--input-roles", "IDS,MASKY"])

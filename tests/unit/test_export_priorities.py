@@ -7,20 +7,15 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tritonfleet.contract.esm2.pipeline import BLS_MODEL, ENSEMBLE_MODEL, ONNX_MODEL, TOKENIZER_MODEL, TORCHSCRIPT_MODEL
 from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
 from tritonfleet.contract.priorities import PRIORITY_LEVELS
+from tritonfleet.contract.serving_plan import BatchingPlan, PriorityPlan
 from tritonfleet.contract.tensors import TensorSpec
 from tritonfleet.export.__main__ import _batching, build_parser, main
 from tritonfleet.export.devices import plan_devices
-from tritonfleet.export.esm2.repository import (
-    BLS_MODEL,
-    CANONICAL_ARGS,
-    ENSEMBLE_MODEL,
-    ONNX_MODEL,
-    TOKENIZER_MODEL,
-    TORCHSCRIPT_MODEL,
-)
-from tritonfleet.export.model_config import BatchingOptions, PriorityQueues, network_config
+from tritonfleet.export.esm2.repository import CANONICAL_ARGS
+from tritonfleet.export.model_config import network_config
 
 BATCHING_MODELS = (ONNX_MODEL, TORCHSCRIPT_MODEL, TOKENIZER_MODEL, BLS_MODEL)
 INTERACTIVE, BULK = PRIORITY_LEVELS["interactive"], PRIORITY_LEVELS["bulk"]
@@ -97,14 +92,13 @@ def test_export_torch_shares_the_priority_flags():
          "--interactive-budget-ms", "500", "--default-priority", "interactive"]
     )  # fmt: skip
     batching = _batching(args, plan_devices("none"))
-    assert batching.priorities == PriorityQueues(interactive_budget_us=500_000, default_level="interactive")
+    assert batching.priorities == PriorityPlan(interactive_budget_us=500_000, default_level="interactive")
     config = network_config(
         "m_onnx",
         "onnx",
         [TensorSpec("X", "float32", (4,))],
         [TensorSpec("Y", "float32", (2,))],
-        plan_devices("none"),
-        batching,
+        plan_devices("none").network_plan(batching),
         [],
         {},
     )
@@ -113,8 +107,8 @@ def test_export_torch_shares_the_priority_flags():
 
 
 def test_priorities_survive_batch_limits():
-    options = BatchingOptions(priorities=PriorityQueues(interactive_queue_size=3))
+    options = BatchingPlan(priorities=PriorityPlan(interactive_queue_size=3))
     assert options.with_limits(16, 9).priorities == options.priorities
     assert options.limited_to(8).priorities == options.priorities
     with pytest.raises(ValueError, match="default priority"):
-        PriorityQueues(default_level="urgent")
+        PriorityPlan(default_level="urgent")

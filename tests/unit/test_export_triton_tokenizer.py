@@ -16,8 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tritonfleet.contract.esm2_tokens import MAX_RESIDUES, RUN_OVERHEAD_TOKENS_GPU, encode_batch
-from tritonfleet.export.esm2.repository import TOKENIZER_MODEL, RepositoryOptions, write_support_files
+from tritonfleet.contract.esm2.pipeline import TOKENIZER_MODEL
+from tritonfleet.contract.esm2_tokens import (
+    MAX_RESIDUES,
+    RUN_OVERHEAD_TOKENS_GPU,
+    encode_batch,
+    format_buckets,
+    parse_buckets,
+)
+from tritonfleet.export.esm2.files import write_support_files
+from tritonfleet.export.esm2.repository import RepositoryOptions
 from tritonfleet.export.network import MODEL_VERSION
 
 
@@ -97,6 +105,24 @@ def test_each_request_is_padded_to_its_own_bucket_without_run_merging(tokenizer_
     np.testing.assert_array_equal(responses[1].outputs["INPUT_IDS"], expected_ids)
     np.testing.assert_array_equal(responses[1].outputs["ATTENTION_MASK"], expected_mask)
     assert all(response.outputs["INPUT_IDS"].dtype == np.int64 for response in responses)
+
+
+def test_exact_lengths_pad_each_request_to_its_own_longest_sequence(tokenizer_model):
+    """The "exact" setting CPU plans ship: no bucket, so a short protein costs its own length, not 128 tokens."""
+    tokenizer_model.settings = tokenizer_model.settings.from_parameters({"length_buckets": "exact"})
+    assert tokenizer_model.settings.buckets == () and tokenizer_model.settings.padding_buckets is None
+    assert "length buckets exact" in tokenizer_model.settings.describe()
+    requests = [FakeRequest([b"MKT"]), FakeRequest([b"A" * 30, b"CC"]), FakeRequest([b"W" * 100])]
+    responses = tokenizer_model.execute(requests)
+    assert [response.outputs["INPUT_IDS"].shape for response in responses] == [(1, 5), (2, 32), (1, 102)]
+    expected_ids, expected_mask = encode_batch(["A" * 30, "CC"], buckets=None)
+    np.testing.assert_array_equal(responses[1].outputs["INPUT_IDS"], expected_ids)
+    np.testing.assert_array_equal(responses[1].outputs["ATTENTION_MASK"], expected_mask)
+
+
+def test_exact_lengths_round_trip_through_the_config_value():
+    assert parse_buckets("exact") == () and format_buckets(()) == "exact"
+    assert format_buckets(parse_buckets("16,64,1024")) == "16,64,1024"
 
 
 def test_neighbouring_requests_share_a_width_when_one_execution_is_cheaper(tokenizer_model):

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tritonfleet.deploy.fleet.__main__ import main as fleet_main
-from tritonfleet.deploy.fleet.fleet import FleetError, auto_replicas, parse_triton_counts, plan_cores
 from tritonfleet.deploy.fleet.haproxy import (
     DENIED_GRPC_METHODS,
     BalancerSpec,
@@ -20,6 +19,8 @@ from tritonfleet.deploy.fleet.haproxy import (
     check_config,
     render_config,
 )
+from tritonfleet.deploy.fleet.options import FleetError, auto_replicas, plan_cores
+from tritonfleet.deploy.fleet.rollout import parse_triton_counts
 
 HAVE_HAPROXY = shutil.which("haproxy") is not None or Path("/usr/sbin/haproxy").exists()
 needs_haproxy = pytest.mark.skipif(not HAVE_HAPROXY, reason="haproxy not installed (scripts/setup.sh installs it)")

@@ -22,7 +22,8 @@ from tritonfleet.loadtest.bench.engines import (
     thread_splits,
 )
 from tritonfleet.loadtest.bench.load import closed_loop
-from tritonfleet.loadtest.bench.report import (
+from tritonfleet.loadtest.bench.report import render_markdown
+from tritonfleet.loadtest.bench.results import (
     ENGINE_GAIN,
     OVERHEAD,
     P1,
@@ -35,16 +36,15 @@ from tritonfleet.loadtest.bench.report import (
     OverheadResult,
     ScenarioResult,
     compute_figures,
-    render_markdown,
 )
-from tritonfleet.loadtest.bench.scenarios import (
+from tritonfleet.loadtest.bench.scenarios import settled_delta
+from tritonfleet.loadtest.bench.variants import (
     loadable_models,
     network_plan,
     repository_devices,
     repository_precision,
     resolve_variants,
     served_networks,
-    settled_delta,
     write_batching_off_repository,
 )
 from tritonfleet.loadtest.devices import precisions_for, select_devices

@@ -231,9 +231,11 @@ def test_export_flags_reproduce_the_chosen_config(shipped) -> None:
     chosen.parameters["intra_op_thread_count"].string_value = "2"
     chosen.dynamic_batching.max_queue_delay_microseconds = 2000
     chosen.dynamic_batching.preferred_batch_size.extend([2, 4])
+    chosen.max_batch_size = 4  # Model Analyzer lifts the execution cap for preferred sizes above it
     flags, manual = export_flags(shipped, chosen)
+    # The serving plan's flag order; the execution cap stays the planner's (no --max-batch-size).
     assert flags == [
-        "--cpu-instances", "1", "--cpu-threads", "2", "--max-queue-delay-us", "2000", "--preferred-batch-sizes", "2,4",
+        "--cpu-instances", "1", "--cpu-threads", "2", "--preferred-batch-sizes", "2,4", "--max-queue-delay-us", "2000",
     ]  # fmt: skip
     assert manual == []
     header = "# Canonical command for the committed repository: python -m export esm2 --random-init 8M --output repo\n"

@@ -100,6 +100,17 @@ def test_prepare_request_for_sequence_and_token_models() -> None:
     assert ENSEMBLE.output_names("all") == ["EMBEDDING", "RESIDUE_EMBEDDINGS"]
 
 
+def test_target_tensors_come_from_the_pipeline_roles_not_from_their_names() -> None:
+    assert TORCHSCRIPT.roles.pipeline == "esm2"
+    assert (TORCHSCRIPT.ids_input, TORCHSCRIPT.mask_input) == ("INPUT_IDS__0", "ATTENTION_MASK__1")
+    # A mask by any other name is not guessed (the old rule took any input containing "MASK").
+    lookalike = _target(
+        "other", (TensorSpec("IDS", "int64", (-1,)), TensorSpec("MY_MASK", "int64", (-1,))), (ENSEMBLE.outputs[0],)
+    )
+    with pytest.raises(KeyError, match="no installed pipeline declares"):
+        _ = lookalike.mask_input
+
+
 def test_rejections_are_told_apart_from_errors() -> None:
     assert is_rejection(InferenceServerException("[request id: <id_unknown>] Exceeds maximum queue size", "503"))
     assert is_rejection(InferenceServerException("busy", "StatusCode.UNAVAILABLE"))

@@ -1,6 +1,7 @@
 """Base class of the Python-based backends: the Triton-facing half (loading, execute, errors).
 
-Subclasses provide `load(path, device)`, `check_contract()` and `infer(inputs) -> outputs` for one engine.
+Subclasses provide `load(path, device)` (opening the file with `tritonfleet.contract.engines.open_engine`),
+`check_contract()` and `infer(inputs) -> outputs` for one engine.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from tritonfleet.contract.engines import EngineInputError  # the engine rejected a request's data: INVALID_ARG
 from tritonfleet.contract.model_config import config_from_json
-from tritonfleet.deploy.local.backends.batching import RequestResult, Tensors, run_batched
+from tritonfleet.deploy.local.backends.batching import RaggedLayout, RequestResult, Tensors, run_batched
 from tritonfleet.deploy.local.backends.contract import ModelContractError, apply_cpu_nice, served_model
 
-
-class EngineInputError(ValueError):
-    """The engine rejected a request's data (e.g. token id out of range): reported as INVALID_ARG."""
+__all__ = ["EngineInputError", "PythonBasedBackend"]
 
 
 class PythonBasedBackend:
@@ -29,6 +29,10 @@ class PythonBasedBackend:
     def initialize(self, args: dict[str, str]) -> None:
         self.config = config_from_json(args["model_config"])
         self.spec = served_model(self.config)
+        try:
+            self.ragged = RaggedLayout.from_config(self.config)  # allow_ragged_batch inputs and batch_input tensors
+        except ValueError as error:
+            raise pb_utils.TritonModelException(f"unable to load model '{self.spec.name}': {error}") from error
         try:
             apply_cpu_nice(self.spec)  # before the engine starts its threads (they inherit it)
         except ModelContractError as error:
@@ -58,7 +62,9 @@ class PythonBasedBackend:
         # Like the native backends, compute and return only the outputs a request asked for (none named = all).
         requested = [self._requested_outputs(request) for request in requests]
         wanted = [spec.name for spec in self.spec.outputs if any(spec.name in names for names in requested)]
-        results = run_batched(inputs, lambda tensors: self._checked_infer(tensors, wanted), batched=self.spec.batched)
+        results = run_batched(
+            inputs, lambda tensors: self._checked_infer(tensors, wanted), batched=self.spec.batched, ragged=self.ragged
+        )
         return [self._response(result, names) for result, names in zip(results, requested)]
 
     def finalize(self) -> None:

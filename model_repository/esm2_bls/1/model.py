@@ -79,7 +79,7 @@ class TritonPythonModel:
         self._loop = asyncio.new_event_loop()  # for executions that send several groups at once
 
     def execute(self, requests):
-        encoded = [esm2_tokenizer_model.encode(request, self.settings.buckets) for request in requests]
+        encoded = [esm2_tokenizer_model.encode(request, self.settings.padding_buckets) for request in requests]
         valid = sorted(
             (index for index, item in enumerate(encoded) if isinstance(item, tuple)),
             key=lambda index: encoded[index][0].shape[1],

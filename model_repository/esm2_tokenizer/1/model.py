@@ -4,11 +4,12 @@ The sequence rules come from `esm2_tokens.py`, which `python -m export esm2` cop
 `tritonfleet.contract.esm2_tokens` (the python backend puts this directory on `sys.path`; the NGC image has numpy,
 not tritonfleet).
 
-Each request is padded to the length bucket of its longest sequence (config parameter `length_buckets`); then
-consecutive requests of one execute() are padded to a shared width where one execution of the next model is
-cheaper than several (config parameter `run_overhead_tokens`, see `esm2_tokens.plan_shared_widths`): Triton's
-dynamic batcher closes a batch at the first request of another shape, so this is what lets random-length traffic
-batch. A bad sequence fails only its own request, with INVALID_ARG (HTTP 400) and a message naming the problem.
+Each request is padded to the length bucket of its longest sequence (config parameter `length_buckets`; "exact":
+to that sequence's own length); then consecutive requests of one execute() are padded to a shared width where one
+execution of the next model is cheaper than several (config parameter `run_overhead_tokens`, see
+`esm2_tokens.plan_shared_widths`): Triton's dynamic batcher closes a batch at the first request of another shape, so
+this is what lets random-length traffic batch. A bad sequence fails only its own request, with INVALID_ARG (HTTP 400)
+and a message naming the problem.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: {self.settings.describe()}")
 
     def execute(self, requests):
-        encoded = [encode(request, self.settings.buckets) for request in requests]
+        encoded = [encode(request, self.settings.padding_buckets) for request in requests]
         valid = [index for index, item in enumerate(encoded) if isinstance(item, tuple)]
         widths = esm2_tokens.plan_shared_widths(
             [encoded[i][0].shape[1] for i in valid],

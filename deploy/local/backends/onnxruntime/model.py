@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, RuntimeException
-
+from tritonfleet.contract.engine_formats import ONNX
+from tritonfleet.contract.engines import EngineError, EngineOptions, EngineTensor, open_engine, runner_for
 from tritonfleet.contract.tensors import TensorSpec
-from tritonfleet.deploy.local.backends.base import EngineInputError, PythonBasedBackend
+from tritonfleet.deploy.local.backends.base import PythonBasedBackend
 from tritonfleet.deploy.local.backends.batching import Tensors
 from tritonfleet.deploy.local.backends.contract import (
     ModelContractError,
@@ -23,53 +22,51 @@ from tritonfleet.deploy.local.backends.contract import (
     ort_config_data_type,
 )
 
+FORMAT = ONNX.name
 # Triton's `optimization { graph { level } }` for ONNX Runtime: -1 basic, 1 extended, 2 disable all, default all.
-GRAPH_LEVELS = {
-    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-}
+GRAPH_LEVELS = {-1: "basic", 1: "extended", 2: "disabled"}
 
 
 class TritonPythonModel(PythonBasedBackend):
-    default_model_filename = "model.onnx"
+    default_model_filename = ONNX.model_filename
     backend_name = "onnxruntime (Python-based)"
 
     def cuda_available(self) -> bool:
-        return "CUDAExecutionProvider" in ort.get_available_providers()
+        return runner_for(FORMAT).cuda_available()
 
     def load(self, path: Path, device: str) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = GRAPH_LEVELS.get(
-            self.config.optimization.graph.level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        )
         spec = self.spec
-        if (threads := int_parameter(spec, "intra_op_thread_count")) is not None:
-            options.intra_op_num_threads = threads
-        if (threads := int_parameter(spec, "inter_op_thread_count")) is not None:
-            options.inter_op_num_threads = threads
         mode = int_parameter(spec, "execution_mode")
         if mode not in (None, 0, 1):
             raise ModelContractError(f"parameter 'execution_mode' must be 0 (sequential) or 1 (parallel), got {mode}")
-        if mode == 1:
-            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        options.enable_cpu_mem_arena = bool_parameter(spec, "enable_mem_arena", True)
-        options.enable_mem_pattern = bool_parameter(spec, "enable_mem_pattern", True)
-        if device.startswith("cuda"):
-            providers = [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        options = EngineOptions(
+            inter_threads=int_parameter(spec, ONNX.inter_op_threads) or 0,
+            graph_optimization=GRAPH_LEVELS.get(self.config.optimization.graph.level, "all"),
+            parallel_execution=mode == 1,
+            memory_arena=bool_parameter(spec, "enable_mem_arena", True),
+            memory_pattern=bool_parameter(spec, "enable_mem_pattern", True),
+        )
+        threads = int_parameter(spec, ONNX.intra_op_threads) or 0
+        try:
+            self.engine = open_engine(path, FORMAT, threads=threads, device=device, options=options)
+        except EngineError as error:
+            raise ModelContractError(str(error)) from error
 
     def check_contract(self) -> None:
         spec = self.spec
-        graph_inputs = {node.name: node for node in self.session.get_inputs()}
-        graph_outputs = {node.name: node for node in self.session.get_outputs()}
-        if len(spec.inputs) != len(graph_inputs):
+        graph_inputs = {tensor.name: tensor for tensor in self.engine.inputs}
+        graph_outputs = {tensor.name: tensor for tensor in self.engine.outputs}
+        batch_inputs = self.ragged.targets  # config `batch_input` tensors are model inputs too
+        if len(spec.inputs) + len(batch_inputs) != len(graph_inputs):
             raise ModelContractError(
-                f"configuration expects {len(spec.inputs)} inputs, model provides {len(graph_inputs)} "
-                f"({', '.join(graph_inputs)})"
+                f"configuration expects {len(spec.inputs) + len(batch_inputs)} inputs, model provides "
+                f"{len(graph_inputs)} ({', '.join(graph_inputs)})"
             )
+        for target in batch_inputs:
+            if target not in graph_inputs:
+                raise ModelContractError(
+                    f"batch input '{target}' is not an input of the model ({', '.join(graph_inputs)})"
+                )
         for kind, configured, graph, exact in (
             ("input", spec.inputs, graph_inputs, False),
             ("output", spec.outputs, graph_outputs, True),
@@ -79,16 +76,28 @@ class TritonPythonModel(PythonBasedBackend):
                     raise ModelContractError(
                         f"unexpected inference {kind} '{tensor.name}', allowed {kind}s are: {', '.join(graph)}"
                     )
+                if kind == "input" and tensor.name in self.ragged.ragged_inputs:
+                    self._check_ragged(tensor, graph[tensor.name])
+                    continue
                 self._check_tensor(kind, tensor, graph[tensor.name], exact)
 
-    def _check_tensor(self, kind: str, tensor: TensorSpec, node: ort.NodeArg, exact: bool) -> None:
-        model_type = ort_config_data_type(node.type)
+    def _check_ragged(self, tensor: TensorSpec, node: EngineTensor) -> None:
+        """The native backend's rule: a ragged input is fed flattened, so the model takes it as [-1]."""
+        model_dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape or ())
+        if model_dims != (-1,):
+            raise ModelContractError(
+                f"model '{self.spec.name}': to support ragged batching the model must have shape [-1] for input "
+                f"'{tensor.name}', it has {list(model_dims)}"
+            )
+
+    def _check_tensor(self, kind: str, tensor: TensorSpec, node: EngineTensor, exact: bool) -> None:
+        model_type = ort_config_data_type(node.engine_type or "")
         if model_type != tensor.config_data_type:
             raise ModelContractError(
                 f"configuration expects datatype {tensor.config_data_type} for {kind} '{tensor.name}', "
                 f"model provides {model_type}"
             )
-        model_dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+        model_dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape or ())
         batching = self.spec.batched
         if batching and (not model_dims or model_dims[0] != -1):
             raise ModelContractError(
@@ -111,16 +120,9 @@ class TritonPythonModel(PythonBasedBackend):
             )
 
     def infer(self, inputs: Tensors, outputs: list[str]) -> Tensors:
-        try:
-            values = self.session.run(outputs, inputs)
-        except InvalidArgument as error:
-            raise EngineInputError(str(error)) from error
-        except RuntimeException as error:
-            # Inputs whose dynamic dims disagree (e.g. ids vs mask lengths) fail inside a broadcasting kernel.
-            if "broadcast" in str(error).lower():
-                raise EngineInputError(str(error)) from error
-            raise
-        return dict(zip(outputs, values))
+        return self.engine.run(inputs, outputs)  # EngineInputError for bad request data (INVALID_ARG)
 
     def unload(self) -> None:
-        self.session = None
+        if getattr(self, "engine", None) is not None:
+            self.engine.close()
+        self.engine = None

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from tritonfleet.deploy.local.backends.base import EngineInputError, PythonBasedBackend
+from tritonfleet.contract.engine_formats import TORCHSCRIPT
+from tritonfleet.contract.engines import EngineError, EngineOptions, open_engine, runner_for
+from tritonfleet.deploy.local.backends.base import PythonBasedBackend
 from tritonfleet.deploy.local.backends.batching import Tensors
 from tritonfleet.deploy.local.backends.contract import (
     ModelContractError,
@@ -24,38 +23,32 @@ from tritonfleet.deploy.local.backends.contract import (
 )
 
 LOGGER = logging.getLogger(__name__)
-# TorchScript raises plain RuntimeErrors; these messages mean the request's data was bad, not the engine.
-INPUT_ERROR_MARKERS = ("index out of range", "must match the size of tensor", "shape mismatch", "invalid shape")
+FORMAT = TORCHSCRIPT.name
 
 
 class TritonPythonModel(PythonBasedBackend):
-    default_model_filename = "model.pt"
+    default_model_filename = TORCHSCRIPT.model_filename
     backend_name = "pytorch (Python-based)"
 
     def cuda_available(self) -> bool:
-        return torch.cuda.is_available()
+        return runner_for(FORMAT).cuda_available()
 
     def load(self, path: Path, device: str) -> None:
         spec = self.spec
-        if (threads := int_parameter(spec, "INTRA_OP_THREAD_COUNT")) is not None and threads > 0:
-            torch.set_num_threads(threads)
-        if (threads := int_parameter(spec, "INTER_OP_THREAD_COUNT")) is not None and threads > 0:
-            try:
-                torch.set_num_interop_threads(threads)
-            except RuntimeError:  # only settable once per process, before any parallel work
-                LOGGER.warning("INTER_OP_THREAD_COUNT ignored: inter-op threads already initialised")
-        self.inference_mode = bool_parameter(spec, "INFERENCE_MODE", True)
-        self.cache_cleaning = bool_parameter(spec, "ENABLE_CACHE_CLEANING", False)
-        torch._C._jit_set_profiling_executor(not bool_parameter(spec, "DISABLE_OPTIMIZED_EXECUTION", False))
-        self.torch_device = torch.device(device)
+        options = EngineOptions(
+            inter_threads=max(int_parameter(spec, TORCHSCRIPT.inter_op_threads) or 0, 0),
+            inference_mode=bool_parameter(spec, "INFERENCE_MODE", True),
+            optimized_execution=not bool_parameter(spec, "DISABLE_OPTIMIZED_EXECUTION", False),
+            cache_cleaning=bool_parameter(spec, "ENABLE_CACHE_CLEANING", False),
+        )
+        threads = max(int_parameter(spec, TORCHSCRIPT.intra_op_threads) or 0, 0)
         try:
-            self.module = torch.jit.load(str(path), map_location=self.torch_device)
-        except RuntimeError as error:
-            raise ModelContractError(f"'{path}' is not a TorchScript file torch.jit.load can read: {error}") from error
-        self.module.eval()
+            self.engine = open_engine(path, FORMAT, threads=threads, device=device, options=options)
+        except EngineError as error:
+            raise ModelContractError(str(error)) from error
 
     def check_contract(self) -> None:
-        arguments = [arg.name for arg in self.module.forward.schema.arguments[1:]]  # drop `self`
+        arguments = list(self.engine.input_names)  # the forward arguments' names until named below
         config_inputs = [tensor.name for tensor in self.spec.inputs]
         if len(arguments) != len(config_inputs):
             raise ModelContractError(
@@ -82,36 +75,14 @@ class TritonPythonModel(PythonBasedBackend):
             self._argument_order = config_inputs
         output_names = [tensor.name for tensor in self.spec.outputs]
         indices = order_by_index_suffix(output_names)
-        self._output_positions = dict(zip(output_names, indices if indices is not None else range(len(output_names))))
+        positions = dict(zip(output_names, indices if indices is not None else range(len(output_names))))
+        self.engine.name_tensors(inputs=self._argument_order, outputs=positions)
 
     def infer(self, inputs: Tensors, outputs: list[str]) -> Tensors:
-        arguments = [
-            torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self.torch_device) for name in self._argument_order
-        ]
-        context = torch.inference_mode() if self.inference_mode else torch.no_grad()
-        try:
-            with context:
-                result = self.module(*arguments)
-        except (IndexError, ValueError) as error:
-            raise EngineInputError(str(error)) from error
-        except RuntimeError as error:
-            # A TorchScript error carries the script traceback; its last line is the message worth returning.
-            message = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
-            if any(marker in message for marker in INPUT_ERROR_MARKERS):
-                raise EngineInputError(message) from error
-            raise RuntimeError(message) from error
-        values = list(result) if isinstance(result, (tuple, list)) else [result]
-        results: Tensors = {}
-        for name in outputs:
-            position = self._output_positions[name]
-            if position >= len(values):
-                raise RuntimeError(f"output '{name}' refers to result {position}, the model returned {len(values)}")
-            results[name] = values[position].detach().cpu().numpy()
-        if self.cache_cleaning and self.torch_device.type == "cuda":
-            torch.cuda.empty_cache()
-        return results
+        # EngineInputError for bad request data (INVALID_ARG); other errors carry the script's last line only
+        return self.engine.run(inputs, outputs)
 
     def unload(self) -> None:
-        self.module = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if getattr(self, "engine", None) is not None:
+            self.engine.close()
+        self.engine = None
