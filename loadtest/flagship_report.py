@@ -15,6 +15,7 @@ GIB = 2**30
 # Issue 19's targets: the served entry point against eager fp32 PyTorch with SDPA (650M) and the FastAPI service.
 EAGER_TARGET = {"650M": 3.0}
 FASTAPI_TARGET = 2.0
+BUSY_LOAD_PER_THREAD = 1.5  # a load average above this many per thread at the end: other work shared the cores
 LSCPU_FIELDS = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L2 cache", "L3 cache")
 NOTABLE_FLAGS = ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -215,6 +216,14 @@ def _size_section(result: SizeResult) -> list[str]:
         "### Export (the shipped defaults, a child process)",
         "",
     ]
+    if result.load_average > BUSY_LOAD_PER_THREAD * result.threads:
+        lines[3:3] = [
+            f"**Busy machine**: load average {result.load_average:.2f} at the end, over {BUSY_LOAD_PER_THREAD:g} x the "
+            "thread budget (this run alone adds about one per thread): other work shared the cores, so the seq/s "
+            "figures and their ratios say little; compare CPU per protein, or measure this size again on a quiet "
+            f"machine (`tritonfleet flagship --sizes {result.size} --reuse-export`).",
+            "",
+        ]
     if result.export is None:
         lines.append(f"Not measured: {result.export_note}.")
     else:

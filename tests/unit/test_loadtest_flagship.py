@@ -132,6 +132,7 @@ def test_results_add_up_across_runs_and_the_report_judges_the_targets(tmp_path):
     save_results(path, {"650M": _result("650M", served=1.5, eager=0.4, fastapi=0.3)})
     results = load_results(path)
     results["150M"] = _result("150M", served=4.0, eager=2.5, fastapi=2.5, export=False)
+    results["150M"].load_average = 3.8  # over 1.5 per thread at the end: other work shared the cores
     save_results(path, results)
     again = load_results(path)
     assert list(again) == ["650M", "150M"]
@@ -147,6 +148,8 @@ def test_results_add_up_across_runs_and_the_report_judges_the_targets(tmp_path):
     assert "Not measured: reused." in report
     assert "**1.60x**, CPU per protein **1.60x** (target >= 2x: NOT met by both)" in report  # 150M: 4.0 / 2.5
     assert "no target at this size" in report  # 150M against eager
+    assert report.count("**Busy machine**: load average 3.80") == 1
+    assert "`tritonfleet flagship --sizes 150M --reuse-export`" in report
 
 
 def test_quick_mode_refuses_nonsense_counts(capsys):
