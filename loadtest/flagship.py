@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
                         "exporting again (its earlier export figures are kept)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="8M, 12 proteins, concurrency 4, eager batch 4 (a smoke "
                         "run of the whole path, ~2 min)")  # fmt: skip
+    parser.add_argument("--in-this-process", action="store_true", help=argparse.SUPPRESS)  # the per-size child
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.sequences = ["8M"], args.sequences or 12
@@ -337,12 +338,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
         parser.error("--sequences, --concurrency, --eager-batch and --threads must be >= 1")
     config = StudyConfig(tuple(args.sizes), args.sequences, args.concurrency, args.eager_batch, args.threads,
                          args.seed, args.build_dir, output, args.reuse_export)  # fmt: skip
-    if len(config.sizes) > 1:
-        # One process per size: a size's eager and FastAPI runs take the served network's niceness, which this
-        # process could not give back for the next size's export and server.
+    if not args.in_this_process:
+        # One child process per size: a size's eager and FastAPI runs take the served network's niceness, which a
+        # process cannot give back (not for the next size's export and server, nor for a caller such as pytest).
         for size in config.sizes:
-            subprocess.run([sys.executable, "-m", "tritonfleet.loadtest.flagship", *_child_arguments(config, size)],
-                           check=True)  # fmt: skip
+            subprocess.run([sys.executable, "-m", "tritonfleet.loadtest.flagship", *_child_arguments(config, size),
+                            "--in-this-process"], check=True)  # fmt: skip
         return 0
     results_path = output.with_suffix(".json")
     results = load_results(results_path)
