@@ -62,6 +62,7 @@ __all__ = [
     "Repair",
     "SupervisorHealthServer",
     "SupervisorOptions",
+    "list_stub_processes",  # importable from here for the chaos tool (loadtest/chaos.py)
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -343,15 +344,3 @@ class ModelSupervisor:
                 self.triton.load(model, timeout_s=timeout)
             except TritonCallError as retry_error:
                 raise TritonCallError(f"load of {model!r}: {retry_error}", retry_error.status) from retry_error
-
-
-# `list_stub_processes` stays importable from here for the chaos tool (loadtest/chaos.py).
-__all__ = [
-    "InferenceProbe",
-    "ModelSupervisor",
-    "ProbeInput",
-    "Repair",
-    "SupervisorHealthServer",
-    "SupervisorOptions",
-    "list_stub_processes",
-]

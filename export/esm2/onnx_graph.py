@@ -147,6 +147,16 @@ class _Graph:
         return self.op("Unsqueeze", [tensor, self.const(axes, np.int64)], name)
 
 
+def embedding_layer_norm(g: _Graph, esm, shape: Esm2Shape, hidden: str) -> str:
+    """The embeddings' LayerNorm, in the checkpoints that have one (`emb_layer_norm_before`)."""
+    if not shape.emb_layer_norm_before:
+        return hidden
+    norm = esm.embeddings.layer_norm
+    gamma = g.weight("embeddings.layer_norm.weight", _numpy(norm.weight))
+    beta = g.weight("embeddings.layer_norm.bias", _numpy(norm.bias))
+    return g.op("LayerNormalization", [hidden, gamma, beta], "embeddings.layer_norm", epsilon=shape.layer_norm_eps)
+
+
 def _embeddings(g: _Graph, esm, shape: Esm2Shape, mask_float: str) -> str:
     """EsmEmbeddings.forward: token lookup, token-dropout rescaling, optional LayerNorm, padding rows zeroed."""
     ids = INPUT_NAMES[0]
@@ -161,13 +171,7 @@ def _embeddings(g: _Graph, esm, shape: Esm2Shape, mask_float: str) -> str:
         keep = g.op("Sub", [g.const(1.0), g.op("Div", [masked_count, lengths], "mask_ratio")], "keep_ratio")
         hidden = g.op("Mul", [hidden, g.const(1.0 - 0.15 * 0.8)], "embeddings.scale_train")
         hidden = g.op("Div", [hidden, g.unsqueeze(keep, [-1], "keep_ratio_3d")], "embeddings.scale_observed")
-    if shape.emb_layer_norm_before:
-        norm = esm.embeddings.layer_norm
-        gamma = g.weight("embeddings.layer_norm.weight", _numpy(norm.weight))
-        beta = g.weight("embeddings.layer_norm.bias", _numpy(norm.bias))
-        hidden = g.op(
-            "LayerNormalization", [hidden, gamma, beta], "embeddings.layer_norm", epsilon=shape.layer_norm_eps
-        )
+    hidden = embedding_layer_norm(g, esm, shape, hidden)
     return g.op("Mul", [hidden, g.unsqueeze(mask_float, [-1], "mask_3d")], "embeddings.zero_padding")
 
 

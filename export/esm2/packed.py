@@ -212,7 +212,15 @@ def build_packed_esm2_onnx(
     kernels: GPUs); "per_sequence" loops over the sequences (no padded attention work: CPUs)."""
     from onnx import TensorProto, helper
 
-    from tritonfleet.export.esm2.onnx_graph import Esm2Shape, _Graph, _numpy, encoder, make_model, save_model
+    from tritonfleet.export.esm2.onnx_graph import (
+        Esm2Shape,
+        _Graph,
+        _numpy,
+        embedding_layer_norm,
+        encoder,
+        make_model,
+        save_model,
+    )
 
     esm = getattr(module, "esm", module)
     shape = Esm2Shape.from_config(esm.config)
@@ -233,13 +241,7 @@ def build_packed_esm2_onnx(
         keep_per_token = g.op("Gather", [keep, layout.segment], "keep_per_token", axis=0)
         hidden = g.op("Mul", [hidden, g.const(1.0 - 0.15 * 0.8)], "embeddings.scale_train")
         hidden = g.op("Div", [hidden, g.unsqueeze(keep_per_token, [-1], "keep_2d")], "embeddings.scale_observed")
-    if shape.emb_layer_norm_before:
-        norm = esm.embeddings.layer_norm
-        gamma = g.weight("embeddings.layer_norm.weight", _numpy(norm.weight))
-        beta = g.weight("embeddings.layer_norm.bias", _numpy(norm.bias))
-        hidden = g.op(
-            "LayerNormalization", [hidden, gamma, beta], "embeddings.layer_norm", epsilon=shape.layer_norm_eps
-        )
+    hidden = embedding_layer_norm(g, esm, shape, hidden)
     residual = g.unsqueeze(hidden, [0], "embeddings.batch_of_one")  # [1, tokens, hidden]: one "row" of tokens
     flat_shape = g.const([-1, hidden_size], np.int64)
 
