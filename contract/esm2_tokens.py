@@ -138,11 +138,14 @@ def format_buckets(buckets: Iterable[int]) -> str:
 
 
 def bucket_for(token_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
-    """The smallest bucket holding `token_length` tokens (residues + 2).
+    """The smallest bucket holding `token_length` tokens (residues + 2); the length itself for no buckets (`()`,
+    EXACT_LENGTHS).
 
     Raises:
         ValueError: the length exceeds the largest bucket.
     """
+    if not buckets:
+        return token_length
     index = bisect.bisect_left(buckets, token_length)
     if index == len(buckets):
         raise ValueError(f"{token_length} tokens exceed the largest length bucket {buckets[-1]}")
@@ -216,7 +219,7 @@ def encode_batch(
 
     Args:
         sequences: protein sequences (str or ASCII bytes).
-        buckets: sorted token-length buckets; None pads to the longest sequence exactly.
+        buckets: sorted token-length buckets; None or () pads to the longest sequence exactly.
 
     Returns:
         (input_ids, attention_mask), both int64 of shape [N, T].
@@ -228,7 +231,7 @@ def encode_batch(
         raise InvalidSequenceError("no sequences given")
     texts = [_validate_in_batch(sequence, index, len(sequences)) for index, sequence in enumerate(sequences)]
     longest = max(len(text) for text in texts) + SPECIAL_TOKENS_PER_SEQUENCE
-    width = longest if buckets is None else bucket_for(longest, buckets)
+    width = bucket_for(longest, buckets) if buckets else longest  # None or () (EXACT_LENGTHS): no bucket
     input_ids = np.full((len(texts), width), PAD_ID, dtype=np.int64)
     attention_mask = np.zeros((len(texts), width), dtype=np.int64)
     for row, text in enumerate(texts):

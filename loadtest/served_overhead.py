@@ -71,12 +71,15 @@ class Scenario:
         return 1e3 * outside / self.sequences
 
 
-def measure_raw(model_path: Path, sequences: Sequence[str], warmup_sequences: Sequence[str]) -> Scenario:
-    """2 sessions x 1 thread, batch 1, in this process: CPU time of this process over whole passes."""
-    batches = encoded_batches(list(sequences), 1)
+def measure_raw(
+    model_path: Path, sequences: Sequence[str], warmup_sequences: Sequence[str], buckets: Sequence[int]
+) -> Scenario:
+    """2 sessions x 1 thread, batch 1, in this process, padded as the repository's tokenizer pads (`buckets`): CPU time
+    of this process over whole passes."""
+    batches = encoded_batches(list(sequences), 1, buckets=buckets)
     engines = [OnnxEngine(model_path, 1) for _ in range(2)]
     for engine in engines:
-        warm_up(engine, encoded_batches(list(warmup_sequences), 1), 3.0)
+        warm_up(engine, encoded_batches(list(warmup_sequences), 1, buckets=buckets), 3.0)
     me = psutil.Process()
     before = process_cpu_s(me)
     run = run_side_by_side(engines, batches)
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
     buckets = buckets_from_repository(repository)
     with scratch_folder("served-overhead-") as workdir:
         copy = copy_repository(repository, workdir / "repository")
-        raw_before = measure_raw(copy / NETWORK / "1" / "model.onnx", sequences, warmup)
+        raw_before = measure_raw(copy / NETWORK / "1" / "model.onnx", sequences, warmup, buckets)
         served = []
         # No response cache: every request is computed (the overhead is what is measured here).
         server_options = {"model_control_mode": "explicit", "load_models": tuple(dict.fromkeys(models))}
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
                 print(f"{model}: {served[-1].sequences_per_s:.1f} seq/s, {served[-1].cpu_ms_per_sequence:.2f} "
                       f"CPU ms/seq (raw {raw_before.cpu_ms_per_sequence:.2f})", flush=True)  # fmt: skip
         # Raw again after the served runs: the machine's load drifts; the report uses both runs together.
-        raw = combined(raw_before, measure_raw(copy / NETWORK / "1" / "model.onnx", sequences, warmup))
+        raw = combined(raw_before, measure_raw(copy / NETWORK / "1" / "model.onnx", sequences, warmup, buckets))
     context = {
         "command": " ".join([prog, *(argv if argv is not None else __import__("sys").argv[1:])]),
         "machine": ", ".join(f"{key} {value}" for key, value in machine_description().items()),

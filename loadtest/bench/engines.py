@@ -129,10 +129,13 @@ def bucketed_batches(sequences: Sequence[str], batch_size: int,
     return batches
 
 
-def encoded_batches(sequences: Sequence[str], batch_size: int, seed: int = 0) -> list[Batch]:
-    """The bucketed batches tokenized as the tokenizer pads them, in a fixed shuffled order (so that no engine ends on
-    a run of the longest batches while the others idle, and any prefix is a fair sample of the mix)."""
-    batches = [esm_tokenizer.encode_batch(batch) for batch in bucketed_batches(sequences, batch_size)]
+def encoded_batches(
+    sequences: Sequence[str], batch_size: int, seed: int = 0, buckets: Sequence[int] = esm_tokenizer.DEFAULT_BUCKETS
+) -> list[Batch]:
+    """The bucketed batches tokenized as the tokenizer pads them (`buckets`: the repository's; `()`: exact lengths),
+    in a fixed shuffled order (so that no engine ends on a run of the longest batches while the others idle, and any
+    prefix is a fair sample of the mix)."""
+    batches = [esm_tokenizer.encode_batch(batch, buckets) for batch in bucketed_batches(sequences, batch_size, buckets)]
     random.Random(seed).shuffle(batches)
     return batches
 

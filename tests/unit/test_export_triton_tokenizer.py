@@ -122,6 +122,8 @@ def test_exact_lengths_pad_each_request_to_its_own_longest_sequence(tokenizer_mo
 
 def test_exact_lengths_round_trip_through_the_config_value():
     assert parse_buckets("exact") == () and format_buckets(()) == "exact"
+    exact, unbucketed = encode_batch(["MKT", "A" * 30], buckets=()), encode_batch(["MKT", "A" * 30], buckets=None)
+    assert all(np.array_equal(a, b) for a, b in zip(exact, unbucketed)) and exact[0].shape == (2, 32)
     assert format_buckets(parse_buckets("16,64,1024")) == "16,64,1024"
 
 
