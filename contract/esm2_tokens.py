@@ -137,9 +137,9 @@ def format_buckets(buckets: Iterable[int]) -> str:
     return ",".join(str(bucket) for bucket in validate_buckets(buckets)) if buckets else EXACT_LENGTHS
 
 
-def bucket_for(token_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
-    """The smallest bucket holding `token_length` tokens (residues + 2); the length itself for no buckets (`()`,
-    EXACT_LENGTHS).
+def bucket_for(token_length: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
+    """The smallest bucket holding `token_length` tokens (residues + 2); the length itself for no buckets (None or
+    `()`, EXACT_LENGTHS).
 
     Raises:
         ValueError: the length exceeds the largest bucket.
@@ -231,7 +231,7 @@ def encode_batch(
         raise InvalidSequenceError("no sequences given")
     texts = [_validate_in_batch(sequence, index, len(sequences)) for index, sequence in enumerate(sequences)]
     longest = max(len(text) for text in texts) + SPECIAL_TOKENS_PER_SEQUENCE
-    width = bucket_for(longest, buckets) if buckets else longest  # None or () (EXACT_LENGTHS): no bucket
+    width = bucket_for(longest, buckets)
     input_ids = np.full((len(texts), width), PAD_ID, dtype=np.int64)
     attention_mask = np.zeros((len(texts), width), dtype=np.int64)
     for row, text in enumerate(texts):

@@ -39,6 +39,7 @@ import psutil
 from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.esm2.pipeline import ENSEMBLE_MODEL, ONNX_MODEL
 from tritonfleet.contract.esm2_tokens import encode_batch
+from tritonfleet.deploy.local.backends.contract import raise_niceness
 from tritonfleet.export.devices import usable_cores
 from tritonfleet.loadtest.fixed_work import FixedWorkRun, send_each_once
 from tritonfleet.loadtest.flagship_report import (
@@ -188,16 +189,6 @@ def _serves_network(process: psutil.Process) -> bool:
     return len(arguments) > 1 and Path(arguments[1]).parent.parent.name == NETWORK
 
 
-def take_niceness(target: int) -> None:
-    """Raises the niceness of every thread of this process (and so of the threads and children it starts later) to
-    `target`; never lowers it (that would need privileges)."""
-    tasks = Path("/proc/self/task")
-    for task in sorted(tasks.iterdir()) if tasks.is_dir() else []:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpriority(os.PRIO_PROCESS, int(task.name)) < target:
-                os.setpriority(os.PRIO_PROCESS, int(task.name), target)  # Linux: per thread
-
-
 def length_sorted_batches(sequences: Sequence[str], batch_size: int) -> list:
     """Sorted by length and chunked, each batch padded to its longest protein (what a careful user of HF does)."""
     ordered = sorted(sequences, key=len)
@@ -287,7 +278,7 @@ def study_size(config: StudyConfig, size: str, previous: SizeResult | None) -> S
     print(f"{size}: served `{ENTRY_MODEL}` ...", flush=True)
     served = measure_served(repository, sequences, warmup, config.concurrency)
     print(f"  {served.sequences_per_s:.2f} seq/s", flush=True)
-    take_niceness(served.engine_niceness)
+    raise_niceness(served.engine_niceness)
     print(f"{size}: eager (niceness {os.getpriority(os.PRIO_PROCESS, 0)}) ...", flush=True)
     eager = measure_eager(size, sequences, warmup, config.threads, (config.eager_batch, 1))
     print(f"{size}: hand-written FastAPI service ...", flush=True)

@@ -87,14 +87,14 @@ def test_taking_a_niceness_reaches_every_thread_and_later_ones():
     """In a child process: niceness cannot be lowered again without privileges."""
     script = """
 import os, threading
-from tritonfleet.loadtest.flagship import take_niceness
+from tritonfleet.deploy.local.backends.contract import raise_niceness
 start = os.getpriority(os.PRIO_PROCESS, 0)
 ready, done, seen = threading.Event(), threading.Event(), {}
 def early():
     ready.set(); done.wait(); seen["early"] = os.getpriority(os.PRIO_PROCESS, 0)
 thread = threading.Thread(target=early); thread.start(); ready.wait()
-take_niceness(start + 3)
-take_niceness(start + 1)  # never lowers
+raise_niceness(start + 3)
+raise_niceness(start + 1)  # never lowers
 later = threading.Thread(target=lambda: seen.update(later=os.getpriority(os.PRIO_PROCESS, 0)))
 later.start(); later.join(); done.set(); thread.join()
 print(start, seen["early"], seen["later"], os.getpriority(os.PRIO_PROCESS, 0))

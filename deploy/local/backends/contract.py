@@ -121,9 +121,15 @@ def apply_cpu_nice(model: ServedModel) -> int | None:
             f"model '{model.name}': parameter '{CPU_NICE_PARAMETER}' must be 0-19, got {increment}"
         )
     target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + increment)
+    raise_niceness(target)
+    return target
+
+
+def raise_niceness(target: int) -> None:
+    """Raises the niceness of every thread of this process (and so of the threads and children it starts later) to
+    `target`; never lowers it (that would need privileges)."""
     tasks = Path("/proc/self/task")
     for task in sorted(tasks.iterdir()) if tasks.is_dir() else []:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.setpriority(os.PRIO_PROCESS, int(task.name), target)  # Linux: per thread
-    os.setpriority(os.PRIO_PROCESS, 0, target)
-    return target
+            if os.getpriority(os.PRIO_PROCESS, int(task.name)) < target:
+                os.setpriority(os.PRIO_PROCESS, int(task.name), target)  # Linux: per thread
