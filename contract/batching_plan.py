@@ -103,6 +103,26 @@ class BatchingPlan:
         priorities = dataclasses.replace(self.priorities, default_level="interactive")
         return dataclasses.replace(self, priorities=priorities, max_queue_size=priorities.interactive_queue_size)
 
+    def for_unordered_model(self, kind: str, instances: int) -> BatchingPlan:
+        """These queues on a model whose traffic needs no priority order (the tokenizer: executions well under a
+        millisecond; the interactive-only network copy: interactive traffic alone), with `instances` instances of
+        `kind`: one CPU instance gets dynamic batching without priority levels or queue policy (no bound, no wait
+        limit), because there Triton 24.10's batcher stalls.
+
+        With a queue policy (a bound or a timeout) or priority levels, the batcher waits for a free payload slot
+        with a 500 ms timed wait (`core:src/dynamic_batch_scheduler.cc` `WaitForPayloadSlotAvailable`) that the end
+        of an execution does not cut short: on a one-instance model a request that arrives while the instance is
+        busy starts ~500 ms late. Measured on this project's one-instance interactive network (two simultaneous
+        requests, 15 pairs each; reports/priorities.md): the second answered ~530 ms late in 6-7 of 15 pairs with
+        the shipped queues, with a bound alone, with a timeout alone and with priority levels alone; in none with
+        `dynamic_batching {}` or without dynamic batching, and in none on the two-instance network (three
+        simultaneous requests). Shared networks and `esm2_bls` keep their queues whatever their instance count:
+        there the priority order is the point, and a saturated queue never runs dry. GPU plans keep theirs too
+        (not measured on a GPU here)."""
+        if kind != "KIND_CPU" or instances != 1 or not self.dynamic:
+            return self
+        return dataclasses.replace(self, max_queue_size=0, priorities=None)
+
 
 def apply_batching(config: mc.ModelConfig, batching: BatchingPlan) -> None:
     config.max_batch_size = batching.max_batch_size

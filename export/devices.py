@@ -8,6 +8,16 @@ project's 2-core machine: 67 seq/s on 1 thread vs 97 on 2), so the plan is one i
 thread each, up to MAX_CPU_INSTANCES; beyond that, each instance gets more threads (every instance is a process
 holding its own copy of the weights).
 
+The rule holds at every network size, measured for the large one too (issue 19, 2026-12-07, the 2-core Xeon with
+AMX, int8 ESM-2 650M, 24 Swiss-Prot-like proteins): intra-op threads scale there (in-process 1 engine x 2 threads
+1.81 seq/s vs 2 x 1 thread 1.76, 1098 vs 1121 CPU ms per protein; 150M 3.59 vs 3.56; 8M on this CPU 33.3 vs 33.6),
+and served the two plans are a wash: 2 x 1 and 1 x 2 spent the same compute (Triton's compute_infer: 16.2 and 16.1
+s per core pair); 2 x 1 lost ~1 s of 17 to the tail, where the last long protein runs alone on one core, and 1 x 2
+lost as much to other work on the shared machine (a preempted thread stalls its partner at every operator's barrier;
+a single-threaded instance loses only its own time). So no size gets fewer, wider instances; the flagship study's
+650M run that kept 1.39 of 2 cores busy lost them to other load (the network runs at cpu_nice, below any other
+work), not to the plan.
+
 Bounded executions (issue 18): Triton never preempts a running execution, so an interactive request that finds every
 instance busy waits for the current executions to end. `plan_execution_cap` bounds how much work one execution may
 hold (max_batch_size and a padded-token budget, from the engine speed and the interactive budget), and CPU plans add
@@ -145,7 +155,7 @@ class DevicePlan:
         return ServingPlan(
             InstancePlan("KIND_CPU", self.interactive_instances),
             ThreadPlan(1, 1),
-            batching.for_interactive_only(),
+            batching.for_interactive_only().for_unordered_model("KIND_CPU", self.interactive_instances),
             token_budget,
             interactive_copy_of=copy_of,
         )

@@ -11,7 +11,8 @@ same Swiss-Prot-like proteins, each computed once per path (no response cache), 
 1. served `esm2` (the README's entry point: sequences in) over gRPC with the project's client (EmbeddingClient, one
    sequence per request, EMBEDDING only) at a fixed concurrency;
 2. eager fp32 PyTorch with SDPA in this process with the same N threads (one call at a time with N threads, and N
-   single-threaded calls side by side): length-sorted batches padded to their longest, and one protein per call;
+   single-threaded calls side by side): length-sorted batches padded to their longest (not at 650M, where they
+   never win: DEFAULT_EAGER_BATCH), and one protein per call;
 3. the hand-written FastAPI + HF service (loadtest/handwritten_service.py) under uvicorn with N torch threads, one
    sequence per request at the same concurrency.
 Throughput = proteins / wall time for all of them. The served network's instances run with the export's `cpu_nice`
@@ -59,7 +60,14 @@ from tritonfleet.loadtest.workload import generate_sequences, percentile
 ENTRY_MODEL = ENSEMBLE_MODEL  # the README's entry point: sequences in
 NETWORK = ONNX_MODEL  # the network `esm2` calls in the shipped CPU export
 # Proteins per size: a short run is enough to rank the paths at the large sizes (650M eager: seconds per protein).
-DEFAULT_SEQUENCES = {"8M": 64, "35M": 64, "150M": 32, "650M": 24}
+# 650M takes 48: with 24 the last long protein ran alone on one core for ~6 % of the served run (the tail), and the
+# time comes from eager's batch rows, which this size skips (DEFAULT_EAGER_BATCH).
+DEFAULT_SEQUENCES = {"8M": 64, "35M": 64, "150M": 32, "650M": 48}
+# Eager's length-sorted batch size per size (1: one protein per call only). At 650M batches of 8 needed 1.4x the CPU
+# per protein of one protein per call (6125 vs 4305 ms, reports/flagship.md of 2026-12-07 07:03 UTC: padding, and
+# attention over the padded length) and ran at about half its throughput, so they never are eager's best row there.
+DEFAULT_EAGER_BATCH = {"650M": 1}
+EAGER_BATCH = 8
 REQUEST_TIMEOUT_S = 1800.0  # 650M on 2 cores: a queued request may wait minutes, which is not an error here
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +77,7 @@ class StudyConfig:
     sizes: tuple[str, ...]
     sequences: int | None  # None: DEFAULT_SEQUENCES of each size
     concurrency: int
-    eager_batch: int
+    eager_batch: int | None  # None: DEFAULT_EAGER_BATCH of each size
     threads: int
     seed: int
     build_dir: Path
@@ -78,6 +86,11 @@ class StudyConfig:
 
     def sequences_for(self, size: str) -> int:
         return self.sequences or DEFAULT_SEQUENCES.get(size, 24)
+
+    def eager_batch_sizes(self, size: str) -> tuple[int, ...]:
+        """Eager's rows: length-sorted batches of the size's batch (when above 1), then one protein per call."""
+        batch = self.eager_batch or DEFAULT_EAGER_BATCH.get(size, EAGER_BATCH)
+        return (batch, 1) if batch > 1 else (1,)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,7 +293,7 @@ def study_size(config: StudyConfig, size: str, previous: SizeResult | None) -> S
     print(f"  {served.sequences_per_s:.2f} seq/s", flush=True)
     raise_niceness(served.engine_niceness)
     print(f"{size}: eager (niceness {os.getpriority(os.PRIO_PROCESS, 0)}) ...", flush=True)
-    eager = measure_eager(size, sequences, warmup, config.threads, (config.eager_batch, 1))
+    eager = measure_eager(size, sequences, warmup, config.threads, config.eager_batch_sizes(size))
     print(f"{size}: hand-written FastAPI service ...", flush=True)
     fastapi = measure_handwritten(size, sequences, warmup, config.threads, config.concurrency)
     print(f"  {fastapi.sequences_per_s:.2f} seq/s", flush=True)
@@ -293,11 +306,13 @@ def study_size(config: StudyConfig, size: str, previous: SizeResult | None) -> S
 
 
 def _child_arguments(config: StudyConfig, size: str) -> list[str]:
-    arguments = ["--sizes", size, "--concurrency", str(config.concurrency), "--eager-batch", str(config.eager_batch),
-                 "--threads", str(config.threads), "--seed", str(config.seed), "--build-dir", str(config.build_dir),
+    arguments = ["--sizes", size, "--concurrency", str(config.concurrency), "--threads", str(config.threads),
+                 "--seed", str(config.seed), "--build-dir", str(config.build_dir),
                  "--output", str(config.output)]  # fmt: skip
     if config.sequences:
         arguments += ["--sequences", str(config.sequences)]
+    if config.eager_batch:
+        arguments += ["--eager-batch", str(config.eager_batch)]
     return arguments + (["--reuse-export"] if config.reuse_export else [])
 
 
@@ -307,7 +322,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
     parser.add_argument("--sequences", type=int, help="proteins per path (default: "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_SEQUENCES.items()) + ")")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (served and FastAPI)")
-    parser.add_argument("--eager-batch", type=int, default=8, help="eager's length-sorted batch size")
+    parser.add_argument("--eager-batch", type=int, help="eager's length-sorted batch size; 1: one protein per "
+                        f"call only (default: {EAGER_BATCH}, "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_EAGER_BATCH.items()) + ")")  # fmt: skip
     parser.add_argument("--threads", type=int, default=usable_cores(), help="the thread budget (export --target "
                         "cpu:N, eager's torch threads, the FastAPI service's torch threads)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
@@ -322,10 +339,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.sequences = ["8M"], args.sequences or 12
-        args.concurrency, args.eager_batch = min(args.concurrency, 4), min(args.eager_batch, 4)
+        args.concurrency, args.eager_batch = min(args.concurrency, 4), min(args.eager_batch or 4, 4)
         args.build_dir = args.build_dir if args.build_dir != Path("build/flagship") else Path("build/flagship-quick")
     output = args.output or (args.build_dir / "flagship.md" if args.quick else Path("reports/flagship.md"))
-    if min(args.concurrency, args.eager_batch, args.threads, args.sequences or 1) < 1:
+    eager_batch = 1 if args.eager_batch is None else args.eager_batch
+    if min(args.concurrency, eager_batch, args.threads, args.sequences or 1) < 1:
         parser.error("--sequences, --concurrency, --eager-batch and --threads must be >= 1")
     config = StudyConfig(tuple(args.sizes), args.sequences, args.concurrency, args.eager_batch, args.threads,
                          args.seed, args.build_dir, output, args.reuse_export)  # fmt: skip

@@ -52,6 +52,12 @@ class PathMeasurement:
         return self.sequences / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
+    def cores_busy(self) -> float:
+        """CPU-seconds per wall second: how many cores the path kept busy on average (at most the thread budget
+        when nothing else counts; below it, cores idled, e.g. in a run's tail or for other work on the machine)."""
+        return self.cpu_s / self.elapsed_s if self.cpu_s is not None and self.elapsed_s > 0 else math.nan
+
+    @property
     def cpu_ms_per_sequence(self) -> float:
         return 1e3 * self.cpu_s / self.sequences if self.cpu_s is not None and self.sequences else math.nan
 
@@ -137,6 +143,10 @@ def _ratio(numerator: PathMeasurement | None, denominator: PathMeasurement | Non
 
 def _number(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.0f}"
+
+
+def _cores(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2f}"
 
 
 def _x(value: float) -> str:
@@ -242,15 +252,16 @@ def _size_section(result: SizeResult) -> list[str]:
         "",
         "### Throughput",
         "",
-        "| path | seq/s | served `esm2` ÷ this | CPU ms per protein | this ÷ served `esm2` (CPU) | p50 ms | p99 ms | "
-        "peak RSS GiB | niceness | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | seq/s | served `esm2` ÷ this | CPU ms per protein | this ÷ served `esm2` (CPU) | cores busy | "
+        "p50 ms | p99 ms | peak RSS GiB | niceness | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for path in result.paths:
         nice = f"{path.niceness}" + (f" (network {path.engine_niceness})" if path.engine_niceness is not None else "")
         lines.append(
             f"| {path.name} | {path.sequences_per_s:.2f} | {_x(_ratio(served, path))} | "
-            f"{_number(path.cpu_ms_per_sequence)} | {_x(_cpu_ratio(served, path))} | {path.p50_ms:.0f} | "
+            f"{_number(path.cpu_ms_per_sequence)} | {_x(_cpu_ratio(served, path))} | {_cores(path.cores_busy)} | "
+            f"{path.p50_ms:.0f} | "
             f"{path.p99_ms:.0f} | {path.peak_rss_bytes / GIB:.2f} | {nice} | {path.errors} |"
         )
     vs_eager, vs_fastapi = _ratio(served, eager), _ratio(served, fastapi)
@@ -258,8 +269,16 @@ def _size_section(result: SizeResult) -> list[str]:
     cpu_vs_eager, cpu_vs_fastapi = _cpu_ratio(served, leanest), _cpu_ratio(served, fastapi)
     lines += [
         "",
-        "Latency of eager rows is per batch. CPU: served = tritonserver and its stubs (the client's CPU not "
-        "counted); eager = this process; FastAPI = the uvicorn process. Peak RSS: served = tritonserver and its "
+        "Latency of eager rows is per batch"
+        + (
+            ""
+            if any(p.kind == "eager" and p.batch_size > 1 for p in result.paths)
+            else " (one protein per call only at this size: length-sorted batches never win here, loadtest/flagship.py "
+            "DEFAULT_EAGER_BATCH)"
+        )  # fmt: skip
+        + ". CPU: served = tritonserver and its stubs (the client's CPU not counted); eager = this process; FastAPI "
+        "= the uvicorn process. Cores busy = CPU-seconds / wall seconds (of the thread budget; less: cores idled, "
+        "or other work on the machine took them). Peak RSS: served = tritonserver and its "
         "stubs; eager = this process "
         "(the load generator's Python included); FastAPI = the uvicorn process. Niceness: the served network's "
         "instances run with the export's `cpu_nice` on top of the server's; eager and FastAPI were run at the same "

@@ -8,16 +8,15 @@ network (ids padded to the tokenizer's buckets, as the ensemble sends them) and 
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS, encode_batch
 from tritonfleet.export.esm2.packed import EMBEDDING, packed_model_name
+from tritonfleet.loadtest.bench.load import send_all
+from tritonfleet.loadtest.workload import PreparedRequest
 
 PADDED_MODEL = "esm2_onnx"
 PACKED_MODEL = packed_model_name(PADDED_MODEL)
@@ -53,58 +52,25 @@ class PackedCheck:
         ]
 
 
-def _padded_inputs(sequence: str) -> list[grpcclient.InferInput]:
+def _padded_request(sequence: str) -> PreparedRequest:
     ids, mask = encode_batch([sequence], DEFAULT_BUCKETS)
-    inputs = []
-    for name, array in (("INPUT_IDS", ids), ("ATTENTION_MASK", mask)):
-        tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
+    return PreparedRequest({"INPUT_IDS": ids, "ATTENTION_MASK": mask}, 1, len(sequence))
 
 
-def _packed_inputs(sequence: str) -> list[grpcclient.InferInput]:
+def _packed_request(sequence: str) -> PreparedRequest:
     ids, _ = encode_batch([sequence], buckets=None)
-    tensor = grpcclient.InferInput("INPUT_IDS", list(ids.shape), "INT64")
-    tensor.set_data_from_numpy(ids)
-    return [tensor]
+    return PreparedRequest({"INPUT_IDS": ids}, 1, len(sequence))
 
 
 def _closed_loop(url: str, model: str, sequences: list[str], concurrency: int) -> tuple[float, list[np.ndarray]]:
-    """seq/s of `concurrency` clients each sending the next sequence as soon as its last one answered."""
-    work: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for index in range(len(sequences)):
-        work.put(index)
-    make_inputs = _packed_inputs if model == PACKED_MODEL else _padded_inputs
-    answers: list[np.ndarray | None] = [None] * len(sequences)
-    errors: list[BaseException] = []
-
-    def client_loop() -> None:
-        client = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
-        try:
-            while True:
-                try:
-                    index = work.get_nowait()
-                except queue.Empty:
-                    return
-                outputs = [grpcclient.InferRequestedOutput(EMBEDDING)]
-                result = client.infer(model, make_inputs(sequences[index]), outputs=outputs)
-                answers[index] = result.as_numpy(EMBEDDING)[0]
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(error)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    """seq/s of `concurrency` clients each sending the next sequence (tokenized beforehand) as soon as its last one
+    answered, and each sequence's EMBEDDING."""
+    prepare = _packed_request if model == PACKED_MODEL else _padded_request
+    requests = [prepare(sequence) for sequence in sequences]
+    answers: list = [None] * len(requests)
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return len(sequences) / seconds, [answer for answer in answers if answer is not None]
+    send_all(url.removeprefix("grpc://"), model, requests, concurrency, EMBEDDING, answers)
+    return len(sequences) / (time.perf_counter() - started), [answer[0] for answer in answers]
 
 
 def served_packed_check(url: str, sequences: list[str], device: str = "cpu", concurrency: int = 16) -> PackedCheck:

@@ -16,10 +16,7 @@ is the whole mix's, best of `--repeats`, variants alternating; the packed EMBEDD
 from __future__ import annotations
 
 import argparse
-import queue
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,8 @@ import numpy as np
 from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.engines import Engine, open_engine
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS, encode_batch
-from tritonfleet.export.esm2.packed import EMBEDDING, pack_sequences
+from tritonfleet.export.esm2.packed import EMBEDDING, SEQUENCE_ENDS, TOKENS_INPUT, pack_sequences
+from tritonfleet.loadtest.bench.engines import SideBySideRun, run_side_by_side
 
 QUICK = {"sizes": "8M", "sequences": 32, "batch_sizes": "1,8", "repeats": 1}
 FULL = {"sizes": "8M,35M", "sequences": 256, "batch_sizes": "1,4,8,16", "repeats": 2}
@@ -59,53 +57,36 @@ class Point:
         return self.rates[variant].seq_per_cpu_s / self.rates["padded"].seq_per_cpu_s
 
 
-def padded_feeds(batch: list[str]) -> dict[str, np.ndarray]:
-    ids, mask = encode_batch(batch, DEFAULT_BUCKETS)
-    return {"INPUT_IDS": ids, "ATTENTION_MASK": mask}
+# A batch's arrays, in the order the engines take them. run_side_by_side counts a batch's sequences by its first
+# array's rows: a packed batch gives its sequence ends first.
+PADDED_INPUTS = ("INPUT_IDS", "ATTENTION_MASK")
+PACKED_INPUTS = (SEQUENCE_ENDS, TOKENS_INPUT)
+
+
+@dataclass(frozen=True)
+class Embedder:
+    """An engine as `run_side_by_side` calls it: the arrays of `inputs`, in that order -> EMBEDDING."""
+
+    engine: Engine
+    inputs: tuple[str, ...]
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        return self.engine.run(dict(zip(self.inputs, arrays)), [EMBEDDING])[EMBEDDING]
+
+
+def padded_batch(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return encode_batch(batch, DEFAULT_BUCKETS)
+
+
+def packed_batch(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    packed = pack_sequences(batch)
+    return packed.ends, packed.tokens
 
 
 def padding_fraction(batches: list[list[str]]) -> float:
     real = sum(len(protein) + 2 for batch in batches for protein in batch)
-    padded = sum(padded_feeds(batch)["INPUT_IDS"].size for batch in batches)
+    padded = sum(padded_batch(batch)[0].size for batch in batches)
     return padded / real - 1.0
-
-
-@dataclass(frozen=True)
-class Timing:
-    wall_s: float
-    cpu_s: float
-
-
-def run_side_by_side(engines: list[Engine], feeds: list[dict[str, np.ndarray]]) -> tuple[Timing, list[np.ndarray]]:
-    """Wall and process CPU seconds for `engines` (one thread each, as Triton's instances) to embed every feed;
-    EMBEDDING per feed."""
-    work: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for index in range(len(feeds)):
-        work.put(index)
-    results: list[np.ndarray | None] = [None] * len(feeds)
-    errors: list[BaseException] = []
-
-    def drain(engine: Engine) -> None:
-        try:
-            while True:
-                try:
-                    index = work.get_nowait()
-                except queue.Empty:
-                    return
-                results[index] = engine.run(feeds[index], [EMBEDDING])[EMBEDDING]
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=drain, args=(engine,)) for engine in engines]
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    timing = Timing(time.perf_counter() - started, time.process_time() - cpu_started)
-    if errors:
-        raise errors[0]
-    return timing, [result for result in results if result is not None]
 
 
 def build_models(size: str, precision: str, folder: Path) -> dict[str, Path]:
@@ -144,31 +125,33 @@ def measure(size: str, precision: str, sequences: list[str], batch_sizes: list[i
     with tempfile.TemporaryDirectory(prefix="packed-study-") as tmp:
         paths = build_models(size, precision, Path(tmp))
         engines = {
-            v: [open_engine(path, "onnx", threads=threads) for _ in range(instances)] for v, path in paths.items()
+            v: [
+                Embedder(open_engine(path, "onnx", threads=threads), PADDED_INPUTS if v == "padded" else PACKED_INPUTS)
+                for _ in range(instances)
+            ]
+            for v, path in paths.items()
         }
         try:
             for batch_size in batch_sizes:
                 batches = [sequences[i : i + batch_size] for i in range(0, len(sequences), batch_size)]
-                padded_feed = [padded_feeds(batch) for batch in batches]
-                packed_feed = [pack_sequences(batch).feeds() for batch in batches]
-                feeds = {v: padded_feed if v == "padded" else packed_feed for v in VARIANTS}
+                padded = [padded_batch(batch) for batch in batches]
+                packed = [packed_batch(batch) for batch in batches]
+                inputs = {v: padded if v == "padded" else packed for v in VARIANTS}
                 for variant in VARIANTS:  # first-run allocations out of the timing
-                    run_side_by_side(engines[variant], feeds[variant][:instances])
-                timings: dict[str, list[Timing]] = {v: [] for v in VARIANTS}
-                outputs: dict[str, list[np.ndarray]] = {}
+                    run_side_by_side(engines[variant], inputs[variant][:instances])
+                runs: dict[str, list[SideBySideRun]] = {v: [] for v in VARIANTS}
                 for _ in range(repeats):  # variants alternate, so that a noisy neighbour hits each
                     for variant in VARIANTS:
-                        timing, outputs[variant] = run_side_by_side(engines[variant], feeds[variant])
-                        timings[variant].append(timing)
+                        runs[variant].append(run_side_by_side(engines[variant], inputs[variant], keep_outputs=True))
                 difference = max(
                     float(np.abs(a - b).max())
                     for variant in VARIANTS[1:]
-                    for a, b in zip(outputs["padded"], outputs[variant])
+                    for a, b in zip(runs["padded"][-1].outputs, runs[variant][-1].outputs)
                 )
                 count = len(sequences)
                 rates = {
-                    v: Rate(count / min(t.wall_s for t in runs), count / min(t.cpu_s for t in runs))
-                    for v, runs in timings.items()
+                    v: Rate(count / min(run.elapsed_s for run in timed), count / min(run.cpu_s for run in timed))
+                    for v, timed in runs.items()
                 }
                 point = Point(size, precision, batch_size, rates, padding_fraction(batches), difference)
                 print(
@@ -179,8 +162,8 @@ def measure(size: str, precision: str, sequences: list[str], batch_sizes: list[i
                 )
                 points.append(point)
         finally:
-            for engine in (engine for group in engines.values() for engine in group):
-                engine.close()
+            for embedder in (embedder for group in engines.values() for embedder in group):
+                embedder.engine.close()
     return points
 
 
@@ -219,7 +202,7 @@ def render(points: list[Point], header_lines: list[str], plan, sequences: list[s
 def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadtest.packed_study") -> int:
     from tritonfleet.contract.esm2.workload import generate_sequences
     from tritonfleet.export.devices import default_precision, plan_devices
-    from tritonfleet.loadtest.studies.header import ReportHeader
+    from tritonfleet.loadtest.studies.header import ReportHeader, command_line
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"small settings (< 3 min): {QUICK}")
@@ -242,11 +225,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
     points = []
     for size in str(settings["sizes"]).split(","):
         points += measure(size, precision, sequences, batch_sizes, int(settings["repeats"]), plan)
-    given = sys.argv[1:] if argv is None else argv
-    command = prog + "".join(f" {word}" for word in given)
-    text = render(
-        points, ReportHeader.collect(command).markdown(), plan, sequences, (time.perf_counter() - started) / 60
-    )
+    header = ReportHeader.collect(command_line(prog, argv))
+    text = render(points, header.markdown(), plan, sequences, (time.perf_counter() - started) / 60)
     print(text)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

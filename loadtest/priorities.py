@@ -284,7 +284,8 @@ def render_markdown(config: PrioritiesBenchConfig, phases: Sequence[PhaseResult]
         f"{machine['usable_cores']} usable cores, no GPU. Repository: `python -m export esm2 --random-init "
         f"{config.model_size}` defaults on this machine (ONNX only; precision {config.precision}; the CPU plan's "
         "execution cap of one sequence per execution, one interactive-only network instance beyond the cores, the "
-        "1000 ms interactive budget), one local server with the launcher's defaults.",
+        "1000 ms interactive budget on the shared networks' queues, one plain queue on the one-instance tokenizer "
+        "and interactive copy), one local server with the launcher's defaults.",
         "",
         f"Load: {config.interactive_users} interactive users of the project's client with its defaults "
         f"(`EmbeddingClient(ClientConfig(url=...))`: priority interactive, routed to the entry model the server "
@@ -328,8 +329,12 @@ def render_markdown(config: PrioritiesBenchConfig, phases: Sequence[PhaseResult]
         "occupies: one thread beyond the cores, idle while no interactive request runs, so bulk keeps every core. "
         "Triton does not preempt, but the OS does: the bulk instances run at niceness +10 (config parameter "
         "`cpu_nice`, applied by the local runtime's backends), so while an interactive request computes it gets "
-        "a core nearly to itself. What remains of the p99 ratio: the shared tokenizer and ensemble hops, the "
-        "client processes on the same two cores, and scheduling latency.",
+        "a core nearly to itself. Triton's own batcher was the last stall: on a one-instance model with a queue "
+        "policy or priority levels, a request arriving while the instance is busy waited for the batcher's 500 ms "
+        "idle wake-up (the previous report's p99 of 563 ms: 8 of 247 requests at 551-586 ms, each the second of two "
+        "simultaneous ones, traced with Triton's trace API); the one-instance tokenizer and interactive copy now "
+        "keep one plain queue (`BatchingPlan.for_unordered_model`). What remains of the p99 ratio: the ensemble hops, "
+        "the client processes on the same two cores, and scheduling latency.",
         "",
         f"Per-phase details: `{config.name}.json`; embed-fasta logs in the work directory.",
     ]

@@ -244,7 +244,10 @@ def build_configs(recipe: Esm2Recipe, options: RepositoryOptions) -> dict[str, M
         TOKENIZER_MODEL,
         tokenizer_inputs,
         tokenizer_outputs,
-        python_model_plan(options.devices.tokenizer_instances, tokenizer_batching),
+        python_model_plan(
+            options.devices.tokenizer_instances,
+            tokenizer_batching.for_unordered_model("KIND_CPU", options.devices.tokenizer_instances),
+        ),
         [WarmupSample("one_protein", 1, {SEQUENCE.name: "sequence"}, {SEQUENCE.name: (1,)})],
         tokenization,
     )

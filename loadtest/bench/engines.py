@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -117,11 +117,18 @@ def thread_splits(cores: int) -> tuple[ThreadSplit, ...]:
 
 
 def bucketed_batches(sequences: Sequence[str], batch_size: int,
-                     buckets: Sequence[int] = esm_tokenizer.DEFAULT_BUCKETS) -> list[list[str]]:  # fmt: skip
-    """Group sequences by token-length bucket (what the batcher can combine), then chunk by `batch_size`."""
+                     buckets: Sequence[int] | None = esm_tokenizer.DEFAULT_BUCKETS) -> list[list[str]]:  # fmt: skip
+    """Group sequences by token-length bucket (what the batcher can combine), then chunk by `batch_size`. With exact
+    lengths (`()` or None) the sequences are sorted by length and chunked: each batch then pads to its own longest
+    sequence, the least padding any batch of that size can carry."""
+    if not buckets:
+        ordered = sorted(sequences, key=len)
+        return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
     by_bucket: dict[int, list[str]] = {}
     for sequence in sequences:
-        by_bucket.setdefault(esm_tokenizer.bucket_for(len(sequence) + 2, buckets), []).append(sequence)
+        by_bucket.setdefault(
+            esm_tokenizer.bucket_for(len(sequence) + esm_tokenizer.SPECIAL_TOKENS_PER_SEQUENCE, buckets), []
+        ).append(sequence)
     batches = []
     for bucket in sorted(by_bucket):
         members = by_bucket[bucket]
@@ -130,11 +137,14 @@ def bucketed_batches(sequences: Sequence[str], batch_size: int,
 
 
 def encoded_batches(
-    sequences: Sequence[str], batch_size: int, seed: int = 0, buckets: Sequence[int] = esm_tokenizer.DEFAULT_BUCKETS
+    sequences: Sequence[str],
+    batch_size: int,
+    seed: int = 0,
+    buckets: Sequence[int] | None = esm_tokenizer.DEFAULT_BUCKETS,
 ) -> list[Batch]:
-    """The bucketed batches tokenized as the tokenizer pads them (`buckets`: the repository's; `()`: exact lengths),
-    in a fixed shuffled order (so that no engine ends on a run of the longest batches while the others idle, and any
-    prefix is a fair sample of the mix)."""
+    """The `bucketed_batches` tokenized as the tokenizer pads them (`buckets`: the repository's; `()`: exact lengths,
+    each batch padded to its own longest sequence), in a fixed shuffled order (so that no engine ends on a run of
+    the longest batches while the others idle, and any prefix is a fair sample of the mix)."""
     batches = [esm_tokenizer.encode_batch(batch, buckets) for batch in bucketed_batches(sequences, batch_size, buckets)]
     random.Random(seed).shuffle(batches)
     return batches
@@ -159,25 +169,31 @@ class SideBySideRun:
     sequences: int
     elapsed_s: float
     latencies_ms: list[float]
+    cpu_s: float = 0.0  # this process's CPU time over the run (the engines' threads; the caller only waits)
+    outputs: list[np.ndarray] = field(default_factory=list)  # with keep_outputs: each batch's, in `batches` order
 
     @property
     def sequences_per_s(self) -> float:
         return self.sequences / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def run_side_by_side(engines: Sequence[Engine], batches: Sequence[Batch], min_seconds: float = 0.0) -> SideBySideRun:
+def run_side_by_side(engines: Sequence[Callable[..., np.ndarray]], batches: Sequence[tuple[np.ndarray, ...]],
+                     min_seconds: float = 0.0, keep_outputs: bool = False) -> SideBySideRun:  # fmt: skip
     """Each engine on its own thread takes the next batch of the shared list; whole passes over `batches` (every
     batch once per pass: the same work for every engine and split) are run until `min_seconds` have passed, at least
-    one. Throughput counts every batch over the time until the last engine finished."""
+    one. Throughput counts every batch over the time until the last engine finished. A batch is the arrays an
+    engine is called with, the first one's rows counting its sequences; `keep_outputs` keeps what each batch's last
+    run returned."""
     if not batches:
         raise ValueError("no batches to run")
     lock = threading.Lock()
     cursor, stopped = [0], [False]
     done = [0] * len(engines)
     latencies: list[list[float]] = [[] for _ in engines]
+    outputs: list = [None] * len(batches) if keep_outputs else []
     failures: list[BaseException] = []
 
-    def next_batch() -> Batch | None:
+    def next_batch() -> int | None:
         with lock:
             index = cursor[0]
             # A new pass starts only while the minimum time has not passed.
@@ -185,20 +201,23 @@ def run_side_by_side(engines: Sequence[Engine], batches: Sequence[Batch], min_se
                 stopped[0] = True
                 return None
             cursor[0] += 1
-        return batches[index % len(batches)]
+        return index % len(batches)
 
     def worker(index: int) -> None:
         try:
-            while (batch := next_batch()) is not None:
+            while (position := next_batch()) is not None:
+                batch = batches[position]
                 began = time.perf_counter()
-                engines[index](*batch)
+                output = engines[index](*batch)
                 latencies[index].append((time.perf_counter() - began) * 1e3)
                 done[index] += batch[0].shape[0]
+                if keep_outputs:
+                    outputs[position] = output
         except Exception as error:  # noqa: BLE001 - re-raised in the calling thread
             stopped[0] = True
             failures.append(error)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     deadline = started + min_seconds
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(engines))]
     for thread in threads:
@@ -207,14 +226,19 @@ def run_side_by_side(engines: Sequence[Engine], batches: Sequence[Batch], min_se
         thread.join()
     if failures:
         raise failures[0]
-    return SideBySideRun(sum(done), time.perf_counter() - started, [v for values in latencies for v in values])
+    return SideBySideRun(
+        sum(done), time.perf_counter() - started, [v for values in latencies for v in values],
+        time.process_time() - cpu_started, outputs,
+    )  # fmt: skip
 
 
 def measure_engine(make_engine: EngineFactory, sequences: Sequence[str], batch_size: int, split: ThreadSplit,
-                   min_seconds: float = 0.0, warmup_s: float = 3.0) -> ScenarioResult:  # fmt: skip
-    """Sequences/s of `split.engines` engines with `split.threads` threads each over `sequences` in bucketed batches
-    of `batch_size`, whole passes for at least `min_seconds` (tokenization excluded)."""
-    batches = encoded_batches(sequences, batch_size)
+                   min_seconds: float = 0.0, warmup_s: float = 3.0,
+                   buckets: Sequence[int] | None = esm_tokenizer.DEFAULT_BUCKETS) -> ScenarioResult:  # fmt: skip
+    """Sequences/s of `split.engines` engines with `split.threads` threads each over `sequences` in batches of
+    `batch_size` padded as a tokenizer with `buckets` pads them (`encoded_batches`; pass the measured repository's,
+    `workload.buckets_from_repository`), whole passes for at least `min_seconds` (tokenization excluded)."""
+    batches = encoded_batches(sequences, batch_size, buckets=buckets)
     engines = [make_engine(split.threads) for _ in range(split.engines)]
     for engine in engines:
         warm_up(engine, batches, warmup_s)
@@ -230,12 +254,14 @@ def measure_engine(make_engine: EngineFactory, sequences: Sequence[str], batch_s
     )  # fmt: skip
 
 
-def raw_ceiling(model_path: Path, sequences: Sequence[str], cores: int, seconds: float) -> dict[str, float]:
-    """Sequences/s of the ONNX engine in-process on the served requests (one sequence each, padded to its bucket)
-    for every split of `cores` (ThreadSplit.label -> seq/s), each for whole passes over them of at least `seconds`."""
+def raw_ceiling(model_path: Path, sequences: Sequence[str], cores: int, seconds: float,
+                buckets: Sequence[int] | None) -> dict[str, float]:  # fmt: skip
+    """Sequences/s of the ONNX engine in-process on the served requests (one sequence each, padded as the tokenizer
+    with `buckets` pads it: the served repository's, `workload.buckets_from_repository`) for every split of `cores`
+    (ThreadSplit.label -> seq/s), each for whole passes over them of at least `seconds`."""
     return {
         split.label: measure_engine(
-            lambda threads: OnnxEngine(model_path, threads), sequences, 1, split, seconds
+            lambda threads: OnnxEngine(model_path, threads), sequences, 1, split, seconds, buckets=buckets
         ).sequences_per_s
         for split in thread_splits(cores)
     }

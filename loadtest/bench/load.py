@@ -139,8 +139,10 @@ def closed_loop(make_sender: Callable[[], Sender], sequences: Sequence[str], con
     )
 
 
-def send_all(url: str, model: str, requests: Sequence, concurrency: int, output: str) -> list[float]:
-    """Every prepared request once, `concurrency` at a time (one gRPC client per worker thread); latencies in ms."""
+def send_all(url: str, model: str, requests: Sequence, concurrency: int, output: str,
+             answers: list | None = None) -> list[float]:  # fmt: skip
+    """Every prepared request once, `concurrency` at a time (one gRPC client per worker thread); latencies in ms.
+    `answers` (one slot per request), when given, receives each request's `output` array in its slot."""
     work: queue.Queue = queue.Queue()
     for index, request in enumerate(requests):
         work.put((index, request))
@@ -154,7 +156,7 @@ def send_all(url: str, model: str, requests: Sequence, concurrency: int, output:
         try:
             while not failures:
                 try:
-                    _, request = work.get_nowait()
+                    index, request = work.get_nowait()
                 except queue.Empty:
                     return
                 inputs = []
@@ -164,9 +166,11 @@ def send_all(url: str, model: str, requests: Sequence, concurrency: int, output:
                     tensor.set_data_from_numpy(array)
                     inputs.append(tensor)
                 began = time.perf_counter()
-                client.infer(model, inputs, outputs=wanted)
+                result = client.infer(model, inputs, outputs=wanted)
                 with lock:
                     latencies.append((time.perf_counter() - began) * 1e3)
+                if answers is not None:
+                    answers[index] = result.as_numpy(output)
         except Exception as error:  # noqa: BLE001 - re-raised in the caller
             failures.append(error)
         finally:

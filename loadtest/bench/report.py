@@ -109,12 +109,14 @@ def render_markdown(report: BenchReport, plots: Sequence[Path]) -> str:
         f"({config.get('default_source', 'the repository')}), every other variant is exported with the same device "
         f"plan ({config.get('device_plan', '?')}). Length mix `{config['length_mix']}` ({config['sequences']} "
         f"sequences, {_fmt(config.get('mean_length'))} residues on average, "
-        f"{_fmt(100 * config.get('padding_waste', math.nan))} % padding when padded alone to its bucket). Served: "
+        f"{_fmt(100 * config.get('padding_waste', math.nan))} % padding when padded alone as the repository's "
+        f"tokenizer pads it, length buckets {config.get('length_buckets', '?')}). Served: "
         f"closed loop over gRPC, one sequence per request, concurrency {config['concurrency']}, "
         f"{config['duration_s']:g} s per point after 1 s warm-up, the pooled EMBEDDING only. Raw (group a): the "
-        "engine in-process on the same sequences in bucketed batches (whole passes, at least "
-        f"{config.get('raw_seconds', 0):g} s per point), the thread budget spent as one engine on every core or one "
-        "single-threaded engine per core; the ceiling is the best of those.",
+        "engine in-process on the same sequences, batched and padded as its repository's tokenizer pads them "
+        "(exact lengths: length-sorted batches, each padded to its own longest sequence; else bucketed batches), "
+        f"whole passes, at least {config.get('raw_seconds', 0):g} s per point; the thread budget spent as one "
+        "engine on every core or one single-threaded engine per core; the ceiling is the best of those.",
         "",
         "## Targets",
         "",

@@ -26,6 +26,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 
 from tritonfleet.contract.esm2.pipeline import BLS_MODEL, ENSEMBLE_MODEL
+from tritonfleet.contract.esm2_tokens import format_buckets
 from tritonfleet.contract.model_config import read_config
 from tritonfleet.export.devices import usable_cores
 from tritonfleet.loadtest.bench.engines import (
@@ -60,6 +61,7 @@ from tritonfleet.loadtest.server_stats import average_batch, inference_statistic
 from tritonfleet.loadtest.studies.header import machine_description
 from tritonfleet.loadtest.workload import (
     ModelTarget,
+    buckets_from_repository,
     generate_sequences,
     length_mix,
     percentile,
@@ -105,11 +107,11 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
     sequences = generate_sequences(config.sequences, length_mix(config.length_mix))
     config_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     config_dict["mean_length"] = float(np.mean([len(s) for s in sequences]))
-    config_dict["padding_waste"] = token_length_waste(sequences)
     report = BenchReport(config=config_dict, machine=machine_description(), command=command)
     with tempfile.TemporaryDirectory(prefix="tritonfleet_bench_") as scratch:
         variants = prepare_variants(config, Path(scratch), report)
         default = variants[0]
+        report.config.update(padding(sequences, default.repository))
         report.default_precision = default.precision
         report.config["variants_measured"] = [variant.precision for variant in variants]
         print("a. raw engines in-process", flush=True)
@@ -135,6 +137,13 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
     return report
 
 
+def padding(sequences: Sequence[str], repository: Path) -> dict:
+    """The repository's tokenizer's length buckets, and the fraction of padded tokens when each sequence is padded
+    alone as that tokenizer pads it (none with exact lengths)."""
+    buckets = buckets_from_repository(repository)
+    return {"length_buckets": format_buckets(buckets), "padding_waste": token_length_waste(sequences, buckets)}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # a. Raw engines in-process
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,32 +152,42 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
 def raw_engine_results(
     config: BenchConfig, variants: Sequence[Variant], sequences: Sequence[str]
 ) -> list[ScenarioResult]:
-    """Eager fp32 PyTorch, then every variant's ONNX and TorchScript files, at every thread split and batch size."""
+    """Eager fp32 PyTorch, then every variant's ONNX and TorchScript files, at every thread split and batch size;
+    each engine's batches padded as its repository's tokenizer pads them (the default variant's for eager PyTorch
+    and the GPU engines), so that served / raw compares the same padded work."""
     splits = thread_splits(usable_cores())
-    engines: list[tuple[EngineFactory, Sequence[ThreadSplit]]] = [
-        (lambda threads: EagerEngine(config.model_size, threads), splits)
+    default_buckets = buckets_from_repository(variants[0].repository)
+    engines: list[tuple[EngineFactory, Sequence[ThreadSplit], tuple[int, ...]]] = [
+        (lambda threads: EagerEngine(config.model_size, threads), splits, default_buckets)
     ]
     for variant in variants:
         onnx_path = variant.repository / "esm2_onnx" / "1" / "model.onnx"
         torchscript_path = variant.repository / "esm2_torchscript" / "1" / "model.pt"
+        buckets = buckets_from_repository(variant.repository)
         if onnx_path.is_file():
-            engines.append((lambda threads, p=onnx_path, v=variant: OnnxEngine(p, threads, v.precision), splits))
+            engines.append(
+                (lambda threads, p=onnx_path, v=variant: OnnxEngine(p, threads, v.precision), splits, buckets)
+            )
         if torchscript_path.is_file():
             engines.append((lambda threads, p=torchscript_path, v=variant:
-                            TorchScriptEngine(p, "cpu", v.precision, threads), splits))  # fmt: skip
+                            TorchScriptEngine(p, "cpu", v.precision, threads), splits, buckets))  # fmt: skip
     default_torchscript = variants[0].repository / "esm2_torchscript" / "1" / "model.pt"
     engines += [
-        (lambda _threads, d=device, p=precision: TorchScriptEngine(default_torchscript, d, p), splits[:1])
+        (
+            lambda _threads, d=device, p=precision: TorchScriptEngine(default_torchscript, d, p),
+            splits[:1],
+            default_buckets,
+        )
         for device in select_devices(config.device)
         if device.startswith("cuda") and default_torchscript.is_file()
         for precision in precisions_for(device)
     ]
     results = []
-    for make_engine, engine_splits in engines:
+    for make_engine, engine_splits, buckets in engines:
         for split in engine_splits:
             for batch_size in config.batch_sizes:
                 result = measure_engine(
-                    make_engine, sequences, batch_size, split, config.raw_seconds, config.raw_warmup_s
+                    make_engine, sequences, batch_size, split, config.raw_seconds, config.raw_warmup_s, buckets
                 )
                 print(f"  a {result.engine:11s} {result.device}/{result.precision} {result.threads or '':20s} batch "
                       f"{batch_size:3d}: {result.sequences_per_s:8.1f} seq/s", flush=True)  # fmt: skip

@@ -7,9 +7,12 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +118,12 @@ class ReportHeader:
     def dated(self) -> str:
         """The date and revision in parentheses, for a report that names its command in a sentence."""
         return f"({self.day}, revision {self.revision})"
+
+
+def command_line(prog: str, argv: Sequence[str] | None = None) -> str:
+    """The command a report names: `prog` and its arguments (`argv`, else this process's), quoted as a shell reads
+    them."""
+    return " ".join([prog, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
 
 
 def write_report(directory: Path, name: str, markdown: str, data: dict | None = None) -> Path:

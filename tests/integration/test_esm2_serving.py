@@ -178,3 +178,25 @@ def test_bls_batches_random_length_traffic_for_the_network(esm2_server, proteins
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == len(order)
     assert executions < inferences, f"no batching: {executions} executions for {inferences} sequences"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("wanted", [("EMBEDDING",), ("RESIDUE_EMBEDDINGS",)])
+def test_bls_answers_exactly_the_requested_outputs(esm2_server, protocol, wanted, proteins, expected):
+    """One request at a time: esm2_bls hands the network's tensors on as its response, only those asked for."""
+    client = make_client(esm2_server, protocol)
+    outputs = [CLIENTS[protocol].InferRequestedOutput(name) for name in wanted]
+    for index in (0, 2, len(proteins) - 1):
+        result = client.infer("esm2_bls", [sequence_input(protocol, [proteins[index]])], outputs=outputs)
+        got = {name: result.as_numpy(name) for name in ("EMBEDDING", "RESIDUE_EMBEDDINGS")}
+        assert {name for name, array in got.items() if array is not None} == set(wanted)
+        tokens = len(proteins[index]) + 2
+        if "EMBEDDING" in wanted:
+            assert got["EMBEDDING"].shape == (1, expected[index][0].shape[0])
+            assert_close(got["EMBEDDING"][0], expected[index][0], f"{protocol} EMBEDDING protein {index}")
+        else:
+            residues = got["RESIDUE_EMBEDDINGS"]
+            assert residues.shape[0] == 1 and residues.shape[1] >= tokens
+            assert_close(residues[0, :tokens], expected[index][1], f"{protocol} RESIDUE_EMBEDDINGS protein {index}")
+            assert not np.any(residues[0, tokens:]), "rows beyond the sequence (padding) must be zero"
+    client.close()

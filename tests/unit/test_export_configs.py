@@ -95,7 +95,7 @@ def test_batching_models_leave_the_batch_dim_out_of_dims(generated):
 
 def test_dynamic_batching_with_a_bounded_rejecting_queue(generated):
     _, configs = generated
-    for name in (TOKENIZER_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL):
+    for name in (BLS_MODEL, ONNX_MODEL, TORCHSCRIPT_MODEL):
         batching = configs[name].dynamic_batching
         # CPU plan: no waiting for batch-mates (compute-bound), whatever queued while instances were busy batches
         assert not batching.preferred_batch_size and batching.max_queue_delay_microseconds == 0
@@ -240,7 +240,8 @@ def test_cli_options_reach_the_configs(tmp_path):
     assert configs[ONNX_MODEL].dynamic_batching.max_queue_delay_microseconds == 300
     assert configs[TOKENIZER_MODEL].dynamic_batching.max_queue_delay_microseconds == 0  # the tokenizer's own
     assert configs[ONNX_MODEL].max_batch_size == 32
-    assert configs[TOKENIZER_MODEL].dynamic_batching.default_queue_policy.max_queue_size == 7
+    assert configs[BLS_MODEL].dynamic_batching.default_queue_policy.max_queue_size == 7
+    assert configs[TOKENIZER_MODEL].dynamic_batching.default_queue_policy.max_queue_size == 0  # one instance: plain
     assert configs[TOKENIZER_MODEL].parameters["length_buckets"].string_value == "64,256,1024"
     assert configs[ENSEMBLE_MODEL].ensemble_scheduling.step[1].model_name == TORCHSCRIPT_MODEL
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -61,9 +63,12 @@ def test_the_interactive_reserve_is_single_threaded_with_interactive_queues():
     batching = BatchingPlan(max_batch_size=4, preferred_batch_sizes=())
     reserve = devices.interactive_plan(batching, copy_of="net_onnx", token_budget=512)
     assert reserve.instances == InstancePlan("KIND_CPU", 1) and reserve.threads == ThreadPlan(1, 1)
-    assert reserve.batching.priorities.default_level == "interactive"
-    assert reserve.batching.max_queue_size == reserve.batching.priorities.interactive_queue_size
+    # one instance: one plain queue (BatchingPlan.for_unordered_model); two: the interactive level by default
+    assert reserve.batching.priorities is None and reserve.batching.max_queue_size == 0
     assert reserve.interactive_copy_of == "net_onnx" and reserve.execution_token_budget == 512
+    two = dataclasses.replace(devices, interactive_instances=2).interactive_plan(batching, copy_of="net_onnx")
+    assert two.batching.priorities.default_level == "interactive"
+    assert two.batching.max_queue_size == two.batching.priorities.interactive_queue_size
     with pytest.raises(ValueError, match="reserves no"):
         DevicePlan("KIND_GPU").interactive_plan(batching, copy_of="net_onnx")
 

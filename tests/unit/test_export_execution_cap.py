@@ -91,11 +91,12 @@ def test_cpu_repository_caps_every_execution_and_advertises_the_entry_models(tmp
             assert config.max_batch_size == 1, name
     for name in (ONNX_MODEL, f"{ONNX_MODEL}_interactive", ENSEMBLE_MODEL, EMBEDDING_MODEL, INTERACTIVE_MODEL):
         assert parameter(configs[name], "execution_token_budget") == "1024", name
-    # the reserve: one single-threaded instance beyond the cores, every request it gets is interactive
+    # the reserve: one single-threaded instance beyond the cores, only interactive traffic reaches it; one
+    # instance, so one plain queue (BatchingPlan.for_unordered_model: Triton's batcher stalls there with queue policies)
     assert [group.count for group in network.instance_group] == [2]
     assert [group.count for group in reserve.instance_group] == [1]
     assert parameter(reserve, "intra_op_thread_count") == "1"
-    assert reserve.dynamic_batching.default_priority_level == 1
+    assert reserve.HasField("dynamic_batching") and reserve.dynamic_batching.priority_levels == 0
     assert [step.model_name for step in configs[INTERACTIVE_MODEL].ensemble_scheduling.step] == [
         TOKENIZER_MODEL,
         f"{ONNX_MODEL}_interactive",

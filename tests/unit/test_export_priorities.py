@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonfleet.contract.esm2.pipeline import BLS_MODEL, ENSEMBLE_MODEL, ONNX_MODEL, TOKENIZER_MODEL, TORCHSCRIPT_MODEL
+from tritonfleet.contract.esm2.pipeline import (
+    BLS_MODEL,
+    ENSEMBLE_MODEL,
+    ONNX_MODEL,
+    TOKENIZER_MODEL,
+    TORCHSCRIPT_MODEL,
+    interactive_network,
+)
 from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
 from tritonfleet.contract.priorities import PRIORITY_LEVELS
 from tritonfleet.contract.serving_plan import BatchingPlan, PriorityPlan
@@ -17,7 +24,9 @@ from tritonfleet.export.devices import plan_devices
 from tritonfleet.export.esm2.repository import CANONICAL_ARGS
 from tritonfleet.export.model_config import network_config
 
-BATCHING_MODELS = (ONNX_MODEL, TORCHSCRIPT_MODEL, TOKENIZER_MODEL, BLS_MODEL)
+BATCHING_MODELS = (ONNX_MODEL, TORCHSCRIPT_MODEL, BLS_MODEL)
+# One CPU instance each on a CPU plan: one plain queue (BatchingPlan.for_unordered_model says why).
+ONE_INSTANCE_MODELS = (TOKENIZER_MODEL, interactive_network(ONNX_MODEL))
 INTERACTIVE, BULK = PRIORITY_LEVELS["interactive"], PRIORITY_LEVELS["bulk"]
 
 
@@ -49,6 +58,24 @@ def test_every_batching_model_gets_an_interactive_level_ahead_of_bulk(tmp_path):
         assert policy_fields(bulk) == (mc.ModelQueuePolicy.REJECT, 256, 3600 * 10**6, 1)
         assert batching.default_queue_policy == bulk
     assert not configs[ENSEMBLE_MODEL].HasField("dynamic_batching")  # ensembles pass the level on to their steps
+
+
+@pytest.mark.parametrize("extra", [(), ("--interactive-budget-ms", "250", "--max-queue-size", "40")])
+def test_one_instance_cpu_models_keep_one_plain_queue(tmp_path, extra):
+    configs = export_configs(tmp_path, *extra)
+    for name in ONE_INSTANCE_MODELS:
+        assert [group.count for group in configs[name].instance_group] == [1], name
+        batching = configs[name].dynamic_batching
+        assert configs[name].HasField("dynamic_batching"), name  # whatever queued while busy still batches
+        assert (batching.priority_levels, dict(batching.priority_queue_policy)) == (0, {}), name
+        assert batching.default_queue_policy == mc.ModelQueuePolicy(), name  # no bound, no wait limit
+
+
+def test_two_tokenizer_instances_keep_the_priority_queues(tmp_path):
+    configs = export_configs(tmp_path, "--target", "gpu:0,1")
+    batching = configs[TOKENIZER_MODEL].dynamic_batching
+    assert [group.count for group in configs[TOKENIZER_MODEL].instance_group] == [2]
+    assert batching.priority_levels == 2 and set(batching.priority_queue_policy) == {INTERACTIVE, BULK}
 
 
 def test_priority_flags_reach_every_batching_model(tmp_path):

@@ -107,6 +107,34 @@ def test_longest_allowed_sequence_fits_the_last_bucket():
     assert input_ids.shape == (1, MAX_RESIDUES + 2) == (1, DEFAULT_BUCKETS[-1])
 
 
+@pytest.mark.parametrize("buckets", [None, DEFAULT_BUCKETS])
+def test_every_accepted_spelling_encodes_as_its_validated_text(buckets):
+    # encode_batch tokenizes plain residue strings through a byte table and validates anything else: both must
+    # give what the validated text spells, whatever the input's type, case and surrounding whitespace.
+    sequences = [
+        "MKTAYIAKQR",
+        b"mktayiakqr",
+        np.bytes_(b"  ACDEFGHIKLMNPQRSTVWYXBUZO\n"),
+        bytearray(b"Kw"),
+        "\x1cMKV\x1f",  # str.strip() removes these, bytes.strip() does not
+        "\tmkv ",
+        "A" * MAX_RESIDUES,
+    ]
+    for batch in [[sequence] for sequence in sequences] + [sequences, sequences[:2]]:
+        texts = [validate_sequence(sequence) for sequence in batch]
+        width = bucket_for(max(len(text) for text in texts) + 2, buckets)
+        expected_ids = np.full((len(texts), width), tokenizer.PAD_ID, dtype=np.int64)
+        expected_mask = np.zeros((len(texts), width), dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [tokenizer.CLS_ID, *(tokenizer.TOKEN_TO_ID[c] for c in text), tokenizer.EOS_ID]
+            expected_ids[row, : len(ids)] = ids
+            expected_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = encode_batch(batch, buckets)
+        for got, expected in ((input_ids, expected_ids), (attention_mask, expected_mask)):
+            assert got.dtype == np.int64 and got.flags.c_contiguous and got.flags.writeable
+            np.testing.assert_array_equal(got, expected)
+
+
 def test_batch_error_says_which_sequence():
     with pytest.raises(InvalidSequenceError, match=r"sequence 1: invalid residue 'J'"):
         encode_batch(["MKT", "MJK"])

@@ -3,14 +3,20 @@ repositories, batching-off configs, and the figures against their targets (no ti
 
 from __future__ import annotations
 
+import json
 import math
+import time
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tritonfleet.contract import esm2_tokens as esm_tokenizer
 from tritonfleet.contract.model_config import read_config
+from tritonfleet.loadtest.bench import engines as bench_engines
+from tritonfleet.loadtest.bench import scenarios as bench_scenarios
 from tritonfleet.loadtest.bench.__main__ import build_parser
 from tritonfleet.loadtest.bench.engines import (
     ThreadSplit,
@@ -18,10 +24,11 @@ from tritonfleet.loadtest.bench.engines import (
     bucketed_batches,
     encoded_batches,
     measure_engine,
+    raw_ceiling,
     run_side_by_side,
     thread_splits,
 )
-from tritonfleet.loadtest.bench.load import closed_loop
+from tritonfleet.loadtest.bench.load import closed_loop, send_all
 from tritonfleet.loadtest.bench.report import render_markdown
 from tritonfleet.loadtest.bench.results import (
     ENGINE_GAIN,
@@ -37,8 +44,9 @@ from tritonfleet.loadtest.bench.results import (
     ScenarioResult,
     compute_figures,
 )
-from tritonfleet.loadtest.bench.scenarios import settled_delta
+from tritonfleet.loadtest.bench.scenarios import BenchConfig, padding, settled_delta
 from tritonfleet.loadtest.bench.variants import (
+    Variant,
     loadable_models,
     network_plan,
     repository_devices,
@@ -49,7 +57,7 @@ from tritonfleet.loadtest.bench.variants import (
 )
 from tritonfleet.loadtest.devices import precisions_for, select_devices
 from tritonfleet.loadtest.handwritten_service import RoundRobin
-from tritonfleet.loadtest.workload import generate_sequences
+from tritonfleet.loadtest.workload import PreparedRequest, generate_sequences, token_length_waste
 
 
 def test_device_selection() -> None:
@@ -147,6 +155,60 @@ def test_one_pass_runs_every_batch_exactly_once_across_engines() -> None:
         run_side_by_side([_CountingEngine([]), broken], batches, min_seconds=60.0)
 
 
+def test_a_run_can_keep_each_batchs_output_and_counts_any_arrays_by_the_first_ones_rows() -> None:
+    batches = [(np.full((rows, 1), rows), np.zeros(7), np.zeros(2)) for rows in (3, 1, 2, 5)]
+
+    def first_cell(first, *_rest):
+        return first[0]
+
+    run = run_side_by_side([first_cell, first_cell], batches, keep_outputs=True)
+    assert [int(output[0]) for output in run.outputs] == [3, 1, 2, 5]  # in batch order, whoever ran them
+    assert run.sequences == 11 and run.cpu_s >= 0.0
+    assert run_side_by_side([first_cell], batches).outputs == []  # kept only when asked
+
+
+def test_send_all_fills_each_requests_answer_in_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tritonclient.grpc as grpc_client
+
+    class FakeClient:
+        """Answers every request with its INPUT_IDS' width, after a pause that reorders concurrent answers."""
+
+        def __init__(self, url: str) -> None:
+            assert url == "127.0.0.1:8001"
+
+        def infer(self, model, inputs, outputs):
+            (ids,) = inputs
+            width = ids.shape()[1]
+            time.sleep(0.001 * (width % 3))
+            return types.SimpleNamespace(as_numpy=lambda name: np.array([[width]], dtype=np.float32))
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(grpc_client, "InferenceServerClient", FakeClient)
+    requests = [PreparedRequest({"INPUT_IDS": np.zeros((1, width), dtype=np.int64)}, 1, width) for width in range(2, 9)]
+    answers: list = [None] * len(requests)
+    latencies = send_all("127.0.0.1:8001", "esm2_onnx", requests, 3, "EMBEDDING", answers)
+    assert len(latencies) == len(requests)
+    assert [int(answer[0, 0]) for answer in answers] == list(range(2, 9))
+    assert len(send_all("127.0.0.1:8001", "esm2_onnx", requests, 2, "EMBEDDING")) == len(requests)
+
+
+def test_padding_waste_is_the_measured_repositorys(tmp_path: Path) -> None:
+    sequences = generate_sequences(50, "swissprot")
+    (tmp_path / "esm2_tokenizer").mkdir()
+    tokenizer = 'name: "esm2_tokenizer"\nbackend: "python"\nmax_batch_size: 1\n'
+    buckets = 'parameters {{ key: "length_buckets" value {{ string_value: "{}" }} }}\n'
+    (tmp_path / "esm2_tokenizer" / "config.pbtxt").write_text(tokenizer + buckets.format("exact"))
+    assert padding(sequences, tmp_path) == {"length_buckets": "exact", "padding_waste": 0.0}  # CPU exports
+    (tmp_path / "esm2_tokenizer" / "config.pbtxt").write_text(tokenizer + buckets.format("256,1024"))
+    assert padding(sequences, tmp_path) == {
+        "length_buckets": "256,1024",
+        "padding_waste": token_length_waste(sequences, (256, 1024)),
+    }
+    assert padding(sequences, tmp_path)["padding_waste"] > token_length_waste(sequences) > 0.0
+
+
 def test_bucketed_batches_never_mix_buckets() -> None:
     sequences = generate_sequences(100, "swissprot")
     batches = bucketed_batches(sequences, 8)
@@ -154,6 +216,132 @@ def test_bucketed_batches_never_mix_buckets() -> None:
     for batch in batches:
         assert 1 <= len(batch) <= 8
         assert len({esm_tokenizer.bucket_for(len(s) + 2) for s in batch}) == 1
+
+
+# -- the raw engines pad as the measured repository's tokenizer pads ------------------------------------------------
+
+EXACT, BUCKETS = (), (64, 256, 1024)  # a CPU export's exact lengths, and buckets as a GPU export has them
+
+
+def _fake_repository(folder: Path, length_buckets: str) -> Path:
+    """A repository of configs only: the tokenizer with `length_buckets`, and an ONNX network file."""
+    (folder / "esm2_tokenizer").mkdir(parents=True)
+    (folder / "esm2_tokenizer" / "config.pbtxt").write_text(
+        'name: "esm2_tokenizer"\nbackend: "python"\nmax_batch_size: 1\n'
+        'input { name: "SEQUENCE" data_type: TYPE_STRING dims: 1 }\n'
+        'output { name: "INPUT_IDS" data_type: TYPE_INT64 dims: -1 }\n'
+        'output { name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: -1 }\n'
+        f'parameters {{ key: "length_buckets" value {{ string_value: "{length_buckets}" }} }}\n'
+    )
+    (folder / "esm2_onnx" / "1").mkdir(parents=True)
+    (folder / "esm2_onnx" / "1" / "model.onnx").write_bytes(b"weights")
+    (folder / "esm2_onnx" / "config.pbtxt").write_text(
+        'name: "esm2_onnx"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
+        'input { name: "INPUT_IDS" data_type: TYPE_INT64 dims: -1 }\n'
+        'input { name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: -1 }\n'
+        'output { name: "EMBEDDING" data_type: TYPE_FP32 dims: 320 }\n'
+    )
+    return folder
+
+
+def _widths(batches) -> list[tuple[int, int]]:
+    """(padded width, longest sequence's tokens) of each tokenized batch."""
+    return [(ids.shape[1], int(mask.sum(axis=1).max())) for ids, mask in batches]
+
+
+def test_exact_length_batches_are_length_sorted_and_padded_to_their_own_longest() -> None:
+    sequences = generate_sequences(100, "swissprot")
+    for buckets in (EXACT, None):
+        batches = bucketed_batches(sequences, 8, buckets)
+        assert sorted(s for batch in batches for s in batch) == sorted(sequences)
+        assert [len(batch) for batch in batches] == [8] * 12 + [4]  # full batches: exact lengths group nothing
+        lengths = [len(s) for batch in batches for s in batch]
+        assert lengths == sorted(lengths)
+    exact = encoded_batches(sequences, 8, buckets=EXACT)
+    assert all(width == longest for width, longest in _widths(exact))  # no batch pads past its longest sequence
+    bucketed = encoded_batches(sequences, 8, buckets=BUCKETS)
+    assert all(width in BUCKETS and width >= longest for width, longest in _widths(bucketed))
+    assert sum(ids.size for ids, _ in exact) < sum(ids.size for ids, _ in bucketed)
+
+
+class _ShapeEngine:
+    """Records (width, longest sequence's tokens) of every batch it runs, warm-up included."""
+
+    name, device, precision = "fake", "cpu", "fp32"
+
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    def __call__(self, input_ids, attention_mask):
+        self.seen.append((input_ids.shape[1], int(attention_mask.sum(axis=1).max())))
+        return input_ids
+
+
+def test_measure_engine_pads_as_the_buckets_it_is_given() -> None:
+    sequences = generate_sequences(24, "swissprot")
+    for buckets, batch_size in ((EXACT, 4), (EXACT, 1), (BUCKETS, 4)):
+        seen: list[tuple[int, int]] = []
+        result = measure_engine(lambda _threads, s=seen: _ShapeEngine(s), sequences, batch_size, ThreadSplit(1, 1),
+                                warmup_s=0.0, buckets=buckets)  # fmt: skip
+        assert result.requests == len(bucketed_batches(sequences, batch_size, buckets))
+        if buckets:
+            assert all(width in buckets and width >= longest for width, longest in seen)
+        else:
+            assert all(width == longest for width, longest in seen)
+    seen = []
+    measure_engine(lambda _threads: _ShapeEngine(seen), sequences, 4, ThreadSplit(1, 1), warmup_s=0.0)
+    assert {width for width, _ in seen} <= set(esm_tokenizer.DEFAULT_BUCKETS)  # no buckets given: the defaults
+
+
+def test_raw_ceiling_pads_each_served_request_as_the_buckets_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    sequences = generate_sequences(12, "swissprot")
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(bench_engines, "OnnxEngine", lambda _path, _threads: _ShapeEngine(seen))
+    ceiling = raw_ceiling(Path("model.onnx"), sequences, 2, 0.0, EXACT)
+    assert list(ceiling) == [split.label for split in thread_splits(2)]
+    assert seen and all(width == longest for width, longest in seen)
+    assert {width for width, _ in seen} == {len(s) + 2 for s in sequences}  # one sequence per request, as served
+    seen.clear()
+    raw_ceiling(Path("model.onnx"), sequences, 1, 0.0, BUCKETS)
+    assert {width for width, _ in seen} == {esm_tokenizer.bucket_for(len(s) + 2, BUCKETS) for s in sequences}
+
+
+def test_raw_engine_results_pad_each_variant_as_its_repository_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu_export = _fake_repository(tmp_path / "cpu", "exact")
+    bucketed = _fake_repository(tmp_path / "bucketed", "64,256,1024")
+    asked: list[tuple[int, ...]] = []
+
+    def measure(make_engine, sequences, batch_size, split, min_seconds, warmup_s, buckets):
+        asked.append(buckets)
+        return ScenarioResult(group="a", name="raw", engine="onnx", sequences_per_s=1.0, threads=split.label)
+
+    monkeypatch.setattr(bench_scenarios, "measure_engine", measure)
+    monkeypatch.setattr(bench_scenarios, "usable_cores", lambda: 1)
+    config = BenchConfig(batch_sizes=(1,))
+    sequences = generate_sequences(4, "short")
+    variants = [Variant("int8", cpu_export), Variant("fp32", bucketed)]
+    bench_scenarios.raw_engine_results(config, variants, sequences)
+    assert asked == [EXACT, EXACT, BUCKETS]  # eager (the default variant's), then each variant's ONNX file
+    asked.clear()
+    bench_scenarios.raw_engine_results(config, variants[::-1], sequences)
+    assert asked == [BUCKETS, BUCKETS, EXACT]
+
+
+def test_cpu_plan_and_gpu_check_requests_pad_as_the_repository_does(tmp_path: Path) -> None:
+    from tritonfleet.loadtest import cpu_plan, gpu_check
+
+    sequences = generate_sequences(10, "swissprot")
+    for length_buckets, buckets in (("exact", EXACT), ("64,256,1024", BUCKETS)):
+        repository = _fake_repository(tmp_path / length_buckets, length_buckets)
+        expected = [esm_tokenizer.bucket_for(len(s) + 2, buckets) for s in sequences]
+        data, padded_to = cpu_plan.padded_workload(repository, sequences, tmp_path / f"{length_buckets}-cpu.json")
+        assert padded_to == buckets  # what cpu_plan hands raw_ceiling
+        for path in (data, gpu_check.perf_input_data(repository, "esm2_onnx", sequences, tmp_path / "gpu.json")):
+            steps = json.loads(path.read_text())["data"]
+            assert [step["INPUT_IDS"]["shape"] for step in steps] == [[width] for width in expected]
+            assert [sum(step["ATTENTION_MASK"]["content"]) for step in steps] == [len(s) + 2 for s in sequences]
 
 
 def test_batching_off_repository_keeps_max_batch_size(tmp_path: Path) -> None:
@@ -273,6 +461,11 @@ def test_markdown_states_each_target_beside_the_measured_value() -> None:
                          command="python -m loadtest.bench", default_precision="int8")  # fmt: skip
     text = render_markdown(report, [])
     assert "Test CPU, 2 usable cores" in text and "`python -m loadtest.bench`" in text
+    assert "length buckets ?)" in text  # a report from before the buckets were recorded
+    config.update(length_buckets="exact", padding_waste=0.0)
+    assert "0.0 % padding when padded alone as the repository's tokenizer pads it, length buckets exact)" in (
+        render_markdown(report, [])
+    )
     assert "| P1 | esm2_onnx / raw onnx | int8 | 0.95 | >= 0.95 | **met** |" in text
     assert "| P2 | esm2 (shipped defaults) / FastAPI + eager fp32 | int8 | 2.40 | >= 1.5 | **met** |" in text
     assert "| P2 | esm2 fp32 / FastAPI + eager fp32 | fp32 | 1.10 | >= 1 | **met** |" in text

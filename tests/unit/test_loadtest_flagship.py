@@ -166,3 +166,30 @@ def test_several_sizes_run_one_child_process_each_with_the_same_settings(tmp_pat
     assert arguments[:2] == ["--sizes", "650M"] and arguments[-1] == "--reuse-export"
     assert "--sequences" not in arguments  # each size keeps its own default count
     assert arguments[arguments.index("--output") + 1] == str(tmp_path / "flagship.md")  # results add up in one report
+    assert arguments[arguments.index("--eager-batch") + 1] == "8"
+    per_size = StudyConfig(("150M", "650M"), None, 16, None, 2, 0, tmp_path, tmp_path / "flagship.md", True)
+    assert "--eager-batch" not in _child_arguments(per_size, "650M")  # each size keeps its own eager rows
+
+
+def test_eager_rows_per_size_skip_batches_where_they_never_win(tmp_path):
+    from tritonfleet.loadtest.flagship import StudyConfig
+
+    def config(eager_batch: int | None) -> StudyConfig:
+        return StudyConfig(("650M",), None, 16, eager_batch, 2, 0, tmp_path, tmp_path / "flagship.md", False)
+
+    assert config(None).eager_batch_sizes("150M") == (8, 1)
+    assert config(None).eager_batch_sizes("650M") == (1,)  # one protein per call only: no duplicate rows
+    assert config(4).eager_batch_sizes("650M") == (4, 1)  # asked for: measured
+    assert config(1).eager_batch_sizes("150M") == (1,)
+    assert config(None).sequences_for("650M") > config(None).sequences_for("150M") // 2
+
+
+def test_the_report_says_how_many_cores_each_path_kept_busy():
+    result = _result("650M", served=1.5, eager=0.4, fastapi=0.3)
+    served = result.path("served")
+    assert math.isclose(served.cores_busy, served.cpu_s / served.elapsed_s)
+    result.paths = [path for path in result.paths if path.batch_size == 1]
+    report = render({"650M": result}, "a test machine")
+    assert "| cores busy |" in report and f"| {served.cores_busy:.2f} |" in report
+    assert "one protein per call only at this size" in report  # no batch rows: the report says why
+    assert "one protein per call only" not in render({"650M": _result("650M", 1.5, 0.4, 0.3)}, "a test machine")

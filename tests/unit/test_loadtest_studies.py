@@ -23,6 +23,7 @@ from tritonfleet.loadtest.studies import (
     run_until_stable,
     scratch_folder,
 )
+from tritonfleet.loadtest.studies.header import command_line
 from tritonfleet.loadtest.studies.serving import free_ports, port_is_free
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +119,31 @@ def test_report_header_names_command_machine_date_and_revision() -> None:
     assert ReportHeader.collect("x", machine="my box").machine == "my box"
     assert header.markdown("; wall time 12 s")[-1].endswith(f"revision {header.revision}; wall time 12 s")
     assert header.dated() == f"({header.day}, revision {header.revision})"
+
+
+def test_command_line_names_the_arguments_as_typed() -> None:
+    assert command_line("python -m tritonfleet.loadtest.cpu_plan", []) == "python -m tritonfleet.loadtest.cpu_plan"
+    assert command_line("prog", ["--output", "my report.md"]) == "prog --output 'my report.md'"
+
+
+def test_cpu_plan_and_gpu_check_reports_open_with_the_shared_header() -> None:
+    import argparse
+
+    from tritonfleet.loadtest import cpu_plan, gpu_check
+
+    header = ReportHeader("prog --quick", "Test CPU, 2 usable core(s)", "2026-12-07 09:00 UTC", "abc1234")
+    context = {"minutes": 1.5, "precision": "int8", "graph": "fused attention", "concurrency": 16, "conclusion": [],
+               "length_buckets": "exact"}  # fmt: skip
+    text = cpu_plan.render([], {"fixed 128 tokens": {"2 engines x 1 thread": 100.0}}, "2 x 1", header, context)
+    lines = text.splitlines()
+    assert lines[2:5] == header.markdown("; wall time 1.5 min")
+    assert lines[6].startswith("Model: ESM-2 8M, RANDOM weights, precision int8")
+    assert lines[6].endswith("padded as the repository's tokenizer pads them: length buckets exact.")
+    text = gpu_check.render(argparse.Namespace(model_size="8M"), header, {}, [], [], 2.0)
+    assert text.splitlines()[2:5] == header.markdown("; wall time 2.0 min")
+    collected = gpu_check.report_header("prog", "cpu")
+    gpus = ", ".join(collected.details["gpus"]) or "no GPU (device cpu)"
+    assert collected.machine.startswith(f"{gpus}; CPU ") and "onnxruntime" in collected.machine
 
 
 # -- perf_analyzer runner ---------------------------------------------------------------------------------------------

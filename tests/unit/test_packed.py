@@ -1,13 +1,16 @@
 """Packed (ragged) batches: packing and offsets, the backends' ragged batch inputs, the packed ESM-2 graph and its
-config (export/esm2/packed.py, deploy/local/backends/batching.py)."""
+config (export/esm2/packed.py, deploy/local/backends/batching.py), and how the packed study and the GPU check's packed
+step drive them through the bench's shared runners (loadtest/packed_study.py, loadtest/packed_check.py)."""
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonfleet.contract.esm2_tokens import CLS_ID, EOS_ID, MASK_ID, encode_batch, random_proteins
+from tritonfleet.contract.esm2_tokens import CLS_ID, EOS_ID, MASK_ID, bucket_for, encode_batch, random_proteins
 from tritonfleet.deploy.local.backends.batching import BatchInputSpec, RaggedLayout, run_batched
 from tritonfleet.export.esm2.packed import (
     ATTENTION_PARAMETER,
@@ -203,3 +206,55 @@ def test_packed_graph_embeds_each_sequence_as_if_alone(graphs, attention):
     for index, row in enumerate(rows):
         alone = padded.run({"INPUT_IDS": row[None], "ATTENTION_MASK": np.ones_like(row)[None]}, [EMBEDDING])
         assert float(np.abs(embedding[index] - alone[EMBEDDING][0]).max()) <= INVARIANCE_TOLERANCE
+
+
+def test_the_packed_study_runs_both_layouts_on_the_shared_side_by_side_runner(graphs):
+    from tritonfleet.loadtest.bench.engines import run_side_by_side
+    from tritonfleet.loadtest.packed_study import PACKED_INPUTS, PADDED_INPUTS, Embedder, packed_batch, padded_batch
+
+    proteins = random_proteins(7, np.random.default_rng(9), 2, 200)
+    batches = [proteins[i : i + 3] for i in range(0, len(proteins), 3)]
+    padded = run_side_by_side([Embedder(graphs["padded"], PADDED_INPUTS)] * 2, [padded_batch(b) for b in batches],
+                              keep_outputs=True)  # fmt: skip
+    for attention in ("padded", "per_sequence"):
+        embedder = Embedder(graphs[f"packed_{attention}"], PACKED_INPUTS)
+        packed = run_side_by_side([embedder] * 2, [packed_batch(b) for b in batches], keep_outputs=True)
+        assert packed.sequences == padded.sequences == len(proteins)  # counted by the ends, not the tokens
+        for batch, alone, together in zip(batches, padded.outputs, packed.outputs):
+            assert alone.shape == together.shape == (len(batch), 320)
+            assert float(np.abs(alone - together).max()) <= INVARIANCE_TOLERANCE
+
+
+def test_the_gpu_checks_packed_step_sends_each_model_its_layout(monkeypatch):
+    import tritonclient.grpc as grpc_client
+
+    from tritonfleet.loadtest import packed_check
+
+    sent: list[tuple[str, tuple[str, ...], int]] = []
+
+    class FakeClient:
+        """Records each request's model, input names and width; the packed model answers 0.25 off the padded."""
+
+        def __init__(self, url: str) -> None:
+            assert url == "127.0.0.1:8001"
+
+        def infer(self, model, inputs, outputs):
+            sent.append((model, tuple(tensor.name() for tensor in inputs), inputs[0].shape()[1]))
+            value = 0.25 if model == packed_check.PACKED_MODEL else 0.0
+            return types.SimpleNamespace(as_numpy=lambda name: np.full((1, 4), value, dtype=np.float32))
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(grpc_client, "InferenceServerClient", FakeClient)
+    proteins = random_proteins(5, np.random.default_rng(2), 2, 300)
+    check = packed_check.served_packed_check("grpc://127.0.0.1:8001", proteins, concurrency=2)
+    assert (check.sequences, check.parity_sequences, check.max_abs_diff) == (5, 5, 0.25) and not check.passed
+    assert check.padded_seq_per_s > 0 and check.packed_seq_per_s > 0
+    assert len(sent) == 4 * len(proteins)  # parity: padded alone and packed, then both closed loops
+    widths = {len(protein) + 2 for protein in proteins}
+    for model, names, width in sent:
+        if model == packed_check.PACKED_MODEL:
+            assert names == ("INPUT_IDS",) and width in widths  # unpadded
+        else:
+            assert names == ("INPUT_IDS", "ATTENTION_MASK") and width == bucket_for(width)  # padded to its bucket

@@ -237,3 +237,11 @@ def test_the_cpu_plan_study_edits_configs_through_the_plan():
         assert served.batching.preferred_batch_sizes == plan.preferred_batch_sizes
         assert served.batching.max_batch_size >= max(plan.preferred_batch_sizes, default=1)  # Triton loads it
         assert served.execution_token_budget == 1024 and served.cpu_nice == 10  # the rest stays as exported
+
+
+def test_an_unordered_model_on_one_cpu_instance_gets_one_plain_queue():
+    shipped = BatchingPlan(max_batch_size=1, preferred_batch_sizes=(), max_queue_delay_us=0)
+    assert shipped.for_unordered_model("KIND_CPU", 1) == dataclasses.replace(shipped, max_queue_size=0, priorities=None)
+    assert shipped.for_unordered_model("KIND_CPU", 2) == shipped
+    assert shipped.for_unordered_model("KIND_GPU", 1) == shipped  # GPU plans keep their queues
+    assert BatchingPlan.fixed(1).for_unordered_model("KIND_CPU", 1) == BatchingPlan.fixed(1)

@@ -23,7 +23,7 @@ def encode(request, buckets) -> tuple[np.ndarray, np.ndarray] | pb_utils.Inferen
     """(input_ids, attention_mask) of a request's sequences at their own bucket, or its error response."""
     tensor = pb_utils.get_input_tensor_by_name(request, "SEQUENCE")
     result = (
-        esm2_tokens.encode_request(list(tensor.as_numpy().reshape(-1)), buckets)
+        esm2_tokens.encode_request(tensor.as_numpy().ravel().tolist(), buckets)
         if tensor is not None
         else esm2_tokens.EncodingFailure("the request has no SEQUENCE input", invalid=False)
     )
