@@ -45,17 +45,20 @@ class LoadResult:
 
 
 class TritonGrpcSender:
-    """One gRPC connection; sends one request carrying the given sequences, embedding output only."""
+    """One gRPC connection; sends one request carrying the given sequences, embedding output only; token ids are
+    padded as the served repository's tokenizer pads (`buckets`: () = exact lengths), so a network fed token ids
+    directly does the work its ensemble does."""
 
-    def __init__(self, url: str, target: ModelTarget) -> None:
+    def __init__(self, url: str, target: ModelTarget, buckets: Sequence[int]) -> None:
         import tritonclient.grpc as triton_grpc
 
         self.client = triton_grpc.InferenceServerClient(url)
         self.target = target
+        self.buckets = tuple(buckets)
         self.outputs = requested_outputs("grpc", [target.embedding_output])
 
     def send(self, sequences: Sequence[str]) -> None:
-        inputs = infer_inputs("grpc", prepare_request(self.target, sequences).inputs)
+        inputs = infer_inputs("grpc", prepare_request(self.target, sequences, self.buckets).inputs)
         result = self.client.infer(self.target.name, inputs, outputs=self.outputs, client_timeout=REQUEST_TIMEOUT_S)
         result.as_numpy(self.target.embedding_output)
 

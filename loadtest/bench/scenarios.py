@@ -207,6 +207,7 @@ def triton_results(config: BenchConfig, variant: Variant, sequences: Sequence[st
     label = "Triton, dynamic batching" if group == "b" else "Triton, batching off"
     targets = repository_targets(variant.repository)
     networks = served_networks(variant.repository)
+    buckets = buckets_from_repository(variant.repository)
     results = []
     loadable = loadable_models(variant.repository)
     with (
@@ -221,7 +222,7 @@ def triton_results(config: BenchConfig, variant: Variant, sequences: Sequence[st
             network_config = read_config(variant.repository / network)
             before = inference_statistics(stats)
             with GpuUtilisationSampler() as sampler:
-                load = closed_loop(lambda t=target: TritonGrpcSender(server.grpc_url, t), sequences,
+                load = closed_loop(lambda t=target: TritonGrpcSender(server.grpc_url, t, buckets), sequences,
                                    config.concurrency, config.duration_s)  # fmt: skip
             delta = statistics_delta(before, inference_statistics(stats))
             result = _served_result(
@@ -235,7 +236,7 @@ def triton_results(config: BenchConfig, variant: Variant, sequences: Sequence[st
             results.append(result)
             if measure_overheads:
                 overhead = measure_overhead(server.grpc_url, target, sequences, config.overhead_requests,
-                                            variant.precision)  # fmt: skip
+                                            buckets, variant.precision)  # fmt: skip
                 print(f"    overhead {model}: client p50 {overhead.client_p50_ms:.2f} ms, compute p50 "
                       f"{overhead.compute_p50_ms:.2f} ms, server-side p50 {overhead.server_side_overhead_p50_ms:.2f} "
                       "ms", flush=True)  # fmt: skip
@@ -254,9 +255,9 @@ def _served_result(group: str, name: str, engine: str, load: LoadResult, **field
 
 
 def measure_overhead(url: str, target: ModelTarget, sequences: Sequence[str], requests: int,
-                     precision: str = "fp32") -> OverheadResult:  # fmt: skip
+                     buckets: Sequence[int], precision: str = "fp32") -> OverheadResult:  # fmt: skip
     """Concurrency 1: per request, client latency minus the compute time (all models) from the statistics API."""
-    sender = TritonGrpcSender(url, target)
+    sender = TritonGrpcSender(url, target, buckets)
     stats_client = triton_grpc.InferenceServerClient(url)
     client_ms, compute_ms, overhead_ms, server_overhead_ms = [], [], [], []
     involved: set[str] = set()

@@ -584,3 +584,30 @@ def test_settled_delta_waits_until_every_model_counted_the_request() -> None:
     never = _LateStatistics(network_reports_at=10**9)
     delta = settled_delta(never, {}, {"esm2", "esm2_onnx"}, timeout_s=0.05)  # bounded: taken as it is
     assert delta["esm2_onnx"]["compute_infer_ns"] == 0 and delta["esm2"]["request_ns"] == 5_000_000
+
+
+def test_the_served_network_is_sent_token_ids_padded_as_its_repository_pads(tmp_path: Path) -> None:
+    from tritonfleet.loadtest.bench.load import TritonGrpcSender
+    from tritonfleet.loadtest.workload import buckets_from_repository, repository_targets
+
+    sequences = generate_sequences(6, "swissprot")
+    for length_buckets in ("exact", "64,256,1024"):
+        repository = _fake_repository(tmp_path / length_buckets, length_buckets)
+        buckets = buckets_from_repository(repository)
+        sender = TritonGrpcSender("127.0.0.1:1", repository_targets(repository)["esm2_onnx"], buckets)
+        sent: list = []
+
+        def infer(model: str, inputs: list, sent: list = sent, **_) -> _Answer:
+            sent.append(inputs)
+            return _Answer()
+
+        sender.client = types.SimpleNamespace(infer=infer)
+        for sequence in sequences:
+            sender.send([sequence])
+        widths = [next(i.shape()[1] for i in inputs if i.name() == "INPUT_IDS") for inputs in sent]
+        assert widths == [esm_tokenizer.bucket_for(len(s) + 2, buckets) for s in sequences], length_buckets
+
+
+class _Answer:
+    def as_numpy(self, name: str) -> np.ndarray:
+        return np.zeros((1, 320), dtype=np.float32)
