@@ -52,7 +52,7 @@ def start_cli(
 ) -> subprocess.Popen[str]:
     """Starts embed-fasta; with `hold_after_chunks`, the job writes that many chunks and then waits (until
     `release_file` exists, or until interrupted): a test can interrupt it knowing it cannot have finished."""
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")  # SIGABRT dumps every thread's stack (stderr_after_exit)
     if hold_after_chunks is not None:
         env[HOLD_ENV] = str(hold_after_chunks)
     if release_file is not None:
@@ -65,6 +65,21 @@ def start_cli(
         text=True,
         env=env,
     )
+
+
+def stderr_after_exit(process: subprocess.Popen[str], limit_s: float) -> str:
+    """The process's stderr once it has exited; past `limit_s` it is made to dump every thread's stack
+    (PYTHONFAULTHANDLER, set by `start_cli`) and killed, and the test fails with what it printed."""
+    try:
+        return process.communicate(timeout=limit_s)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate(timeout=30)
+        pytest.fail(f"embed-fasta did not exit within {limit_s:g} s of the signal; its stderr:\n{stderr[-8000:]}")
 
 
 def wait_for_chunks(parts_dir: Path, count: int, process: subprocess.Popen[str], timeout_s: float = 300) -> int:
@@ -158,9 +173,11 @@ def test_interrupting_midway_then_rerunning_gives_the_uninterrupted_output(
     process = start_cli(args, hold_after_chunks=4)
     try:
         done = wait_for_chunks(parts_dir_for(output), 4, process)
+        exited_before_the_signal = process.poll()
     finally:
         process.send_signal(interruption)
-        _, stderr = process.communicate(timeout=60)
+        stderr = stderr_after_exit(process, 60)
+    assert exited_before_the_signal is None, f"the job exited ({exited_before_the_signal}) before the signal: {stderr}"
     assert done == 4, f"the job ended before writing 4 chunks: {stderr}"
     if interruption == signal.SIGINT:
         assert process.returncode == 130 and "re-run the same command" in stderr
