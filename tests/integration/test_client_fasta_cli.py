@@ -64,7 +64,15 @@ def start_cli(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_take_sigint,
     )
+
+
+def _take_sigint() -> None:
+    """In the job, before exec: SIGINT back to its default action, so Python installs its Ctrl-C handler. A test run
+    started as a background job of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and the job
+    would then ignore the test's Ctrl-C as such a shell means it to."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stderr_after_exit(process: subprocess.Popen[str], limit_s: float) -> str:
