@@ -113,7 +113,7 @@ class BatchingPlan:
         with a 500 ms timed wait (`core:src/dynamic_batch_scheduler.cc` `WaitForPayloadSlotAvailable`) that the end
         of an execution does not cut short: on a one-instance model a request that arrives while the instance is
         busy starts ~500 ms late. Measured on this project's one-instance interactive network (two simultaneous
-        requests, 15 pairs each; reports/priorities.md): the second answered ~530 ms late in 6-7 of 15 pairs with
+        requests, 15 pairs each; reports/priorities.md): the second answered ~530 ms late in 4-8 of 15 pairs with
         the shipped queues, with a bound alone, with a timeout alone and with priority levels alone; in none with
         `dynamic_batching {}` or without dynamic batching, and in none on the two-instance network (three
         simultaneous requests). Shared networks and `esm2_bls` keep their queues whatever their instance count:
