@@ -34,9 +34,9 @@ from tritonfleet.contract.model_config import config_to_json, read_config
 from tritonfleet.contract.serving_plan import ServingPlan, plan_cpu
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.bench.engines import raw_ceiling
-from tritonfleet.loadtest.perf_sweep import PerfPoint, measure_point, write_input_data
+from tritonfleet.loadtest.perf_sweep import PerfPoint, measure_point, repository_input_data
 from tritonfleet.loadtest.studies.header import ReportHeader, command_line
-from tritonfleet.loadtest.workload import buckets_from_repository, generate_sequences, repository_targets
+from tritonfleet.loadtest.workload import buckets_from_repository, generate_sequences
 
 MODEL = "esm2_onnx"
 WORKLOADS = {"fixed 128 tokens": "fixed-126", "Swiss-Prot mix": "swissprot"}
@@ -99,8 +99,7 @@ def padded_workload(repository: Path, sequences: Sequence[str], path: Path) -> t
     """perf_analyzer's input data for MODEL (one sequence per request) at `path`, padded as the repository's tokenizer
     pads it (`workload.buckets_from_repository`: exact lengths for CPU exports), and those buckets, which the raw
     ceiling pads the same requests to."""
-    buckets = buckets_from_repository(repository)
-    return write_input_data(repository_targets(repository)[MODEL], sequences, buckets, path), buckets
+    return repository_input_data(repository, MODEL, sequences, path), buckets_from_repository(repository)
 
 
 def render(results: list[Result], raw: dict[str, dict[str, float]], chosen: str, header: ReportHeader,

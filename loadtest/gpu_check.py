@@ -25,7 +25,6 @@ import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +39,9 @@ from tritonfleet.contract.serving_plan import ServingPlan
 from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.devices import GpuUtilisationSampler, cuda_device_count
 from tritonfleet.loadtest.packed_check import PACKED_MODEL, served_packed_check
-from tritonfleet.loadtest.perf_sweep import PerfPoint, measure_point, write_input_data
+from tritonfleet.loadtest.perf_sweep import PerfPoint, measure_point, repository_input_data
 from tritonfleet.loadtest.studies.header import ReportHeader, command_line
-from tritonfleet.loadtest.workload import buckets_from_repository, generate_sequences, repository_targets
+from tritonfleet.loadtest.workload import generate_sequences
 
 NETWORKS = {"onnx": "esm2_onnx", "torchscript": "esm2_torchscript"}
 PARITY_SEQUENCES = 8
@@ -105,13 +104,6 @@ def set_batching(admin, repository: Path, models: list[str], on: bool) -> None:
         admin.load_model(model, config=json.dumps(config_to_json(plan.apply(config))))
 
 
-def perf_input_data(repository: Path, model: str, sequences: Sequence[str], path: Path) -> Path:
-    """perf_analyzer's input data for one model of the repository at `path`, one sequence per request; a network's
-    token ids padded as the repository's tokenizer pads them (`workload.buckets_from_repository`)."""
-    target = repository_targets(repository)[model]
-    return write_input_data(target, sequences, buckets_from_repository(repository), path)
-
-
 def run_precision(args, precision: str, device: str, workdir: Path) -> tuple[list[ServedParity], list[Point], dict]:
     from tritonfleet.export.esm2 import export_esm2
 
@@ -141,7 +133,7 @@ def run_precision(args, precision: str, device: str, workdir: Path) -> tuple[lis
             for batching in ("on", "off"):
                 set_batching(admin, repository, networks, on=batching == "on")
                 for model in (*networks, "esm2"):
-                    data = perf_input_data(repository, model, mix, workdir / f"{model}.json")
+                    data = repository_input_data(repository, model, mix, workdir / f"{model}.json")
                     for concurrency in args.concurrencies:
                         with GpuUtilisationSampler() as sampler:
                             perf = measure_point(

@@ -70,6 +70,14 @@ def write_input_data(target: ModelTarget, sequences: Sequence[str], buckets: Seq
     return path
 
 
+def repository_input_data(repository: Path, model: str, sequences: Sequence[str], path: Path) -> Path:
+    """perf_analyzer's input data for one model of `repository` at `path`, one sequence per request; a network's
+    token ids padded as the repository's tokenizer pads them (`workload.buckets_from_repository`: exact lengths for
+    CPU exports)."""
+    target = repository_targets(repository)[model]
+    return write_input_data(target, sequences, buckets_from_repository(repository), path)
+
+
 def measure_point(
     url: str,
     model: str,

@@ -330,7 +330,8 @@ def test_raw_engine_results_pad_each_variant_as_its_repository_does(
 
 
 def test_cpu_plan_and_gpu_check_requests_pad_as_the_repository_does(tmp_path: Path) -> None:
-    from tritonfleet.loadtest import cpu_plan, gpu_check
+    from tritonfleet.loadtest import cpu_plan
+    from tritonfleet.loadtest.perf_sweep import repository_input_data
 
     sequences = generate_sequences(10, "swissprot")
     for length_buckets, buckets in (("exact", EXACT), ("64,256,1024", BUCKETS)):
@@ -338,7 +339,7 @@ def test_cpu_plan_and_gpu_check_requests_pad_as_the_repository_does(tmp_path: Pa
         expected = [esm_tokenizer.bucket_for(len(s) + 2, buckets) for s in sequences]
         data, padded_to = cpu_plan.padded_workload(repository, sequences, tmp_path / f"{length_buckets}-cpu.json")
         assert padded_to == buckets  # what cpu_plan hands raw_ceiling
-        for path in (data, gpu_check.perf_input_data(repository, "esm2_onnx", sequences, tmp_path / "gpu.json")):
+        for path in (data, repository_input_data(repository, "esm2_onnx", sequences, tmp_path / "gpu.json")):
             steps = json.loads(path.read_text())["data"]
             assert [step["INPUT_IDS"]["shape"] for step in steps] == [[width] for width in expected]
             assert [sum(step["ATTENTION_MASK"]["content"]) for step in steps] == [len(s) + 2 for s in sequences]
