@@ -109,16 +109,23 @@ class BatchingPlan:
         `kind`: one CPU instance gets dynamic batching without priority levels or queue policy (no bound, no wait
         limit), because there Triton 24.10's batcher stalls.
 
-        With a queue policy (a bound or a timeout) or priority levels, the batcher waits for a free payload slot
-        with a 500 ms timed wait (`core:src/dynamic_batch_scheduler.cc` `WaitForPayloadSlotAvailable`) that the end
-        of an execution does not cut short: on a one-instance model a request that arrives while the instance is
-        busy starts ~500 ms late. Measured on this project's one-instance interactive network (two simultaneous
-        requests, 15 pairs each; reports/priorities.md): the second answered ~530 ms late in 4-8 of 15 pairs with
-        the shipped queues, with a bound alone, with a timeout alone and with priority levels alone; in none with
-        `dynamic_batching {}` or without dynamic batching, and in none on the two-instance network (three
-        simultaneous requests). Shared networks and `esm2_bls` keep their queues whatever their instance count:
-        there the priority order is the point, and a saturated queue never runs dry. GPU plans keep theirs too
-        (not measured on a GPU here)."""
+        Why (`core:src/scheduler_utils.cc`, `dynamic_batch_scheduler.cc`, `payload.cc`): a queue policy (a bound or
+        a timeout) or priority levels turn off payload prefetching, and then the batcher hands a batch out only to
+        an instance it sees waiting (`RateLimiter::PayloadSlotAvailable`), between 500 ms timed waits
+        (`WaitForPayloadSlotAvailable`). Two things wake it: a new request, and the end of an execution
+        (`Payload::Execute` runs the callback). The second fires before the instance's thread is back in
+        `RateLimiter::DequeuePayload` as a waiting consumer, so a batcher that wakes quickly finds no one waiting and
+        sleeps again, until the next arrival, another instance's execution end, or 500 ms. One instance and nothing
+        arriving (two requests sent together, the tail of a job): the queued request starts ~500 ms late. Measured on
+        this project's one-instance interactive network (two simultaneous requests, 15 pairs each): the second
+        answered ~530 ms late in 4-8 of 15 pairs with the shipped queues, a bound alone, a timeout alone or priority
+        levels alone; in none with `dynamic_batching {}` or without dynamic batching; in none on the two-instance
+        network. Two instances wait at most for each other's execution (hence two network instances per GPU,
+        `export.devices.DEFAULT_INSTANCES_PER_GPU`); a saturated closed loop loses about one client round trip per
+        execution (the two-instance CPU network at concurrency 16: 4-8 % fewer sequences/s with the shipped queues
+        than with `dynamic_batching {}`, which a third instance or Triton's rate limiter with four did not win
+        back). Shared networks and `esm2_bls` keep their queues: there the priority order, the bounds and client
+        deadlines are the point."""
         if kind != "KIND_CPU" or instances != 1 or not self.dynamic:
             return self
         return dataclasses.replace(self, max_queue_size=0, priorities=None)

@@ -28,6 +28,7 @@ from tritonfleet.contract.pipeline import get_pipeline, pipelines
 from tritonfleet.contract.priorities import PRIORITY_CLASSES
 from tritonfleet.contract.serving_plan import BatchingPlan, PriorityPlan
 from tritonfleet.export.devices import (
+    DEFAULT_INSTANCES_PER_GPU,
     MAX_CPU_INSTANCES,
     TARGET_FILENAME,
     TARGET_HELP,
@@ -104,7 +105,14 @@ def _add_serving_options(parser: argparse.ArgumentParser, parity_default: int | 
     parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="model repository root")
     parser.add_argument("--target", default="auto", help=TARGET_HELP + " (default: %(default)s)")
     parser.add_argument("--gpus", action=_LegacyTarget, dest="target", help=argparse.SUPPRESS)
-    parser.add_argument("--instances-per-gpu", type=int, default=1, metavar="N", help="(default: %(default)s)")
+    parser.add_argument(
+        "--instances-per-gpu",
+        type=int,
+        default=DEFAULT_INSTANCES_PER_GPU,
+        metavar="N",
+        help="network instances on each GPU (default: %(default)s: with one, Triton's batcher idles it between "
+        "executions; export/devices.py)",
+    )
     cpu = parser.add_argument_group("CPU plan (a cpu:CORES target; reports/cpu_plan.md)")
     cpu.add_argument("--cpu-cores", action=_LegacyTarget, dest="target", help=argparse.SUPPRESS)
     cpu.add_argument(

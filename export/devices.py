@@ -27,6 +27,7 @@ thread beyond the cores: while interactive traffic is idle it sleeps and bulk ke
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from tritonfleet.contract.serving_plan import (
 from tritonfleet.contract.serving_target import TARGET_FILENAME as SERVING_TARGET_FILENAME
 
 InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
+logger = logging.getLogger(__name__)
 
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -82,6 +84,13 @@ def detect_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+# Two network instances per GPU, so that one GPU's shared network never has a single instance: with priority levels
+# or a queue bound, Triton 24.10's batcher hands out work only to an instance it sees waiting, and the end of an
+# execution wakes it before that instance is back (`contract.batching_plan.BatchingPlan.for_unordered_model`); a
+# lone instance then idles until the next arrival or ~500 ms, two wait at most for each other's execution.
+DEFAULT_INSTANCES_PER_GPU = 2
+
+
 @dataclass(frozen=True)
 class DevicePlan:
     """Where model instances run.
@@ -98,7 +107,7 @@ class DevicePlan:
 
     kind: InstanceKind
     gpus: tuple[int, ...] = ()
-    instances_per_gpu: int = 1
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU
     cpu_instances: int = 1
     cpu_threads: int = 0
     interactive_instances: int = 0
@@ -145,6 +154,12 @@ class DevicePlan:
 
     def network_plan(self, batching: BatchingPlan, token_budget: int | None = None, cpu_nice: int = 0) -> ServingPlan:
         """The serving plan of the exported networks."""
+        if self.total_instances == 1 and batching.dynamic and (batching.priorities or batching.max_queue_size):
+            logger.warning(
+                "one network instance with priority levels or a queue bound: under concurrent load Triton's batcher "
+                "idles it between executions (3x fewer sequences/s measured on one core); give it two instances "
+                "(--cpu-instances 2 / --instances-per-gpu 2) or one plain queue (--no-priorities --max-queue-size 0)"
+            )
         return ServingPlan(self.instance_plan(), self.thread_plan(), batching, token_budget, cpu_nice=cpu_nice)
 
     def interactive_plan(self, batching: BatchingPlan, copy_of: str, token_budget: int | None = None) -> ServingPlan:
@@ -188,7 +203,7 @@ def parse_gpu_ids(text: str, flag: str = "--gpus") -> tuple[int, ...]:
 
 def plan_devices(
     gpus: str = "auto",
-    instances_per_gpu: int = 1,
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     cpu_instances: int | None = None,
     cpu_threads: int | None = None,
     cpu_cores: int | None = None,
@@ -228,77 +243,6 @@ def plan_devices(
 
 # --- bounded executions -------------------------------------------------------------------------------------------
 CPU_INTERACTIVE_INSTANCES = 1
-# One execution may take at most this share of the interactive queue-wait budget: an interactive request that finds
-# every instance busy then still starts within half its budget, leaving the rest for Triton's scheduling rounds.
-EXECUTION_BUDGET_SHARE = 0.5
-# Speed of one GPU instance relative to one CPU engine thread, for the cap only (an assumption, not measured here:
-# a data-centre GPU runs ESM-2 in fp16 two to three orders of magnitude faster than one CPU core).
-GPU_SPEEDUP_OVER_CPU_THREAD = 200.0
-# Multi-threaded CPU engines do not scale linearly (reports/engines.md: 2 threads ran 1022 tokens 1.8x one thread).
-THREAD_SCALING_EXPONENT = 0.85
-
-
-@dataclass(frozen=True)
-class ExecutionCap:
-    """How much one network execution may hold.
-
-    Attributes:
-        max_batch_size: sequences per execution (Triton enforces it on every request and every formed batch).
-        token_budget: sequences x padded length per execution (config parameter `execution_token_budget`; clients
-            split their calls to respect it; one sequence alone may exceed it).
-        tokens_per_s: the engine speed the cap was derived from (one instance, slowest tokens).
-        execution_s: the longest execution the cap allows at that speed.
-    """
-
-    max_batch_size: int
-    token_budget: int
-    tokens_per_s: float
-    execution_s: float
-
-    def describe(self) -> str:
-        return (
-            f"at most {self.max_batch_size} sequence(s) and {self.token_budget} padded tokens per execution "
-            f"(~{self.execution_s * 1000:.0f} ms at an estimated {self.tokens_per_s:,.0f} tokens/s per instance)"
-        )
-
-
-def instance_tokens_per_s(plan: DevicePlan, cpu_thread_tokens_per_s: float) -> float:
-    """Estimated speed of one network instance of `plan` from the speed of one single-threaded CPU engine."""
-    if plan.kind == "KIND_GPU":
-        return cpu_thread_tokens_per_s * GPU_SPEEDUP_OVER_CPU_THREAD
-    threads = plan.cpu_threads or usable_cores()
-    return cpu_thread_tokens_per_s * threads**THREAD_SCALING_EXPONENT
-
-
-def plan_execution_cap(
-    plan: DevicePlan,
-    cpu_thread_tokens_per_s: float,
-    interactive_budget_s: float,
-    max_tokens: int,
-    ceiling: int = 64,
-) -> ExecutionCap:
-    """The per-execution cap of a network: the work one instance does in EXECUTION_BUDGET_SHARE of the interactive
-    budget, never less than one sequence of `max_tokens` (no cap splits a sequence).
-
-    CPU plans cap the *count*: max_batch_size = budget // max_tokens (at least 1), so no execution Triton forms
-    exceeds the budget whatever the lengths (the dynamic batcher merges queued requests of one shape up to
-    max_batch_size and knows nothing of tokens); CPU engines are compute-bound, a batch runs no faster per sequence
-    than batch 1 (reports/engines.md), so nothing is lost. GPU plans keep max_batch_size at `ceiling`: GPUs need
-    batches for throughput and their executions are short; the token budget (<= ceiling x max_tokens) still bounds
-    each client request.
-    """
-    if cpu_thread_tokens_per_s <= 0 or interactive_budget_s <= 0 or max_tokens < 1 or ceiling < 1:
-        raise ValueError("engine speed, interactive budget, max_tokens and ceiling must be positive")
-    speed = instance_tokens_per_s(plan, cpu_thread_tokens_per_s)
-    budget = max(max_tokens, int(speed * interactive_budget_s * EXECUTION_BUDGET_SHARE))
-    if plan.kind == "KIND_CPU":
-        max_batch_size = max(1, min(ceiling, budget // max_tokens))
-        budget = min(budget, max_batch_size * max_tokens)
-    else:
-        max_batch_size = ceiling
-        budget = min(budget, ceiling * max_tokens)
-    return ExecutionCap(max_batch_size, budget, speed, budget / speed)
-
 
 # --- serving target: the machine a repository is exported for, written down beside its models -------------------
 
@@ -366,7 +310,7 @@ def legacy_target(gpus: str | None, cpu_cores: int | None) -> str | None:
 
 def plan_target(
     target: ServingTarget,
-    instances_per_gpu: int = 1,
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     cpu_instances: int | None = None,
     cpu_threads: int | None = None,
     **options: int | None,

@@ -38,7 +38,7 @@ from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.esm2_tokens import random_proteins
 from tritonfleet.loadtest.run import PROJECT_ROOT
 from tritonfleet.loadtest.studies import ReportHeader, export_esm2_repository, exported_precision, scratch_folder, serve
-from tritonfleet.loadtest.studies.header import write_report
+from tritonfleet.loadtest.studies.header import command_line, write_report
 from tritonfleet.loadtest.workload import generate_sequences, percentile
 
 TARGET_SPEEDUP = 1.3  # cache alone and dedup alone vs neither, at least
@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tritonfleet.l
         config = config.with_quick_settings()
     if args.records is not None:
         config = dataclasses.replace(config, records=args.records)
-    command = "python -m tritonfleet.loadtest.bulk_study " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(prog, argv)
     with scratch_folder("bulk-study-", keep=args.work_dir) as work_dir:
         config, study = run_study(config, work_dir)
     markdown = render_markdown(config, study, command.strip())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.engines import EngineOptions, open_engine
 from tritonfleet.contract.esm2_tokens import encode_batch, random_proteins
 from tritonfleet.loadtest.bench.report import machine_description
+from tritonfleet.loadtest.studies.header import command_line
 
 # variant -> (export_esm2 arguments, format): every file a user can get from `python -m export esm2`. TorchScript
 # has no int8 here: its dynamic int8 scales activations per tensor (not batch invariant), so an int8 export ships
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None, prog: str = "tritonfleet engines") -> in
                         results += rows
                         print(f"{size} t={threads} L={length} B={batch}: "
                               + ", ".join(f"{r.variant} {r.seq_per_s:.1f}" for r in rows), flush=True)  # fmt: skip
-    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(prog, argv)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(results, refused, command.strip(), time.perf_counter() - started), encoding="utf-8")
     print(f"wrote {args.output}")

@@ -54,6 +54,7 @@ from tritonfleet.loadtest.flagship_report import (
 )
 from tritonfleet.loadtest.process_memory import PeakRssSampler, wait_with_rusage
 from tritonfleet.loadtest.studies import exported_precision, git_revision, serve
+from tritonfleet.loadtest.studies.header import command_line
 from tritonfleet.loadtest.studies.process_cpu import cpu_delta, process_cpu_s, server_cpu
 from tritonfleet.loadtest.workload import generate_sequences, percentile
 
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
         return 0
     results_path = output.with_suffix(".json")
     results = load_results(results_path)
-    command = " ".join([prog, *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(prog, argv)
     for size in config.sizes:
         result = study_size(config, size, results.get(size))
         result.command, result.revision = command, git_revision()

@@ -40,8 +40,15 @@ from tritonfleet.deploy.local import local_server
 from tritonfleet.loadtest.devices import GpuUtilisationSampler, cuda_device_count
 from tritonfleet.loadtest.packed_check import PACKED_MODEL, served_packed_check
 from tritonfleet.loadtest.perf_sweep import PerfPoint, measure_point, repository_input_data
+from tritonfleet.loadtest.simultaneous_pairs import MARKDOWN_HEADER as PAIRS_HEADER
+from tritonfleet.loadtest.simultaneous_pairs import PairGaps, simultaneous_pairs
 from tritonfleet.loadtest.studies.header import ReportHeader, command_line
-from tritonfleet.loadtest.workload import generate_sequences
+from tritonfleet.loadtest.workload import (
+    buckets_from_repository,
+    generate_sequences,
+    prepare_request,
+    repository_targets,
+)
 
 NETWORKS = {"onnx": "esm2_onnx", "torchscript": "esm2_torchscript"}
 PARITY_SEQUENCES = 8
@@ -144,9 +151,30 @@ def run_precision(args, precision: str, device: str, workdir: Path) -> tuple[lis
                             points.append(Point(precision, model, batching, concurrency, perf, sampler.mean))
                             print(f"{precision} {model} batching {batching} c={concurrency}: "
                                   f"{perf.throughput:.1f} seq/s", flush=True)  # fmt: skip
+            export["pairs"] = measure_pairs(admin, server.grpc_url, repository, networks, 3 if args.quick else 15)
         finally:
             admin.close()
     return parities, points, export
+
+
+def measure_pairs(admin, url: str, repository: Path, networks: list[str], pairs: int) -> list[PairGaps]:
+    """Simultaneous pairs (loadtest/simultaneous_pairs.py) on each network as exported, then on a one-instance copy
+    (same queues); the exported configs are loaded again afterwards."""
+    targets, buckets = repository_targets(repository), buckets_from_repository(repository)
+    protein = generate_sequences(1, "fixed-126", 7)[0]
+    results = []
+    set_batching(admin, repository, networks, on=True)
+    for model in networks:
+        arrays = prepare_request(targets[model], [protein], buckets).inputs
+        plan = ServingPlan.from_config(read_config(repository / model))
+        for count in dict.fromkeys((plan.instances.count, 1)):
+            config = dataclasses.replace(plan, instances=dataclasses.replace(plan.instances, count=count))
+            admin.load_model(model, config=json.dumps(config_to_json(config.apply(read_config(repository / model)))))
+            instances = count * max(1, len(plan.instances.gpus))
+            results.append(simultaneous_pairs(url, model, arrays, targets[model].embedding_output, pairs, instances))
+            print(f"{model} x {instances} instance(s): {results[-1].late_pairs} of {pairs} pairs late", flush=True)
+    set_batching(admin, repository, networks, on=True)
+    return results
 
 
 def run_fleet_step(repository: Path, device: str, requests: int) -> dict:
@@ -259,6 +287,20 @@ def render(args, header: ReportHeader, exports: dict, parities: list[ServedParit
             f"{perf.p50_us / 1e3:.1f} | {perf.p99_us / 1e3:.1f} | {perf.server_queue_us / 1e3:.2f} | "
             f"{compute / 1e3:.1f} | {utilisation} |"
         )
+    pairs = [(precision, gaps) for precision, export in exports.items() for gaps in export.get("pairs", [])]
+    if pairs:
+        lines += [
+            "",
+            "## Two requests at once (loadtest/simultaneous_pairs.py)",
+            "",
+            "One 126-residue protein sent by two clients released together, again and again, to each network as "
+            "exported and to a one-instance copy with the same queues; gap: the second answer's arrival minus the "
+            "first's; late: a gap above a lone request's p50 + 250 ms (Triton's batcher idling an instance, "
+            "`contract/batching_plan.py` `for_unordered_model`).",
+            "",
+            *PAIRS_HEADER,
+            *(gaps.markdown_row(precision) for precision, gaps in pairs),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,7 @@ from tritonfleet.contract.command_line import (
     url_values,
     warn_python_m,
 )
+from tritonfleet.loadtest.studies.header import command_line
 from tritonfleet.loadtest.studies.perf import PerfPoint, failure_tail, parse_perf_csv, run_until_stable
 from tritonfleet.loadtest.studies.serving import serve
 from tritonfleet.loadtest.workload import (
@@ -348,7 +349,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
             request_count=8 if quick else 0,
         )
         result = run_sweep(config, targets, buckets_from_repository(args.model_repository))
-    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(prog, argv)
     report = write_reports(result, config, command)
     print(report.read_text())
     return 0 if result.points and not result.failures else 1

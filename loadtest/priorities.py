@@ -38,7 +38,7 @@ from pathlib import Path
 from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.loadtest.run import PROJECT_ROOT
 from tritonfleet.loadtest.studies import ReportHeader, export_esm2_repository, exported_precision, scratch_folder, serve
-from tritonfleet.loadtest.studies.header import write_report
+from tritonfleet.loadtest.studies.header import command_line, write_report
 from tritonfleet.loadtest.traffic import (
     BULK_MIX,
     INTERACTIVE_LENGTHS,
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tritonfleet.l
     args = build_parser(prog).parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # stop the servers on the way out
     config = config_from_args(args)
-    command = "python -m tritonfleet.loadtest.priorities " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(prog, argv)
     with scratch_folder("priorities-", keep=args.work_dir) as work_dir:
         config, phases = run_bench(config, work_dir)
     data = {"verdicts": verdicts(phases), "phases": [phase.as_json() for phase in phases]}

@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 import tritonclient.grpc as grpc_client
 
+from tritonfleet.client.transport import infer_inputs
 from tritonfleet.contract import esm2_tokens as esm_tokens
 from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.contract.esm2.pipeline import BLS_MODEL, EMBEDDING_MODEL, ENSEMBLE_MODEL, ONNX_MODEL
@@ -33,6 +34,7 @@ from tritonfleet.loadtest.bench.engines import OnnxEngine, encoded_batches, run_
 from tritonfleet.loadtest.bench.load import send_all
 from tritonfleet.loadtest.server_stats import inference_statistics, statistics_delta
 from tritonfleet.loadtest.studies import copy_repository, machine_description, scratch_folder, serve
+from tritonfleet.loadtest.studies.header import command_line
 from tritonfleet.loadtest.studies.process_cpu import CpuReading, cpu_delta, process_cpu_s, server_cpu
 from tritonfleet.loadtest.workload import (
     buckets_from_repository,
@@ -137,11 +139,7 @@ def paired_latency(server, models: Sequence[str], targets: dict, buckets: Sequen
     def call(model: str) -> float:
         target = targets[model]
         request = prepare_request(target, [protein], buckets)
-        inputs = []
-        for name, array in request.inputs.items():
-            tensor = grpc_client.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "INT64")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
+        inputs = infer_inputs("grpc", request.inputs)
         wanted = [grpc_client.InferRequestedOutput(target.embedding_output)]
         began = time.perf_counter()
         client.infer(model, inputs, outputs=wanted)
@@ -350,7 +348,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
         # Raw again after the served runs: the machine's load drifts; the report uses both runs together.
         raw = combined(raw_before, measure_raw(copy / NETWORK / "1" / "model.onnx", sequences, warmup, buckets))
     context = {
-        "command": " ".join([prog, *(argv if argv is not None else __import__("sys").argv[1:])]),
+        "command": command_line(prog, argv),
         "machine": ", ".join(f"{key} {value}" for key, value in machine_description().items()),
         "count": count, "seed": args.seed, "pairs": 24 if args.quick else 100,
         "calls": 100 if args.quick else 300, "concurrency": args.concurrency,

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS
 from tritonfleet.contract.serving_plan import PriorityPlan
-from tritonfleet.export.devices import ExecutionCap, plan_execution_cap
 from tritonfleet.export.esm2.recipe import Esm2Recipe
 from tritonfleet.export.esm2.sizes import cpu_thread_tokens_per_s, size_with_hidden
+from tritonfleet.export.execution_cap import ExecutionCap, plan_execution_cap
 
 if TYPE_CHECKING:
     from tritonfleet.export.esm2.repository import RepositoryOptions
@@ -27,7 +27,7 @@ def interactive_budget_s(options: RepositoryOptions) -> float:
 def execution_cap(recipe: Esm2Recipe, options: RepositoryOptions) -> ExecutionCap | None:
     """The plan's per-execution cap for this network (None when `options.execution_cap` is off): the engine speed of
     this size and precision (`export.esm2.sizes.cpu_thread_tokens_per_s`), the interactive budget and the longest
-    padded length (`export.devices.plan_execution_cap`)."""
+    padded length (`export.execution_cap.plan_execution_cap`)."""
     if not options.execution_cap:
         return None
     try:

@@ -121,7 +121,7 @@ class RepositoryOptions:
         parity_samples: parity cases per exported network (0 disables the check).
         configs_only: write configs and support files, skip weights (fast; same config code path).
         execution_cap: clip the networks' max_batch_size to the plan's per-execution cap and advertise its token
-            budget (`export.devices.plan_execution_cap`); False keeps `batching.max_batch_size` as given; None
+            budget (`export.execution_cap.plan_execution_cap`); False keeps `batching.max_batch_size` as given; None
             (default): cap unless `batching` is given.
         response_cache: `response_cache { enable: true }` on the EMBEDDING-only entry models (None: when cached
             answers equal computed ones, `cache_is_exact`).

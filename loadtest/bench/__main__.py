@@ -14,6 +14,7 @@ from tritonfleet.loadtest.bench.report import write_report
 from tritonfleet.loadtest.bench.scenarios import BenchConfig, run_bench
 from tritonfleet.loadtest.bench.variants import VARIANT_PRECISIONS
 from tritonfleet.loadtest.devices import select_devices
+from tritonfleet.loadtest.studies.header import command_line
 
 DESCRIPTION = (
     "One-run benchmark of the engine variants: served / raw (same engine, same threads), raw / eager fp32 PyTorch, "
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
     args = build_parser(prog).parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the servers this run started (Triton, uvicorn) are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(prog, argv)
     report = run_bench(config_from_args(args), command.strip())
     path = write_report(report, args.output, args.prefix or ("bench_quick" if args.quick else "bench"))
     print(path.read_text())

@@ -162,12 +162,7 @@ def send_all(url: str, model: str, requests: Sequence, concurrency: int, output:
                     index, request = work.get_nowait()
                 except queue.Empty:
                     return
-                inputs = []
-                for name, array in request.inputs.items():
-                    datatype = "BYTES" if array.dtype == object else "INT64"
-                    tensor = grpc_client.InferInput(name, list(array.shape), datatype)
-                    tensor.set_data_from_numpy(array)
-                    inputs.append(tensor)
+                inputs = infer_inputs("grpc", request.inputs)
                 began = time.perf_counter()
                 result = client.infer(model, inputs, outputs=wanted)
                 with lock:

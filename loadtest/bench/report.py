@@ -66,6 +66,15 @@ def limiting_notes(report: BenchReport) -> list[str]:
     if best is not None and served_onnx is not None:
         notes.append(f"Thread budget: the raw ceiling came from {best.threads}; the served network runs "
                      f"{served_onnx.threads} (the repository's CPU plan).")  # fmt: skip
+    unbatched_onnx = served(results, "c", "esm2_onnx", default)
+    if served_onnx is not None and unbatched_onnx is not None:
+        with_queues, without = served_onnx.sequences_per_s, unbatched_onnx.sequences_per_s
+        notes.append(f"Queue policies: the shipped networks keep two priority levels, bounded queues and deadlines; "
+                     "with them Triton 24.10's batcher does not prefetch, and the wake-up at an execution's end comes "
+                     "before the instance is back waiting, so a closed loop loses about one round trip per execution "
+                     "(`contract/batching_plan.py` `for_unordered_model`): esm2_onnx served "
+                     f"{with_queues:.1f} seq/s with them, {without:.1f} without dynamic batching "
+                     f"({_ratio(with_queues, without):.2f}x).")  # fmt: skip
     notes.append(
         f"Shared cores: the served rows share the {cores} cores with the load generator "
         f"({report.config.get('concurrency', '?')} gRPC client threads in the benchmark's process), Triton's "

@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import np_to_triton_dtype
 
 from tritonfleet.client.config import ClientConfig, RetryPolicy
 from tritonfleet.client.errors import is_connection_failure
 from tritonfleet.client.retry import call_with_retry
-from tritonfleet.client.transport import Transport
+from tritonfleet.client.transport import Transport, infer_inputs
 from tritonfleet.loadtest.fleet_chaos.model import (
     Workload,
 )
@@ -143,11 +142,7 @@ class FleetLoad:
                 client = self._shared.setdefault(f"grpc:{url}", grpcclient.InferenceServerClient(url))
             else:
                 client = grpcclient.InferenceServerClient(url)
-            inputs = []
-            for name, array in arrays.items():
-                tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-                tensor.set_data_from_numpy(array)
-                inputs.append(tensor)
+            inputs = infer_inputs("grpc", arrays)
             outputs = [grpcclient.InferRequestedOutput(output)]
 
             def grpc_call() -> str:
@@ -156,11 +151,7 @@ class FleetLoad:
 
             return grpc_call
         holder = {"client": None}
-        inputs = []
-        for name, array in arrays.items():
-            tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
+        inputs = infer_inputs("http", arrays)
         outputs = [httpclient.InferRequestedOutput(output)]
 
         def http_call() -> str:

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from tritonfleet.loadtest.fleet_chaos.scenarios import (
     scenario_spread,
     scenario_throughput,
 )
+from tritonfleet.loadtest.studies.header import command_line
 from tritonfleet.loadtest.studies.repository import export_esm2_repository
 
 LOGGER = logging.getLogger("tritonfleet.loadtest.fleet_chaos")
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output = args.output or PROJECT_ROOT / "reports" / ("fleet_quick.md" if args.quick else "fleet.md")
-    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(prog, argv)
     results = run_study(args)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render_report(results, command.strip(), args.quick))

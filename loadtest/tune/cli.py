@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -12,6 +11,7 @@ from typing import Any
 
 from tritonfleet.contract.command_line import HelpFormatter
 from tritonfleet.deploy.local.tritonserver_exec import WORKDIR_VARIABLE
+from tritonfleet.loadtest.studies.header import command_line
 from tritonfleet.loadtest.tune.analyzer import model_analyzer_executable
 from tritonfleet.loadtest.tune.run import prepare, tune
 from tritonfleet.loadtest.tune.settings import PRESETS, RunPaths, TuneError, TuneSettings
@@ -92,7 +92,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
     args = build_parser(prog).parse_args(argv)
     settings = settings_from_args(args)
-    command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = command_line(prog, argv)
     try:
         if args.prepare_only:
             paths = RunPaths(Path(settings.output).resolve())

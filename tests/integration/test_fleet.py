@@ -22,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tritonfleet.contract.serving_plan import plan_cpu
 from tritonfleet.deploy.fleet import CanaryPolicy, Fleet, FleetOptions
 from tritonfleet.deploy.fleet.haproxy import GRPC_BACKEND, HTTP_BACKEND
 from tritonfleet.loadtest.fleet_chaos import FEATURES, MODEL, FleetLoad, add_version, build_repository, summarize
@@ -211,10 +212,11 @@ def test_scale_out_and_in_under_load(fleet):
 
 def test_each_replica_serves_its_own_cpu_plan(fleet, repository):
     """After kills, restarts, updates, canaries and scaling: every replica's tritonserver (asked on its own port)
-    serves the network with one single-threaded instance per core of its core set; the repository is unchanged."""
+    serves the network with one single-threaded instance per core of its core set (two on one core: plan_cpu); the
+    repository is unchanged."""
     status = fleet.status()["replicas"]
     for name, replica in fleet.replicas.items():
-        expected = min(len(replica.cores), 8)
+        expected, _ = plan_cpu(len(replica.cores))
         url = f"http://{replica.host}:{replica.http_port}/v2/models/{MODEL}/config"
         with urllib.request.urlopen(url, timeout=10) as answer:
             served = json.loads(answer.read())
@@ -247,8 +249,8 @@ def test_cli_serves_operates_and_drains_on_sigterm(repository, tmp_path):
         status = subprocess.run([*ctl, "status"], capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and '"r1"' in status.stdout, status.stderr
         plan = json.loads(status.stdout)["replicas"]["r1"]["plan"]  # one replica: every core this process may use
-        cores = min(len(os.sched_getaffinity(0)), 8)
-        assert plan["cores"] == len(os.sched_getaffinity(0)) and plan["models"][MODEL]["instances"] == cores
+        instances, _ = plan_cpu(len(os.sched_getaffinity(0)))
+        assert plan["cores"] == len(os.sched_getaffinity(0)) and plan["models"][MODEL]["instances"] == instances
         refused = subprocess.run([*ctl, "drain", "r9"], capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and "no replica named 'r9'" in refused.stderr
         process.send_signal(signal.SIGTERM)

@@ -32,7 +32,8 @@ def test_auto_without_gpus_falls_back_to_cpu():
 @pytest.mark.parametrize(
     ("cores", "instances", "threads", "planned"),
     [
-        (1, None, None, (1, 1)),
+        (1, None, None, (2, 1)),  # one core: two instances all the same (MIN_CPU_INSTANCES)
+        (1, 1, None, (1, 1)),  # unless one is asked for
         (2, None, None, (2, 1)),
         (8, None, None, (8, 1)),
         (32, None, None, (MAX_CPU_INSTANCES, 32 // MAX_CPU_INSTANCES)),
@@ -101,10 +102,30 @@ def test_configs_place_instances_per_plan(gpu_count, tmp_path):
     for name in (ONNX_MODEL, TORCHSCRIPT_MODEL):
         (group,) = configs[name].instance_group
         if gpu_count == 0:
-            assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 1 and not group.gpus
+            assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 2 and not group.gpus  # one core
         else:
             assert group.kind == mc.ModelInstanceGroup.KIND_GPU
             assert list(group.gpus) == list(range(gpu_count)) and group.count == 2
     (tokenizer_group,) = configs[TOKENIZER_MODEL].instance_group
     assert tokenizer_group.kind == mc.ModelInstanceGroup.KIND_CPU
     assert tokenizer_group.count == max(1, gpu_count)
+
+
+@pytest.mark.parametrize("gpu_count", [0, 1, 4, 8])
+def test_default_plans_give_every_queued_model_a_second_instance(gpu_count, tmp_path):
+    # With priority levels or a queue bound, Triton's batcher idles a lone instance between executions
+    # (BatchingPlan.for_unordered_model); default plans, a one-core CPU plan included, keep every such model at two
+    # instances or more (one-instance models get one plain queue instead).
+    plan = plan_devices("auto", cpu_cores=1, device_count=lambda: gpu_count)
+    assert plan.total_instances >= 2
+    configs = build_configs(Esm2Recipe(random_init="8M"), RepositoryOptions(output=tmp_path, devices=plan))
+    queued = {
+        name: config
+        for name, config in configs.items()
+        if config.HasField("dynamic_batching")
+        and (config.dynamic_batching.priority_levels or config.dynamic_batching.default_queue_policy.max_queue_size)
+    }
+    assert ONNX_MODEL in queued and TORCHSCRIPT_MODEL in queued
+    for name, config in queued.items():
+        instances = sum(group.count * max(1, len(group.gpus)) for group in config.instance_group)
+        assert instances >= 2, name

@@ -19,15 +19,11 @@ from tritonfleet.contract.esm2.pipeline import (
 )
 from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
 from tritonfleet.export.__main__ import main
-from tritonfleet.export.devices import (
-    EXECUTION_BUDGET_SHARE,
-    DevicePlan,
-    plan_devices,
-    plan_execution_cap,
-)
+from tritonfleet.export.devices import DevicePlan, plan_devices
 from tritonfleet.export.esm2.engine_policy import cache_is_exact
 from tritonfleet.export.esm2.recipe import Esm2Recipe
 from tritonfleet.export.esm2.sizes import cpu_thread_tokens_per_s
+from tritonfleet.export.execution_cap import EXECUTION_BUDGET_SHARE, plan_execution_cap
 
 pytestmark = pytest.mark.unit
 

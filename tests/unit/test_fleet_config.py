@@ -204,9 +204,11 @@ def _configs(root: Path) -> dict:
 
 @pytest.mark.parametrize(
     ("cores", "networks", "threads", "wide"),
-    [(1, 1, 1, 1), (2, 2, 1, 2), (3, 3, 1, 3), (16, 8, 2, 4)],
+    [(1, 2, 1, 1), (2, 2, 1, 2), (3, 3, 1, 3), (16, 8, 2, 4)],
 )
-def test_a_cpu_replica_gets_one_single_threaded_network_instance_per_core(tmp_path, cores, networks, threads, wide):
+def test_a_cpu_replica_gets_one_single_threaded_network_instance_per_core_and_never_just_one(
+    tmp_path, cores, networks, threads, wide
+):
     from tritonfleet.contract.model_config import instance_count, string_parameters
     from tritonfleet.deploy.fleet.replica_plan import scale_configs
 
@@ -231,7 +233,8 @@ def test_a_cpu_replica_gets_one_single_threaded_network_instance_per_core(tmp_pa
     assert instance_count(served["wide"]) == wide  # an unknown CPU model: capped at the cores
     assert {"gpu_net", "esm2", "esm2_onnx_interactive"}.isdisjoint(changed)  # GPU, ensemble, reserve untouched
     assert served["gpu_net"] == original["gpu_net"]
-    assert plan.network_threads == networks * threads <= cores  # the bulk networks never oversubscribe the cores
+    # the bulk networks never oversubscribe the cores, but one core, which gets two instances (plan_cpu)
+    assert plan.network_threads == networks * threads <= max(cores, 2)
     assert "interactive-only" in plan.describe() and f"{cores} core(s)" in plan.describe()
     assert instance_count(original["esm2_onnx"]) == 2  # the input configs are not modified
 
@@ -245,23 +248,24 @@ def test_replica_repository_links_versions_and_picks_up_new_ones(tmp_path):
     source = _export_like_repository(tmp_path / "repository")
     before = {path: path.read_bytes() for path in source.rglob("*") if path.is_file()}
     shadow = tmp_path / "run" / "r1"
-    plan = build_replica_repository(source, shadow, cores=1)
+    plan = build_replica_repository(source, shadow, cores=3)
     assert plan.export_target == "cpu:2" and plan.repository == str(shadow)
-    assert instance_count(read_config(shadow / "esm2_onnx")) == 1
+    assert instance_count(read_config(shadow / "esm2_onnx")) == 3
     assert (shadow / "esm2_onnx" / "1").is_symlink() and (shadow / "esm2_onnx" / "warmup").is_symlink()
     assert (shadow / "esm2_onnx" / "1" / "weights.bin").read_bytes() == b"w"  # linked, not copied
     assert (shadow / "esm2").is_symlink() and (shadow / "gpu_net").is_symlink()  # unchanged models: the original
     record = json.loads((shadow / "serving_target.json").read_text())
-    assert record["target"] == "cpu:1" and "exported for cpu:2" in record["chosen_by"]
+    assert record["target"] == "cpu:3" and "exported for cpu:2" in record["chosen_by"]
     # A new immutable version appears in the original after the replica started: the shadow links it.
     (source / "esm2_onnx" / "2").mkdir()
     (source / "esm2_onnx" / ".staging-3").mkdir()
     sync_replica_repository(source, shadow)
     assert (shadow / "esm2_onnx" / "2").is_symlink() and not (shadow / "esm2_onnx" / ".staging-3").exists()
-    assert instance_count(read_config(shadow / "esm2_onnx")) == 1
-    # Rebuilt for another core count (a replica re-added by scale-out) without touching the original.
-    build_replica_repository(source, shadow, cores=3)
     assert instance_count(read_config(shadow / "esm2_onnx")) == 3
+    # Rebuilt for one core (a replica re-added by scale-out) without touching the original: two single-threaded
+    # instances, as the export plans one core (plan_cpu), so the network is the original's again.
+    build_replica_repository(source, shadow, cores=1)
+    assert instance_count(read_config(shadow / "esm2_onnx")) == 2
     assert all(path.read_bytes() == data for path, data in before.items())
     assert instance_count(read_config(source / "esm2_onnx")) == 2
 
@@ -277,7 +281,7 @@ def test_gpu_replicas_serve_the_repository_unchanged_and_cpu_replicas_their_plan
     cpu_replica = fleet._new_replica("r2", (0,), gpu=None)
     assert Path(cpu_replica.model_repository) == tmp_path / "run" / "repositories" / "r2"
     status = fleet._plan_status("r2", cpu_replica)
-    assert status["cores"] == 1 and status["models"]["esm2_onnx"] == {"instances": 1, "threads": 1, "role": "network"}
+    assert status["cores"] == 1 and status["models"]["esm2_onnx"] == {"instances": 2, "threads": 1, "role": "network"}
 
 
 def test_an_unreadable_config_is_refused_in_one_line(tmp_path):

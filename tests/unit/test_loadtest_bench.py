@@ -468,6 +468,9 @@ def test_markdown_states_each_target_beside_the_measured_value() -> None:
         render_markdown(report, [])
     )
     assert "| P1 | esm2_onnx / raw onnx | int8 | 0.95 | >= 0.95 | **met** |" in text
+    assert "Queue policies" not in text  # no esm2_onnx run without dynamic batching: nothing to compare
+    report.scenarios = [*scenarios, _row("c", "onnx", 30.0, model="esm2_onnx")]
+    assert "esm2_onnx served 28.5 seq/s with them, 30.0 without dynamic batching (0.95x)" in render_markdown(report, [])
     assert "| P2 | esm2 (shipped defaults) / FastAPI + eager fp32 | int8 | 2.40 | >= 1.5 | **met** |" in text
     assert "| P2 | esm2 fp32 / FastAPI + eager fp32 | fp32 | 1.10 | >= 1 | **met** |" in text
     assert "| P3 | esm2 server-side overhead p50 (ms) | int8 | 0.80 | <= 1 | **met** |" in text
