@@ -103,6 +103,12 @@ class BatchingPlan:
         priorities = dataclasses.replace(self.priorities, default_level="interactive")
         return dataclasses.replace(self, priorities=priorities, max_queue_size=priorities.interactive_queue_size)
 
+    @property
+    def has_queue_policy(self) -> bool:
+        """Whether Triton's batcher runs without prefetching here: priority levels or a queue bound (see
+        `for_unordered_model`)."""
+        return self.dynamic and (self.priorities is not None or self.max_queue_size > 0)
+
     def for_unordered_model(self, kind: str, instances: int) -> BatchingPlan:
         """These queues on a model whose traffic needs no priority order (the tokenizer: executions well under a
         millisecond; the interactive-only network copy: interactive traffic alone), with `instances` instances of
@@ -126,7 +132,7 @@ class BatchingPlan:
         than with `dynamic_batching {}`, which a third instance or Triton's rate limiter with four did not win
         back). Shared networks and `esm2_bls` keep their queues: there the priority order, the bounds and client
         deadlines are the point."""
-        if kind != "KIND_CPU" or instances != 1 or not self.dynamic:
+        if kind != "KIND_CPU" or instances != 1 or not self.has_queue_policy:
             return self
         return dataclasses.replace(self, max_queue_size=0, priorities=None)
 

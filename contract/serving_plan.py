@@ -33,11 +33,13 @@ SERVES_PARAMETER = "serves"
 INTERACTIVE_SERVES_PREFIX = "interactive requests only"
 _COPY_OF = re.compile(r"\(a copy of ([^)]+)\)")
 MAX_CPU_INSTANCES = 8
-# Even one core gets two network instances (of one thread each): with priority levels or a queue bound, Triton
-# 24.10's batcher idles a lone instance between executions under concurrent load (`BatchingPlan.for_unordered_model`;
-# measured on one core, 16 requests in flight: 3.9 seq/s with one instance, 12.8 with two, 13.2 with one and a plain
-# queue).
-MIN_CPU_INSTANCES = 2
+# Fewest instances a model with priority levels or a queue bound should have: Triton 24.10's batcher hands work only to
+# an instance it sees waiting, and the end of an execution wakes it before that instance is back
+# (`BatchingPlan.for_unordered_model`), so under concurrent load a lone instance idles until the next arrival or
+# ~500 ms; two wait at most for each other's execution. Measured on one core, 16 requests in flight: 3.9 seq/s with
+# one instance, 12.8 with two, 13.2 with one and a plain queue. Default plans keep it: one core gets two
+# single-threaded instances (`plan_cpu`), each GPU two (`export.devices.DEFAULT_INSTANCES_PER_GPU`).
+MIN_QUEUED_INSTANCES = 2
 
 
 class NotReproducibleError(ValueError):
@@ -46,7 +48,7 @@ class NotReproducibleError(ValueError):
 
 def plan_cpu(cores: int, instances: int | None = None, threads: int | None = None) -> tuple[int, int]:
     """(instances, intra-op threads each) filling `cores` without oversubscribing them (but one core, which gets
-    MIN_CPU_INSTANCES single-threaded instances).
+    MIN_QUEUED_INSTANCES single-threaded instances).
 
     Unset values are chosen: one single-threaded instance per core up to MAX_CPU_INSTANCES, then more threads per
     instance; a given instance count splits the cores between them, a given thread count sets how many instances fit.
@@ -56,7 +58,7 @@ def plan_cpu(cores: int, instances: int | None = None, threads: int | None = Non
     if instances is not None and instances < 1 or threads is not None and threads < 1:
         raise ValueError("--cpu-instances and --cpu-threads must be >= 1")
     if instances is None and threads is None:
-        instances = min(max(cores, MIN_CPU_INSTANCES), MAX_CPU_INSTANCES)
+        instances = min(max(cores, MIN_QUEUED_INSTANCES), MAX_CPU_INSTANCES)
     if instances is None:
         instances = max(1, cores // threads)
     if threads is None:

@@ -37,6 +37,7 @@ from typing import Literal
 # The CPU rule (`plan_cpu`) lives in contract.serving_plan: the fleet re-plans a replica's cores with it.
 from tritonfleet.contract.serving_plan import (
     MAX_CPU_INSTANCES,  # noqa: F401 - export's CLI names it
+    MIN_QUEUED_INSTANCES,
     BatchingPlan,
     InstancePlan,
     ServingPlan,
@@ -84,11 +85,8 @@ def detect_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-# Two network instances per GPU, so that one GPU's shared network never has a single instance: with priority levels
-# or a queue bound, Triton 24.10's batcher hands out work only to an instance it sees waiting, and the end of an
-# execution wakes it before that instance is back (`contract.batching_plan.BatchingPlan.for_unordered_model`); a
-# lone instance then idles until the next arrival or ~500 ms, two wait at most for each other's execution.
-DEFAULT_INSTANCES_PER_GPU = 2
+# A one-GPU plan's queued networks never have a single instance (contract.serving_plan.MIN_QUEUED_INSTANCES says why).
+DEFAULT_INSTANCES_PER_GPU = MIN_QUEUED_INSTANCES
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,11 @@ class DevicePlan:
 
     def network_plan(self, batching: BatchingPlan, token_budget: int | None = None, cpu_nice: int = 0) -> ServingPlan:
         """The serving plan of the exported networks."""
-        if self.total_instances == 1 and batching.dynamic and (batching.priorities or batching.max_queue_size):
+        if (
+            self.total_instances < MIN_QUEUED_INSTANCES
+            and batching.dynamic
+            and (batching.priorities or batching.max_queue_size)
+        ):
             logger.warning(
                 "one network instance with priority levels or a queue bound: under concurrent load Triton's batcher "
                 "idles it between executions (3x fewer sequences/s measured on one core); give it two instances "

@@ -166,11 +166,12 @@ def measure_pairs(admin, url: str, repository: Path, networks: list[str], pairs:
     set_batching(admin, repository, networks, on=True)
     for model in networks:
         arrays = prepare_request(targets[model], [protein], buckets).inputs
-        plan = ServingPlan.from_config(read_config(repository / model))
+        exported = read_config(repository / model)
+        plan = ServingPlan.from_config(exported)
         for count in dict.fromkeys((plan.instances.count, 1)):
-            config = dataclasses.replace(plan, instances=dataclasses.replace(plan.instances, count=count))
-            admin.load_model(model, config=json.dumps(config_to_json(config.apply(read_config(repository / model)))))
-            instances = count * max(1, len(plan.instances.gpus))
+            served = plan.with_instance_count(count)
+            admin.load_model(model, config=json.dumps(config_to_json(served.apply(exported))))
+            instances = served.instances.total
             results.append(simultaneous_pairs(url, model, arrays, targets[model].embedding_output, pairs, instances))
             print(f"{model} x {instances} instance(s): {results[-1].late_pairs} of {pairs} pairs late", flush=True)
     set_batching(admin, repository, networks, on=True)

@@ -155,7 +155,7 @@ def send_all(url: str, model: str, requests: Sequence, concurrency: int, output:
 
     def worker() -> None:
         client = grpc_client.InferenceServerClient(url)
-        wanted = [grpc_client.InferRequestedOutput(output)]
+        wanted = requested_outputs("grpc", [output])
         try:
             while not failures:
                 try:

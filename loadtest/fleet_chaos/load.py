@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonfleet.client.config import ClientConfig, RetryPolicy
 from tritonfleet.client.errors import is_connection_failure
 from tritonfleet.client.retry import call_with_retry
-from tritonfleet.client.transport import Transport, infer_inputs
+from tritonfleet.client.transport import Transport, infer_inputs, requested_outputs
 from tritonfleet.loadtest.fleet_chaos.model import (
     Workload,
 )
@@ -143,7 +143,7 @@ class FleetLoad:
             else:
                 client = grpcclient.InferenceServerClient(url)
             inputs = infer_inputs("grpc", arrays)
-            outputs = [grpcclient.InferRequestedOutput(output)]
+            outputs = requested_outputs("grpc", [output])
 
             def grpc_call() -> str:
                 result = client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
@@ -152,7 +152,7 @@ class FleetLoad:
             return grpc_call
         holder = {"client": None}
         inputs = infer_inputs("http", arrays)
-        outputs = [httpclient.InferRequestedOutput(output)]
+        outputs = requested_outputs("http", [output])
 
         def http_call() -> str:
             if holder["client"] is None:  # one connection per worker, as a plain user's client holds

@@ -8,7 +8,15 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonfleet.contract.esm2.pipeline import ONNX_MODEL, TOKENIZER_MODEL, TORCHSCRIPT_MODEL
-from tritonfleet.contract.serving_plan import MAX_CPU_INSTANCES, BatchingPlan, InstancePlan, ThreadPlan, plan_cpu
+from tritonfleet.contract.model_config import instance_count
+from tritonfleet.contract.serving_plan import (
+    MAX_CPU_INSTANCES,
+    MIN_QUEUED_INSTANCES,
+    BatchingPlan,
+    InstancePlan,
+    ThreadPlan,
+    plan_cpu,
+)
 from tritonfleet.export.devices import DevicePlan, plan_devices
 from tritonfleet.export.esm2.recipe import Esm2Recipe
 from tritonfleet.export.esm2.repository import RepositoryOptions, build_configs
@@ -32,7 +40,7 @@ def test_auto_without_gpus_falls_back_to_cpu():
 @pytest.mark.parametrize(
     ("cores", "instances", "threads", "planned"),
     [
-        (1, None, None, (2, 1)),  # one core: two instances all the same (MIN_CPU_INSTANCES)
+        (1, None, None, (2, 1)),  # one core: two instances all the same (MIN_QUEUED_INSTANCES)
         (1, 1, None, (1, 1)),  # unless one is asked for
         (2, None, None, (2, 1)),
         (8, None, None, (8, 1)),
@@ -127,5 +135,17 @@ def test_default_plans_give_every_queued_model_a_second_instance(gpu_count, tmp_
     }
     assert ONNX_MODEL in queued and TORCHSCRIPT_MODEL in queued
     for name, config in queued.items():
-        instances = sum(group.count * max(1, len(group.gpus)) for group in config.instance_group)
-        assert instances >= 2, name
+        assert instance_count(config) >= MIN_QUEUED_INSTANCES, name
+
+
+def test_an_explicit_single_instance_behind_queues_is_kept_with_a_warning(caplog):
+    plan = plan_devices("none", cpu_instances=1, cpu_threads=1)
+    with caplog.at_level("WARNING", logger="tritonfleet.export.devices"):
+        served = plan.network_plan(BatchingPlan())
+    assert served.instances == InstancePlan("KIND_CPU", 1)
+    assert "idles it between executions" in caplog.text and "--no-priorities --max-queue-size 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tritonfleet.export.devices"):
+        plan.network_plan(BatchingPlan(max_queue_size=0, priorities=None))  # one plain queue: nothing to warn of
+        plan_devices("none", cpu_cores=1).network_plan(BatchingPlan())  # the default one-core plan: two instances
+    assert not caplog.text

@@ -245,3 +245,5 @@ def test_an_unordered_model_on_one_cpu_instance_gets_one_plain_queue():
     assert shipped.for_unordered_model("KIND_CPU", 2) == shipped
     assert shipped.for_unordered_model("KIND_GPU", 1) == shipped  # GPU plans keep their queues
     assert BatchingPlan.fixed(1).for_unordered_model("KIND_CPU", 1) == BatchingPlan.fixed(1)
+    assert shipped.has_queue_policy and not BatchingPlan.fixed(1).has_queue_policy
+    assert not dataclasses.replace(shipped, max_queue_size=0, priorities=None).has_queue_policy
