@@ -90,7 +90,8 @@ def padding_fraction(batches: list[list[str]]) -> float:
 
 
 def build_models(size: str, precision: str, folder: Path) -> dict[str, Path]:
-    """The fused padded graph and both packed graphs of one random-weight module, int8 quantized like the export."""
+    """The fused network (padded batches, the CPU plans' per-sequence layout) and both packed graphs of one
+    random-weight module, int8 quantized like the export."""
     from functools import partial
 
     from tritonfleet.export.esm2.model import build_esm2
@@ -99,7 +100,7 @@ def build_models(size: str, precision: str, folder: Path) -> dict[str, Path]:
 
     module = build_esm2(random_init=size)
     builders = (
-        build_esm2_onnx,
+        partial(build_esm2_onnx, attention="per_sequence"),  # the network as CPU plans ship it
         partial(build_packed_esm2_onnx, attention="padded"),
         partial(build_packed_esm2_onnx, attention="per_sequence"),
     )

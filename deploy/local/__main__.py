@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None, prog: str = PROGRAM) -> int:
             extra_args=tuple(extra),
             response_cache_bytes=round(args.response_cache_mb * 2**20),
             self_heal=args.self_heal,
+            keep_log=True,
             supervisor=SupervisorOptions(probes=probes),
         )
     )

@@ -7,12 +7,14 @@ import ctypes
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,8 @@ class ServerOptions:
     uses to reload a broken model. `response_cache_bytes` sizes Triton's local response cache (0: none; ignored when
     `extra_args` carry their own `--cache-config`). `self_heal=True` (explicit mode only) starts that supervisor
     (`deploy.local.supervisor`, options in `supervisor`) once the server is ready and stops it before the server.
+    The server's work folder (its backend directory and log) is removed when it stops cleanly; a server that failed
+    or exited non-zero keeps its log for reading, and `keep_log=True` keeps it always (`serve` prints its path).
     """
 
     model_repository: Path
@@ -63,6 +67,7 @@ class ServerOptions:
     response_cache_bytes: int = DEFAULT_RESPONSE_CACHE_BYTES
     self_heal: bool = False
     supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
+    keep_log: bool = False
 
 
 class ServingAddresses:
@@ -101,9 +106,11 @@ class LocalTritonServer(ServingAddresses):
             raise ValueError("self_heal needs model_control_mode='explicit' (it reloads models via the repository API)")
         self.options = _with_free_ports(options)
         self.runtime = runtime or TritonRuntime.discover()
-        self._workdir = Path(tempfile.mkdtemp(prefix="tritonfleet-server-"))
+        # Named now (the command line shows it), created by `start`: a server never started leaves nothing behind.
+        self._workdir = Path(tempfile.gettempdir()) / f"tritonfleet-server-{uuid.uuid4().hex[:12]}"
         self.log_path = self._workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._start_failed = False
         self.supervisor: ModelSupervisor | None = None
 
     @property
@@ -123,22 +130,27 @@ class LocalTritonServer(ServingAddresses):
         """Start tritonserver and block until it is ready, or raise TritonStartError with its error lines."""
         if self._process is not None:
             raise RuntimeError("server already started")
-        repository = Path(self.options.model_repository)
-        if not repository.is_dir():
-            raise TritonStartError(f"model repository {repository} does not exist or is not a directory")
-        self._check_ports_free()
-        self.runtime.assemble_backend_directory(self._workdir / "backends")
-        LOGGER.info("starting tritonserver: %s", " ".join(self.command()))
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.environment(),
-                start_new_session=True,
-                preexec_fn=terminate_with_parent,
-            )
+        try:
+            repository = Path(self.options.model_repository)
+            if not repository.is_dir():
+                raise TritonStartError(f"model repository {repository} does not exist or is not a directory")
+            self._check_ports_free()
+            self._workdir.mkdir(mode=0o700)
+            self.runtime.assemble_backend_directory(self._workdir / "backends")
+            LOGGER.info("starting tritonserver: %s", " ".join(self.command()))
+            with self.log_path.open("wb") as log:
+                self._process = subprocess.Popen(
+                    self.command(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.environment(),
+                    start_new_session=True,
+                    preexec_fn=terminate_with_parent,
+                )
+        except BaseException:
+            self._remove_workdir(keep_log=False)  # nothing ran: nothing to read
+            raise
         self._wait_until_ready()
         if self.options.self_heal:
             assert self._process is not None
@@ -162,6 +174,7 @@ class LocalTritonServer(ServingAddresses):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=15)
         self._kill_leftover_stubs(process.pid)
+        self._remove_workdir(keep_log=self.options.keep_log or self._start_failed or process.returncode != 0)
         return process.returncode
 
     def is_running(self) -> bool:
@@ -200,6 +213,8 @@ class LocalTritonServer(ServingAddresses):
         deadline = time.monotonic() + self.options.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                self._kill_leftover_stubs(self._process.pid)
+                self._remove_workdir(keep_log=True)
                 raise TritonStartError(self._failure_message(f"tritonserver exited with {self._process.returncode}"))
             if self.is_ready(timeout_s=1.0):
                 LOGGER.info(
@@ -207,13 +222,21 @@ class LocalTritonServer(ServingAddresses):
                 )
                 return
             time.sleep(0.25)
+        message = self._failure_message(f"tritonserver not ready after {self.options.startup_timeout_s}s")
+        self._start_failed = True
         self.stop()
-        raise TritonStartError(self._failure_message(f"tritonserver not ready after {self.options.startup_timeout_s}s"))
+        raise TritonStartError(message)
 
     def _failure_message(self, headline: str) -> str:
         errors = self.error_lines()
         details = "\n".join(errors) if errors else "\n".join(self.log_text().splitlines()[-20:])
         return f"{headline}; its log ({self.log_path}) says:\n{details}"
+
+    def _remove_workdir(self, keep_log: bool) -> None:
+        # The backend directory holds a copy of the stub (~3 MB a start); only the log is worth keeping.
+        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        if not keep_log:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     @staticmethod
     def _kill_leftover_stubs(server_pid: int) -> None:

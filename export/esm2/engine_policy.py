@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from tritonfleet.contract.esm2_tokens import DEFAULT_BUCKETS
 from tritonfleet.contract.serving_plan import PriorityPlan
+from tritonfleet.export.esm2.packed import attention_for_kind
 from tritonfleet.export.esm2.recipe import Esm2Recipe
 from tritonfleet.export.esm2.sizes import cpu_thread_tokens_per_s, size_with_hidden
 from tritonfleet.export.execution_cap import ExecutionCap, plan_execution_cap
@@ -54,10 +55,12 @@ def cache_is_exact(recipe: Esm2Recipe, network_max_batch_size: int, network_form
     return network_max_batch_size == 1 or recipe.batch_invariant(network_format)
 
 
-def engine_parameters(recipe: Esm2Recipe, fmt: str) -> dict[str, str]:
-    """What a network's config says of its engine: its own precision (int8 repositories ship TorchScript in fp32)
-    and whether its outputs are batch invariant (export/parity.py's gate)."""
-    graph = {"onnx_graph": "fused attention" if recipe.fused_onnx else "torch.onnx"} if fmt == "onnx" else {}
+def engine_parameters(recipe: Esm2Recipe, fmt: str, kind: str) -> dict[str, str]:
+    """What a network's config says of its engine: the ONNX graph's form (on `kind` instances), its own precision
+    (int8 repositories ship TorchScript in fp32) and whether its outputs are batch invariant (export/parity.py's
+    gate)."""
+    fused = f"fused attention, {attention_for_kind(kind).replace('_', '-')} layout"
+    graph = {"onnx_graph": fused if recipe.fused_onnx else "torch.onnx"} if fmt == "onnx" else {}
     return {
         **graph,
         "precision": recipe.precision_for(fmt),

@@ -7,11 +7,17 @@ final LayerNorm), so it is written here directly with ONNX Runtime's contrib ops
 compares it with eager PyTorch like any exported graph.
 
 Per layer: one packed QKV MatMul, two `com.microsoft::RotaryEmbedding` (interleaved=0: the rotate_half form ESM uses,
-cos/sin caches from the checkpoint's stored `inv_freq`), one `com.microsoft::MultiHeadAttention` (int32
-`key_padding_mask`), two `com.microsoft::SkipLayerNormalization` (dense bias + residual + LayerNorm; ORT's own fusion
-does not fire on pre-LN blocks, whose residual sum has two consumers). ESM scales the query by head_dim**-0.5 before
-rotary; rotary is linear, so the scale moves into MultiHeadAttention's `scale` unchanged. The erf-GELU is written as
-ESM writes it and ORT fuses it into BiasGelu.
+cos/sin caches from the checkpoint's stored `inv_freq`), `com.microsoft::MultiHeadAttention`, and two
+residual-plus-LayerNorm steps. ESM scales the query by head_dim**-0.5 before rotary; rotary is linear, so the scale
+moves into MultiHeadAttention's `scale` unchanged. The erf-GELU is written as ESM writes it and ORT fuses it into
+BiasGelu. Two layouts (`export.esm2.packed.AttentionLayout`, picked by the plan's instance kind):
+- GPU plans ("padded"): one MultiHeadAttention over the batch with an int32 `key_padding_mask`, and
+  `com.microsoft::SkipLayerNormalization` (dense bias + residual + LayerNorm in one kernel; ORT's own fusion does not
+  fire on pre-LN blocks, whose residual sum has two consumers);
+- CPU plans ("per_sequence"): MultiHeadAttention without a mask on each sequence's own tokens (an If: the whole
+  batch when it is one unpadded sequence, else a Loop over the sequences), and Add + LayerNormalization. Measured with
+  ESM-2 8M int8, one thread, one protein of 360 tokens (ORT 1.32): 49 -> 41 ms (1000 tokens: 272 -> 187 ms; 40
+  tokens: 5.7 -> 5.1 ms); ORT 1.19.2 (NGC 24.10): 45.5 -> 46.3 ms, where SkipLayerNormalization is still the faster.
 
 Loadable by ONNX Runtime 1.19.2, the one in Triton's NGC 24.10 image (server v2.51.0 `build.py` pins it): every op
 above has CPU and CUDA kernels there; the graph is opset 18 / IR 10 (ORT 1.19 rejects IR 11, onnx's current default).
@@ -22,17 +28,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from tritonfleet.contract.esm2_tokens import CLS_ID, EOS_ID
+from tritonfleet.export.esm2.graph_builder import MS_DOMAIN, GraphBuilder
+from tritonfleet.export.esm2.onnx_attention import Attend, per_sequence_attend
+from tritonfleet.export.esm2.packed import AttentionLayout, attention_for_kind
 
 OPSET = 18
 IR_VERSION = 10
-MS_DOMAIN = "com.microsoft"
 # Rows of the rotary caches = the longest sequence the graph accepts (the exporters' dynamic axes stop there too).
 MAX_POSITIONS = 4096
 # Above this many weight bytes the weights go to `model.onnx.data` (a protobuf holds at most 2 GB): ESM-2 650M+.
@@ -104,50 +113,7 @@ def rotary_tables(inv_freq: np.ndarray, positions: int) -> tuple[np.ndarray, np.
     return angles.cos().numpy(), angles.sin().numpy()
 
 
-class _Graph:
-    """Nodes, initializers and the value types ONNX shape inference cannot derive (contrib op outputs)."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.value_info: list[onnx.ValueInfoProto] = []
-        self._names: dict[str, int] = {}
-        self._constants: dict[tuple, str] = {}
-
-    def fresh(self, stem: str) -> str:
-        count = self._names.get(stem, 0)
-        self._names[stem] = count + 1
-        return stem if count == 0 else f"{stem}_{count}"
-
-    def weight(self, name: str, array: np.ndarray) -> str:
-        name = self.fresh(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def const(self, value, dtype=np.float32) -> str:
-        array = np.array(value, dtype=dtype)
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if key not in self._constants:
-            self._constants[key] = self.weight("const", array)
-        return self._constants[key]
-
-    def op(self, op_type: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "", **attributes):
-        node = self.fresh(name)
-        names = [node] if outputs == 1 else [f"{node}_out{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=node, domain=domain or None, **attributes))
-        return names[0] if outputs == 1 else names
-
-    def contrib(self, op_type: str, inputs: list[str], name: str, hidden: int, **attributes) -> str:
-        """A com.microsoft op whose one output is [batch, sequence, hidden] float."""
-        output = self.op(op_type, inputs, name, domain=MS_DOMAIN, **attributes)
-        self.value_info.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "sequence", hidden]))
-        return output
-
-    def unsqueeze(self, tensor: str, axes: list[int], name: str) -> str:
-        return self.op("Unsqueeze", [tensor, self.const(axes, np.int64)], name)
-
-
-def embedding_layer_norm(g: _Graph, esm, shape: Esm2Shape, hidden: str) -> str:
+def embedding_layer_norm(g: GraphBuilder, esm, shape: Esm2Shape, hidden: str) -> str:
     """The embeddings' LayerNorm, in the checkpoints that have one (`emb_layer_norm_before`)."""
     if not shape.emb_layer_norm_before:
         return hidden
@@ -157,7 +123,7 @@ def embedding_layer_norm(g: _Graph, esm, shape: Esm2Shape, hidden: str) -> str:
     return g.op("LayerNormalization", [hidden, gamma, beta], "embeddings.layer_norm", epsilon=shape.layer_norm_eps)
 
 
-def _embeddings(g: _Graph, esm, shape: Esm2Shape, mask_float: str) -> str:
+def _embeddings(g: GraphBuilder, esm, shape: Esm2Shape, mask_float: str) -> str:
     """EsmEmbeddings.forward: token lookup, token-dropout rescaling, optional LayerNorm, padding rows zeroed."""
     ids = INPUT_NAMES[0]
     word = g.weight("embeddings.word_embeddings.weight", _numpy(esm.embeddings.word_embeddings.weight))
@@ -175,26 +141,28 @@ def _embeddings(g: _Graph, esm, shape: Esm2Shape, mask_float: str) -> str:
     return g.op("Mul", [hidden, g.unsqueeze(mask_float, [-1], "mask_3d")], "embeddings.zero_padding")
 
 
-def _linear(g: _Graph, x: str, weight: np.ndarray, bias: np.ndarray, name: str) -> str:
+def _linear(g: GraphBuilder, x: str, weight: np.ndarray, bias: np.ndarray, name: str) -> str:
     """x @ weight.T + bias (weight as nn.Linear stores it: [out, in])."""
     product = g.op("MatMul", [x, g.weight(f"{name}.weight_t", weight.T.copy())], f"{name}.matmul")
     return g.op("Add", [product, g.weight(f"{name}.bias", bias)], f"{name}.add")
 
 
-def _add_and_norm(g: _Graph, product: str, bias, residual: str, norm, name: str, shape: Esm2Shape) -> tuple[str, str]:
-    """(LayerNorm(product + bias + residual), product + bias + residual) as one SkipLayerNormalization."""
+def _add_and_norm(
+    g: GraphBuilder, product: str, bias, residual: str, norm, name: str, shape: Esm2Shape, plain: bool
+) -> tuple[str, str]:
+    """(LayerNorm(product + bias + residual), product + bias + residual): as one SkipLayerNormalization, or with
+    `plain` as Add, Add and LayerNormalization (CPU plans: since ONNX Runtime 1.30 its CPU SkipLayerNormalization
+    is a scalar loop ~4x slower than the two Adds and its vectorized LayerNormalization; docs/design.md)."""
+    gamma, beta = g.weight(f"{name}.weight", _numpy(norm.weight)), g.weight(f"{name}.bias", _numpy(norm.bias))
+    dense_bias = g.weight(f"{name}.dense_bias", bias)
+    if plain:
+        summed = g.op("Add", [g.op("Add", [product, dense_bias], f"{name}.dense_add"), residual], f"{name}.residual")
+        return g.op("LayerNormalization", [summed, gamma, beta], name, epsilon=shape.layer_norm_eps), summed
     normed, summed = f"{name}.normed", f"{name}.residual"
-    inputs = [
-        product,
-        residual,
-        g.weight(f"{name}.weight", _numpy(norm.weight)),
-        g.weight(f"{name}.bias", _numpy(norm.bias)),
-        g.weight(f"{name}.dense_bias", bias),
-    ]
     g.nodes.append(
         helper.make_node(
             "SkipLayerNormalization",
-            inputs,
+            [product, residual, gamma, beta, dense_bias],
             [normed, "", "", summed],  # output 3 is the pre-LayerNorm residual stream
             name=g.fresh(name),
             domain=MS_DOMAIN,
@@ -208,7 +176,7 @@ def _add_and_norm(g: _Graph, product: str, bias, residual: str, norm, name: str,
     return normed, summed
 
 
-def _pool(g: _Graph, hidden: str, mask_float: str) -> None:
+def _pool(g: GraphBuilder, hidden: str, mask_float: str) -> None:
     """The serving contract's outputs: per-residue rows zeroed at padding, and their mean over residues only."""
     ids, mask = INPUT_NAMES
     g.op("Mul", [hidden, g.unsqueeze(mask_float, [-1], "mask_3d_out")], OUTPUT_NAMES[1])
@@ -223,20 +191,25 @@ def _pool(g: _Graph, hidden: str, mask_float: str) -> None:
     g.op("Div", [summed, g.op("Max", [count, g.const(1.0)], "pool_count")], OUTPUT_NAMES[0])
 
 
-Attend = Callable[[_Graph, str, str, str, str], str]
-
-
-def rotary_caches(g: _Graph, esm, max_positions: int) -> tuple[str, str]:
+def rotary_caches(g: GraphBuilder, esm, max_positions: int) -> tuple[str, str]:
     """The cos/sin cache initializers of `com.microsoft::RotaryEmbedding`."""
     cos, sin = rotary_tables(_inv_freq(esm), max_positions)
     return g.weight("rotary.cos_cache", cos), g.weight("rotary.sin_cache", sin)
 
 
 def encoder(
-    g: _Graph, esm, shape: Esm2Shape, residual: str, position_ids: str, attend: Attend, max_positions: int
+    g: GraphBuilder,
+    esm,
+    shape: Esm2Shape,
+    residual: str,
+    position_ids: str,
+    attend: Attend,
+    max_positions: int,
+    plain_layer_norm: bool = False,
 ) -> str:
     """The transformer layers and the final LayerNorm on `residual` [batch, sequence, hidden] (the embeddings);
-    `attend(g, query, key, value, name)` returns the attention context (after rotary, before the output dense)."""
+    `attend(g, query, key, value, name)` returns the attention context (after rotary, before the output dense);
+    `plain_layer_norm`: see `_add_and_norm`."""
     hidden_size, heads = shape.hidden_size, shape.num_heads
     cos_cache, sin_cache = rotary_caches(g, esm, max_positions)
     layers = list(esm.encoder.layer)
@@ -273,7 +246,7 @@ def encoder(
             "MatMul", [context, g.weight(f"{name}.output.weight_t", _numpy(dense.weight).T.copy())], f"{name}.output"
         )
         x, residual = _add_and_norm(
-            g, product, _numpy(dense.bias), residual, layer.LayerNorm, f"{name}.ffn_norm", shape
+            g, product, _numpy(dense.bias), residual, layer.LayerNorm, f"{name}.ffn_norm", shape, plain_layer_norm
         )
         x = _linear(
             g, x, _numpy(layer.intermediate.dense.weight), _numpy(layer.intermediate.dense.bias), f"{name}.ffn_in"
@@ -288,11 +261,11 @@ def encoder(
         last = index + 1 == len(layers)
         norm = esm.encoder.emb_layer_norm_after if last else layers[index + 1].attention.LayerNorm
         norm_name = "final_norm" if last else f"layer{index + 1}.attention_norm"
-        x, residual = _add_and_norm(g, product, _numpy(dense.bias), residual, norm, norm_name, shape)
+        x, residual = _add_and_norm(g, product, _numpy(dense.bias), residual, norm, norm_name, shape, plain_layer_norm)
     return x
 
 
-def save_model(g: _Graph, model: onnx.ModelProto, path: Path, data_location: str | None) -> Path:
+def save_model(g: GraphBuilder, model: onnx.ModelProto, path: Path, data_location: str | None) -> Path:
     """Checks and writes `model`; weights over EXTERNAL_DATA_THRESHOLD bytes go to `data_location` beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if sum(len(array.raw_data) for array in g.initializers) > EXTERNAL_DATA_THRESHOLD:
@@ -306,13 +279,19 @@ def save_model(g: _Graph, model: onnx.ModelProto, path: Path, data_location: str
     return path
 
 
-def make_model(g: _Graph, name: str, inputs: list, outputs: list) -> onnx.ModelProto:
+def make_model(g: GraphBuilder, name: str, inputs: list, outputs: list) -> onnx.ModelProto:
     graph = helper.make_graph(g.nodes, name, inputs, outputs, g.initializers, value_info=g.value_info)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="tritonfleet")
 
 
-def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data_location: str | None = None) -> Path:
+def build_esm2_onnx(
+    module,
+    path: Path,
+    max_positions: int = MAX_POSITIONS,
+    data_location: str | None = None,
+    attention: AttentionLayout = "padded",
+) -> Path:
     """Writes the ESM-2 embedder (docs/design.md's contract) with fused attention to `path`.
 
     Args:
@@ -322,11 +301,13 @@ def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data
         max_positions: the longest sequence (tokens) the graph accepts.
         data_location: file name, beside the model, for weights over ~1.8 GB (default `<name>.data`); ONNX Runtime
             loads it from the model's directory.
+        attention: "padded" (GPU plans) or "per_sequence" (CPU plans), see `export.esm2.packed.AttentionLayout`;
+            the outputs are the same within float rounding.
     """
     esm = getattr(module, "esm", module)
     shape = Esm2Shape.from_config(esm.config)
     hidden_size, heads = shape.hidden_size, shape.num_heads
-    g = _Graph()
+    g = GraphBuilder()
     ids, mask = INPUT_NAMES
     mask_float = g.op("Cast", [mask], "mask_float", to=TensorProto.FLOAT)
     residual = _embeddings(g, esm, shape, mask_float)
@@ -334,19 +315,19 @@ def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data
     length = g.op("Gather", [ids_shape, g.const(1, np.int64)], "length", axis=0)
     positions = g.op("Range", [g.const(0, np.int64), length, g.const(1, np.int64)], "positions")
     position_ids = g.op("Expand", [g.unsqueeze(positions, [0], "positions_2d"), ids_shape], "position_ids")
-    key_padding_mask = g.op("Cast", [mask], "key_padding_mask", to=TensorProto.INT32)
+    scale = float(shape.head_dim) ** -0.5
+    if attention == "per_sequence":
+        attend = per_sequence_attend(g, mask, ids_shape, length, heads, scale, hidden_size)
+    else:
+        key_padding_mask = g.op("Cast", [mask], "key_padding_mask", to=TensorProto.INT32)
 
-    def attend(g: _Graph, query: str, key: str, value: str, name: str) -> str:
-        return g.contrib(
-            "MultiHeadAttention",
-            [query, key, value, "", key_padding_mask],
-            f"{name}.attention",
-            hidden_size,
-            num_heads=heads,
-            scale=float(shape.head_dim) ** -0.5,
-        )
+        def attend(g: GraphBuilder, query: str, key: str, value: str, name: str) -> str:
+            inputs = [query, key, value, "", key_padding_mask]
+            return g.contrib(
+                "MultiHeadAttention", inputs, f"{name}.attention", hidden_size, num_heads=heads, scale=scale
+            )
 
-    x = encoder(g, esm, shape, residual, position_ids, attend, max_positions)
+    x = encoder(g, esm, shape, residual, position_ids, attend, max_positions, attention == "per_sequence")
     _pool(g, x, mask_float)
     model = make_model(
         g,
@@ -358,3 +339,8 @@ def build_esm2_onnx(module, path: Path, max_positions: int = MAX_POSITIONS, data
         ],
     )
     return save_model(g, model, path, data_location)
+
+
+def builder_for_kind(kind: str) -> Callable[..., Path]:
+    """`build_esm2_onnx` with the attention layout of a plan whose instances are of `kind` (KIND_CPU, KIND_GPU)."""
+    return partial(build_esm2_onnx, attention=attention_for_kind(kind))

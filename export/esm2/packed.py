@@ -28,7 +28,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonfleet.contract.esm2_tokens import CLS_ID, EOS_ID, encode_batch
 
 if TYPE_CHECKING:
-    from tritonfleet.export.esm2.onnx_graph import _Graph
+    from tritonfleet.export.esm2.graph_builder import GraphBuilder
 
 # The longest sequence (tokens) the graph accepts: export.esm2.onnx_graph.MAX_POSITIONS (that module needs onnx;
 # the configs here must not).
@@ -42,7 +42,12 @@ SEQUENCE_ENDS = "SEQUENCE_ENDS"
 EMBEDDING = "EMBEDDING"
 # Config parameter naming the packed graph's attention form (`attention_for`).
 ATTENTION_PARAMETER = "packed_attention"
-PackedAttention = Literal["padded", "per_sequence"]
+# How a graph lays out attention (the padded network and the packed one alike; `attention_for_kind` picks it):
+# "padded", one MultiHeadAttention over the whole batch with a key padding mask (few large kernels: GPUs);
+# "per_sequence", an ONNX Loop running MultiHeadAttention on each sequence's own tokens without a mask (CPUs: no
+# attention work on padding, and ONNX Runtime's unmasked CPU kernel is ~20 % faster), with plain LayerNormalization
+# (export.esm2.onnx_graph._add_and_norm).
+AttentionLayout = Literal["padded", "per_sequence"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class _Layout:
     count: str  # int64 scalar: how many sequences
 
 
-def _layout(g: _Graph, tokens: str, ends: str) -> _Layout:
+def _layout(g: GraphBuilder, tokens: str, ends: str) -> _Layout:
     from onnx import TensorProto
 
     i64 = np.int64
@@ -128,7 +133,7 @@ def _layout(g: _Graph, tokens: str, ends: str) -> _Layout:
     )
 
 
-def _segment_sum(g: _Graph, per_token: str, layout: _Layout, name: str, rows: bool = False) -> str:
+def _segment_sum(g: GraphBuilder, per_token: str, layout: _Layout, name: str, rows: bool = False) -> str:
     """Per-sequence sums of a per-token [tokens] (or [tokens, D] with `rows`) tensor: padded gather, mask, sum."""
     padded = g.op("Gather", [per_token, layout.gather_index], f"{name}.padded", axis=0)
     mask = g.unsqueeze(layout.valid_float, [-1], f"{name}.mask_3d") if rows else layout.valid_float
@@ -136,74 +141,12 @@ def _segment_sum(g: _Graph, per_token: str, layout: _Layout, name: str, rows: bo
     return g.op("ReduceSum", [masked, g.const([1], np.int64)], f"{name}.sum", keepdims=0)
 
 
-def _prefix_initializers(g: _Graph, prefix: str) -> None:
-    renamed = {tensor.name: prefix + tensor.name for tensor in g.initializers}
-    for tensor in g.initializers:
-        tensor.name = renamed[tensor.name]
-    for node in g.nodes:
-        node.input[:] = [renamed.get(value, value) for value in node.input]
-
-
-def _per_sequence_attention(g: _Graph, layout: _Layout, rows: tuple[str, str, str], name: str, **attention) -> str:
-    """Attention of each sequence on its own tokens, in an ONNX Loop over the sequences: no padding at all (work
-    sum(L^2) instead of sequences x longest^2), for CPUs; `rows` are query, key, value [tokens, hidden]."""
-    from onnx import TensorProto, helper
-
-    from tritonfleet.export.esm2.onnx_graph import _Graph
-
-    body = _Graph()
-    step, condition = f"{name}.i", f"{name}.cond_in"
-    collected_in, collected_out = f"{name}.collected_in", f"{name}.collected_out"
-    bound = [body.unsqueeze(body.op("Gather", [edge, step], f"{name}.{what}", axis=0), [0], f"{name}.{what}_1d")
-             for what, edge in (("start", layout.starts), ("end", layout.ends))]  # fmt: skip
-    axis = body.const([0], np.int64)
-    sliced = [
-        body.unsqueeze(body.op("Slice", [rows[i], *bound, axis], f"{name}.{part}_own"), [0], f"{name}.{part}_3d")
-        for i, part in enumerate(("q", "k", "v"))
-    ]
-    # An all-ones key padding mask takes the padded network's kernel path: bit-equal attention, so int8's per-row
-    # activation codes do not flip (without a mask ONNX Runtime picks another kernel, 1e-6 away: 1e-2 after int8).
-    own_shape = body.op(
-        "Slice",
-        [body.op("Shape", [sliced[0]], f"{name}.q_shape"), *[body.const([i], np.int64) for i in (0, 2)]],
-        f"{name}.mask_shape",
-    )
-    mask = body.op(
-        "ConstantOfShape", [own_shape], f"{name}.own_mask", value=helper.make_tensor("one", TensorProto.INT32, [1], [1])
-    )
-    inputs = [*sliced, "", mask]
-    context = body.op("MultiHeadAttention", inputs, f"{name}.attention", domain="com.microsoft", **attention)
-    flat = body.op("Squeeze", [context, axis], f"{name}.context_own")
-    body.nodes.append(helper.make_node("SequenceInsert", [collected_in, flat], [collected_out], name=f"{name}.insert"))
-    body.nodes.append(helper.make_node("Identity", [condition], [f"{name}.cond_out"], name=f"{name}.cond"))
-    _prefix_initializers(body, f"{name}.")  # names are unique across the outer graph and its subgraphs
-    sequence_type = helper.make_tensor_sequence_value_info
-    body_graph = helper.make_graph(
-        body.nodes,
-        f"{name}.per_sequence",
-        [
-            helper.make_tensor_value_info(step, TensorProto.INT64, []),
-            helper.make_tensor_value_info(condition, TensorProto.BOOL, []),
-            sequence_type(collected_in, TensorProto.FLOAT, None),
-        ],
-        [
-            helper.make_tensor_value_info(f"{name}.cond_out", TensorProto.BOOL, []),
-            sequence_type(collected_out, TensorProto.FLOAT, None),
-        ],
-        body.initializers,
-    )
-    empty = g.op("SequenceEmpty", [], f"{name}.empty", dtype=TensorProto.FLOAT)
-    collected = g.op("Loop", [layout.count, "", empty], f"{name}.loop", body=body_graph)
-    packed = g.op("ConcatFromSequence", [collected], f"{name}.context_packed", axis=0)
-    return g.unsqueeze(packed, [0], f"{name}.context")
-
-
 def build_packed_esm2_onnx(
     module,
     path: Path,
     max_positions: int = MAX_POSITIONS,
     data_location: str | None = None,
-    attention: PackedAttention = "padded",
+    attention: AttentionLayout = "padded",
 ) -> Path:
     """Writes the packed EMBEDDING graph: INPUT_IDS [tokens] int64 + SEQUENCE_ENDS [sequences] int32 ->
     EMBEDDING [sequences, hidden] float (each row equal to the sequence embedded alone by the padded graph).
@@ -212,9 +155,10 @@ def build_packed_esm2_onnx(
     kernels: GPUs); "per_sequence" loops over the sequences (no padded attention work: CPUs)."""
     from onnx import TensorProto, helper
 
+    from tritonfleet.export.esm2.graph_builder import GraphBuilder
+    from tritonfleet.export.esm2.onnx_attention import SequenceSpans, per_sequence_attention
     from tritonfleet.export.esm2.onnx_graph import (
         Esm2Shape,
-        _Graph,
         _numpy,
         embedding_layer_norm,
         encoder,
@@ -225,7 +169,7 @@ def build_packed_esm2_onnx(
     esm = getattr(module, "esm", module)
     shape = Esm2Shape.from_config(esm.config)
     hidden_size, heads = shape.hidden_size, shape.num_heads
-    g = _Graph()
+    g = GraphBuilder()
     layout = _layout(g, TOKENS_INPUT, SEQUENCE_ENDS)
 
     word = g.weight("embeddings.word_embeddings.weight", _numpy(esm.embeddings.word_embeddings.weight))
@@ -245,12 +189,14 @@ def build_packed_esm2_onnx(
     residual = g.unsqueeze(hidden, [0], "embeddings.batch_of_one")  # [1, tokens, hidden]: one "row" of tokens
     flat_shape = g.const([-1, hidden_size], np.int64)
 
-    def attend(g: _Graph, query: str, key: str, value: str, name: str) -> str:
+    def attend(g: GraphBuilder, query: str, key: str, value: str, name: str) -> str:
         if attention == "per_sequence":
             rows = tuple(
                 g.op("Reshape", [t, flat_shape], f"{name}.{p}_rows") for t, p in zip((query, key, value), "qkv")
             )
-            return _per_sequence_attention(g, layout, rows, name, num_heads=heads, scale=float(shape.head_dim) ** -0.5)
+            spans = SequenceSpans(layout.starts, layout.ends, layout.count)
+            packed = per_sequence_attention(g, spans, rows, name, num_heads=heads, scale=float(shape.head_dim) ** -0.5)
+            return g.unsqueeze(packed, [0], f"{name}.context")
 
         def padded(tensor: str, part: str) -> str:
             rows = g.op("Reshape", [tensor, flat_shape], f"{name}.{part}_rows")
@@ -268,7 +214,7 @@ def build_packed_esm2_onnx(
         packed = g.op("Gather", [rows, layout.unpack_index], f"{name}.context_packed", axis=0)
         return g.unsqueeze(packed, [0], f"{name}.context")
 
-    x = encoder(g, esm, shape, residual, layout.position_ids, attend, max_positions)
+    x = encoder(g, esm, shape, residual, layout.position_ids, attend, max_positions, attention == "per_sequence")
     final = g.op("Reshape", [x, flat_shape], "final_rows")  # [tokens, hidden]
     not_cls = g.op("Not", [g.op("Equal", [TOKENS_INPUT, g.const(CLS_ID, np.int64)], "is_cls")], "not_cls")
     not_eos = g.op("Not", [g.op("Equal", [TOKENS_INPUT, g.const(EOS_ID, np.int64)], "is_eos")], "not_eos")
@@ -328,13 +274,19 @@ def packed_config(network: mc.ModelConfig) -> mc.ModelConfig:
     return config
 
 
-def attention_for(config: mc.ModelConfig) -> PackedAttention:
-    """GPU instances: one padded MultiHeadAttention per layer (few large kernels); CPU: a loop over the sequences
-    (no attention work on padding; measured in loadtest/packed_study.py)."""
+def attention_for(config: mc.ModelConfig) -> AttentionLayout:
+    """The attention form of a network served as `config` says (`attention_for_kind`)."""
     from tritonfleet.contract.serving_plan import ServingPlan
 
     instances = ServingPlan.from_config(config).instances
-    return "padded" if instances is not None and instances.kind == "KIND_GPU" else "per_sequence"
+    return attention_for_kind(instances.kind if instances is not None else "KIND_CPU")
+
+
+def attention_for_kind(kind: str) -> AttentionLayout:
+    """GPU instances: one padded MultiHeadAttention per layer (few large kernels); CPU: a loop over the sequences
+    (no attention work on padding; ONNX Runtime's faster unmasked CPU kernel; measured in loadtest/packed_study.py),
+    in the padded network and the packed one alike (`AttentionLayout`)."""
+    return "padded" if kind == "KIND_GPU" else "per_sequence"
 
 
 def check_packed(packed: Path, padded: Path, proteins: Sequence[Sequence[str]], device: str = "cpu") -> float:

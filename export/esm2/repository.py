@@ -217,7 +217,7 @@ def build_configs(recipe: Esm2Recipe, options: RepositoryOptions) -> dict[str, M
             network.outputs,
             network_plan,
             warmups,
-            {**common, **engine_parameters(recipe, fmt)},
+            {**common, **engine_parameters(recipe, fmt, options.devices.kind)},
         )
     target_format = options.ensemble_target
     target = NETWORK_MODELS[target_format]
@@ -231,7 +231,7 @@ def build_configs(recipe: Esm2Recipe, options: RepositoryOptions) -> dict[str, M
             network.outputs,
             options.devices.interactive_plan(batching, copy_of=target, token_budget=budget),
             _network_warmups(served_names(network.inputs, target_format), batching.max_batch_size),
-            {**common, **engine_parameters(recipe, target_format)},
+            {**common, **engine_parameters(recipe, target_format, options.devices.kind)},
         )
     tokenizer_inputs, tokenizer_outputs = _tokenizer_specs()
     tokenization = {
@@ -356,7 +356,7 @@ def export_repository(recipe: Esm2Recipe, options: RepositoryOptions) -> ExportR
 
 def _export_networks(recipe: Esm2Recipe, options: RepositoryOptions, report: ExportReport) -> None:
     """The network through the export core; its inferred signature must be the one the configs declare."""
-    from tritonfleet.export.esm2.onnx_graph import build_esm2_onnx
+    from tritonfleet.export.esm2.onnx_graph import builder_for_kind
 
     started = time.perf_counter()
     logger.info("building the eager ESM-2 module (%s, %s)", recipe.weights_source, recipe.precision)
@@ -385,7 +385,7 @@ def _export_networks(recipe: Esm2Recipe, options: RepositoryOptions, report: Exp
         options.onnx_exporter,
         MAX_DYNAMIC_SIZE,
         precision=recipe.precision,
-        onnx_builder=build_esm2_onnx if recipe.fused_onnx else None,
+        onnx_builder=builder_for_kind(options.devices.kind) if recipe.fused_onnx else None,
         invariance_cases=invariance,
     )
     if wants_packed_network(recipe, options):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from tests.support.tiny_models import (
     tiny_config,
     write_model,
 )
-from tritonfleet.deploy.local import LocalTritonServer, PortInUseError, TritonStartError, local_server
+from tritonfleet.deploy.local import LocalTritonServer, PortInUseError, ServerOptions, TritonStartError, local_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"tiny_onnx": ONNX_NAMES, "tiny_torchscript": TORCHSCRIPT_NAMES}
@@ -246,21 +247,35 @@ def test_kind_auto_falls_back_to_cpu(explicit_server):
 
 def test_taken_port_is_reported(tiny_server, tmp_path):
     taken = int(tiny_server.http_url.rsplit(":", 1)[1])
-    with pytest.raises(PortInUseError, match="already in use"), local_server(tmp_path, http_port=taken):
-        pass
+    server = LocalTritonServer(ServerOptions(tmp_path, http_port=taken, grpc_port=0, metrics_port=0))
+    with pytest.raises(PortInUseError, match="already in use"):
+        server.start()
+    assert not server.log_path.parent.exists(), "a server that never ran leaves no work folder"
 
 
 def test_model_that_fails_to_load_stops_start_with_tritons_error(tmp_path):
     config = tiny_config("broken", "onnxruntime_onnx", ONNX_NAMES)
     write_model(tmp_path, config)  # no model.onnx
     with (
-        pytest.raises(TritonStartError, match=r"unable to find .*model\.onnx"),
+        pytest.raises(TritonStartError, match=r"unable to find .*model\.onnx") as failure,
         local_server(tmp_path, exit_timeout_s=5),
     ):
         pass
     repository_flag = f"--model-repository={tmp_path.resolve()}"
     left_running = [p.pid for p in psutil.Process().children() if repository_flag in _cmdline(p)]
     assert not left_running, f"tritonserver still running after a failed start: {left_running}"
+    log_path = Path(re.search(r"its log \((.+?)\) says", str(failure.value)).group(1))
+    assert "unable to find" in log_path.read_text(), "the failed server's log is kept for reading"
+    assert not (log_path.parent / "backends").exists(), "the stub copies are removed even after a failure"
+
+
+def test_clean_stop_removes_the_servers_work_folder(tmp_path):
+    repository = build_tiny_repository(tmp_path / "repository")
+    server = LocalTritonServer(ServerOptions(repository, http_port=0, grpc_port=0, metrics_port=0, exit_timeout_s=5))
+    with server:
+        workdir = server.log_path.parent
+        assert (workdir / "backends").is_dir()
+    assert server.pid is not None and not workdir.exists()
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

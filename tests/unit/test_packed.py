@@ -186,8 +186,10 @@ def graphs(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("packed_graphs")
     module = build_esm2(random_init="8M", seed=3)
-    engines = {"padded": open_engine(build_esm2_onnx(module, folder / "padded.onnx"), "onnx", threads=1)}
-    for attention in ("padded", "per_sequence"):
+    engines = {}
+    for attention in ("padded", "per_sequence"):  # the network and the packed graph of a GPU and of a CPU plan
+        network = build_esm2_onnx(module, folder / f"network_{attention}.onnx", attention=attention)
+        engines[f"network_{attention}"] = open_engine(network, "onnx", threads=1)
         path = build_packed_esm2_onnx(module, folder / f"packed_{attention}.onnx", attention=attention)
         engines[f"packed_{attention}"] = open_engine(path, "onnx", threads=1)
     yield engines
@@ -197,7 +199,7 @@ def graphs(tmp_path_factory):
 
 @pytest.mark.parametrize("attention", ["padded", "per_sequence"])
 def test_packed_graph_embeds_each_sequence_as_if_alone(graphs, attention):
-    padded, packed = graphs["padded"], graphs[f"packed_{attention}"]
+    padded, packed = graphs[f"network_{attention}"], graphs[f"packed_{attention}"]
     rng = np.random.default_rng(5)
     rows = [encode_batch([protein], buckets=None)[0][0] for protein in ["M", *random_proteins(5, rng, 2, 300)]]
     rows[2][3:6] = MASK_ID  # token dropout rescales per sequence: the packed graph must count per sequence too
@@ -208,14 +210,37 @@ def test_packed_graph_embeds_each_sequence_as_if_alone(graphs, attention):
         assert float(np.abs(embedding[index] - alone[EMBEDDING][0]).max()) <= INVARIANCE_TOLERANCE
 
 
+def test_both_network_layouts_answer_each_sequence_as_if_alone(graphs):
+    """The CPU plans' per-sequence layout (an If: one unpadded sequence straight through, else a Loop) and the GPU
+    plans' padded one, alone and inside a padded batch."""
+    layouts = ("padded", "per_sequence")
+    outputs = [EMBEDDING, "RESIDUE_EMBEDDINGS"]
+    proteins = random_proteins(4, np.random.default_rng(11), 2, 150)
+    ids, mask = encode_batch(proteins, buckets=None)
+    assert mask.min() == 0  # padded: the per-sequence layout takes its Loop
+    batched = {a: graphs[f"network_{a}"].run({"INPUT_IDS": ids, "ATTENTION_MASK": mask}, outputs) for a in layouts}
+    for index, protein in enumerate(proteins):
+        one_ids, one_mask = encode_batch([protein], buckets=None)
+        alone = {a: graphs[f"network_{a}"].run({"INPUT_IDS": one_ids, "ATTENTION_MASK": one_mask}, outputs)
+                 for a in layouts}  # fmt: skip
+        tokens = one_ids.shape[1]
+        for a in layouts:
+            assert np.abs(alone[a][EMBEDDING][0] - batched[a][EMBEDDING][index]).max() <= INVARIANCE_TOLERANCE
+            residues = alone[a]["RESIDUE_EMBEDDINGS"][0] - batched[a]["RESIDUE_EMBEDDINGS"][index, :tokens]
+            assert np.abs(residues).max() <= INVARIANCE_TOLERANCE
+            assert not batched[a]["RESIDUE_EMBEDDINGS"][index, tokens:].any()
+        layouts_differ = np.abs(alone["padded"][EMBEDDING] - alone["per_sequence"][EMBEDDING]).max()
+        assert layouts_differ <= INVARIANCE_TOLERANCE
+
+
 def test_the_packed_study_runs_both_layouts_on_the_shared_side_by_side_runner(graphs):
     from tritonfleet.loadtest.bench.engines import run_side_by_side
     from tritonfleet.loadtest.packed_study import PACKED_INPUTS, PADDED_INPUTS, Embedder, packed_batch, padded_batch
 
     proteins = random_proteins(7, np.random.default_rng(9), 2, 200)
     batches = [proteins[i : i + 3] for i in range(0, len(proteins), 3)]
-    padded = run_side_by_side([Embedder(graphs["padded"], PADDED_INPUTS)] * 2, [padded_batch(b) for b in batches],
-                              keep_outputs=True)  # fmt: skip
+    network = Embedder(graphs["network_padded"], PADDED_INPUTS)
+    padded = run_side_by_side([network] * 2, [padded_batch(b) for b in batches], keep_outputs=True)
     for attention in ("padded", "per_sequence"):
         embedder = Embedder(graphs[f"packed_{attention}"], PACKED_INPUTS)
         packed = run_side_by_side([embedder] * 2, [packed_batch(b) for b in batches], keep_outputs=True)
