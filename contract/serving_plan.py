@@ -40,6 +40,12 @@ MAX_CPU_INSTANCES = 8
 # one instance, 12.8 with two, 13.2 with one and a plain queue. Default plans keep it: one core gets two
 # single-threaded instances (`plan_cpu`), each GPU two (`export.devices.DEFAULT_INSTANCES_PER_GPU`).
 MIN_QUEUED_INSTANCES = 2
+# Default single-threaded instances per core on CPU plans (up to MAX_CPU_INSTANCES): the same wake-up race idles an
+# instance between executions whenever none of its peers is waiting, and with ESM-2's CPU layout executions are short
+# enough for those gaps to cost 10-20 %. Two per core keep one waiting: ESM-2 8M int8 on 2 cores, 16 in flight, two
+# rounds: 2 instances 31.2 / 31.8 seq/s (`esm2`), 3 instances 33.9 / 35.4, 4 instances 37.4 / 38.4, at the same
+# server CPU per sequence (loadtest/served_overhead.py).
+QUEUED_INSTANCES_PER_CORE = 2
 
 
 class NotReproducibleError(ValueError):
@@ -47,18 +53,18 @@ class NotReproducibleError(ValueError):
 
 
 def plan_cpu(cores: int, instances: int | None = None, threads: int | None = None) -> tuple[int, int]:
-    """(instances, intra-op threads each) filling `cores` without oversubscribing them (but one core, which gets
-    MIN_QUEUED_INSTANCES single-threaded instances).
+    """(instances, intra-op threads each) for `cores`.
 
-    Unset values are chosen: one single-threaded instance per core up to MAX_CPU_INSTANCES, then more threads per
-    instance; a given instance count splits the cores between them, a given thread count sets how many instances fit.
+    Unset values are chosen: QUEUED_INSTANCES_PER_CORE single-threaded instances per core up to MAX_CPU_INSTANCES,
+    then more threads per instance (never more threads than cores); a given instance count splits the cores between
+    them, a given thread count sets how many instances fit.
     """
     if cores < 1:
         raise ValueError(f"--cpu-cores must be >= 1, got {cores}")
     if instances is not None and instances < 1 or threads is not None and threads < 1:
         raise ValueError("--cpu-instances and --cpu-threads must be >= 1")
     if instances is None and threads is None:
-        instances = min(max(cores, MIN_QUEUED_INSTANCES), MAX_CPU_INSTANCES)
+        instances = min(max(cores * QUEUED_INSTANCES_PER_CORE, MIN_QUEUED_INSTANCES), MAX_CPU_INSTANCES)
     if instances is None:
         instances = max(1, cores // threads)
     if threads is None:

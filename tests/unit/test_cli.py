@@ -247,7 +247,7 @@ def test_gpu_all_configs_list_no_device(tmp_path):
 def test_the_target_is_written_down_in_the_repository(tmp_path, capsys):
     _configs(tmp_path / "explicit", "--target", "cpu:3")
     record = json.loads((tmp_path / "explicit" / TARGET_FILENAME).read_text())
-    assert record["target"] == "cpu:3" and record["chosen_by"] == "--target" and "CPU: 3 instance(s)" in record["plan"]
+    assert record["target"] == "cpu:3" and record["chosen_by"] == "--target" and "CPU: 6 instance(s)" in record["plan"]
     assert "--target auto chose" not in capsys.readouterr().err
     _configs(tmp_path / "auto", "--target", "auto")
     record = json.loads((tmp_path / "auto" / TARGET_FILENAME).read_text())
@@ -271,7 +271,7 @@ def test_serve_reads_the_target_back(tmp_path):
     record = read_serving_target(tmp_path)
     assert record is not None and record["target"] == "cpu:3"
     line = describe_for_this_machine(record)
-    assert line.startswith("serving target: cpu:3 (CPU: 3 instance(s)") and "\n" not in line
+    assert line.startswith("serving target: cpu:3 (CPU: 6 instance(s)") and "\n" not in line
 
 
 def test_a_missing_extra_is_named(capsys, monkeypatch):

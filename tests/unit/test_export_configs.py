@@ -22,6 +22,7 @@ from tritonfleet.contract.esm2.pipeline import (
     TORCHSCRIPT_MODEL,
 )
 from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
+from tritonfleet.contract.serving_plan import QUEUED_INSTANCES_PER_CORE
 from tritonfleet.export.__main__ import main
 from tritonfleet.export.esm2.repository import CANONICAL_ARGS, CANONICAL_COMMAND
 from tritonfleet.export.model_config import WARMUP_DIRNAME
@@ -117,7 +118,7 @@ def test_cpu_plan_fills_the_cores_with_single_threaded_instances(tmp_path):
     configs = export_configs(tmp_path, "--cpu-cores", "4")  # the later --cpu-cores wins over the canonical 2
     for name, threads_key in ((ONNX_MODEL, "intra_op_thread_count"), (TORCHSCRIPT_MODEL, "INTRA_OP_THREAD_COUNT")):
         (group,) = configs[name].instance_group
-        assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 4
+        assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 4 * QUEUED_INSTANCES_PER_CORE
         assert configs[name].parameters[threads_key].string_value == "1"
     configs = export_configs(tmp_path, "--cpu-cores", "4", "--cpu-instances", "1")
     assert configs[ONNX_MODEL].instance_group[0].count == 1

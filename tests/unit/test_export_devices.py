@@ -40,10 +40,12 @@ def test_auto_without_gpus_falls_back_to_cpu():
 @pytest.mark.parametrize(
     ("cores", "instances", "threads", "planned"),
     [
-        (1, None, None, (2, 1)),  # one core: two instances all the same (MIN_QUEUED_INSTANCES)
+        (1, None, None, (2, 1)),  # two single-threaded instances per core (QUEUED_INSTANCES_PER_CORE)
         (1, 1, None, (1, 1)),  # unless one is asked for
-        (2, None, None, (2, 1)),
-        (8, None, None, (8, 1)),
+        (2, None, None, (4, 1)),
+        (3, None, None, (6, 1)),
+        (4, None, None, (8, 1)),
+        (8, None, None, (8, 1)),  # MAX_CPU_INSTANCES
         (32, None, None, (MAX_CPU_INSTANCES, 32 // MAX_CPU_INSTANCES)),
         (8, 2, None, (2, 4)),
         (8, None, 4, (2, 4)),
@@ -52,11 +54,11 @@ def test_auto_without_gpus_falls_back_to_cpu():
         (8, 2, 2, (2, 2)),
     ],
 )
-def test_cpu_plan_never_oversubscribes_unless_asked(cores, instances, threads, planned):
+def test_cpu_plan_keeps_threads_within_the_cores_unless_asked(cores, instances, threads, planned):
     assert plan_cpu(cores, instances, threads) == planned
     if instances is None or threads is None:
         chosen_instances, chosen_threads = planned
-        assert chosen_instances * chosen_threads <= max(cores, chosen_instances)
+        assert chosen_threads <= cores and chosen_instances * chosen_threads <= max(2 * cores, chosen_instances)
 
 
 def test_cpu_plans_size_engine_threads_and_gpu_plans_leave_them_to_the_engine():

@@ -18,6 +18,7 @@ from tritonfleet.contract.esm2.pipeline import (
     TOKENIZER_MODEL,
 )
 from tritonfleet.contract.model_config import CONFIG_FILENAME, read_config
+from tritonfleet.contract.serving_plan import plan_cpu
 from tritonfleet.export.__main__ import main
 from tritonfleet.export.devices import DevicePlan, plan_devices
 from tritonfleet.export.esm2.engine_policy import cache_is_exact
@@ -89,7 +90,7 @@ def test_cpu_repository_caps_every_execution_and_advertises_the_entry_models(tmp
         assert parameter(configs[name], "execution_token_budget") == "1024", name
     # the reserve: one single-threaded instance beyond the cores, only interactive traffic reaches it; one
     # instance, so one plain queue (BatchingPlan.for_unordered_model: Triton's batcher stalls there with queue policies)
-    assert [group.count for group in network.instance_group] == [2]
+    assert [group.count for group in network.instance_group] == [plan_cpu(2)[0]]
     assert [group.count for group in reserve.instance_group] == [1]
     assert parameter(reserve, "intra_op_thread_count") == "1"
     assert reserve.HasField("dynamic_batching") and reserve.dynamic_batching.priority_levels == 0

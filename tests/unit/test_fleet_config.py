@@ -204,11 +204,9 @@ def _configs(root: Path) -> dict:
 
 @pytest.mark.parametrize(
     ("cores", "networks", "threads", "wide"),
-    [(1, 2, 1, 1), (2, 2, 1, 2), (3, 3, 1, 3), (16, 8, 2, 4)],
+    [(1, 2, 1, 1), (2, 4, 1, 2), (3, 6, 1, 3), (16, 8, 2, 4)],
 )
-def test_a_cpu_replica_gets_one_single_threaded_network_instance_per_core_and_never_just_one(
-    tmp_path, cores, networks, threads, wide
-):
+def test_a_cpu_replica_gets_the_export_plan_for_its_cores(tmp_path, cores, networks, threads, wide):
     from tritonfleet.contract.model_config import instance_count, string_parameters
     from tritonfleet.deploy.fleet.replica_plan import scale_configs
 
@@ -233,8 +231,8 @@ def test_a_cpu_replica_gets_one_single_threaded_network_instance_per_core_and_ne
     assert instance_count(served["wide"]) == wide  # an unknown CPU model: capped at the cores
     assert {"gpu_net", "esm2", "esm2_onnx_interactive"}.isdisjoint(changed)  # GPU, ensemble, reserve untouched
     assert served["gpu_net"] == original["gpu_net"]
-    # the bulk networks never oversubscribe the cores, but one core, which gets two instances (plan_cpu)
-    assert plan.network_threads == networks * threads <= max(cores, 2)
+    # the bulk networks: two single-threaded instances per core at most (plan_cpu)
+    assert plan.network_threads == networks * threads <= 2 * cores
     assert "interactive-only" in plan.describe() and f"{cores} core(s)" in plan.describe()
     assert instance_count(original["esm2_onnx"]) == 2  # the input configs are not modified
 
@@ -250,7 +248,7 @@ def test_replica_repository_links_versions_and_picks_up_new_ones(tmp_path):
     shadow = tmp_path / "run" / "r1"
     plan = build_replica_repository(source, shadow, cores=3)
     assert plan.export_target == "cpu:2" and plan.repository == str(shadow)
-    assert instance_count(read_config(shadow / "esm2_onnx")) == 3
+    assert instance_count(read_config(shadow / "esm2_onnx")) == 6
     assert (shadow / "esm2_onnx" / "1").is_symlink() and (shadow / "esm2_onnx" / "warmup").is_symlink()
     assert (shadow / "esm2_onnx" / "1" / "weights.bin").read_bytes() == b"w"  # linked, not copied
     assert (shadow / "esm2").is_symlink() and (shadow / "gpu_net").is_symlink()  # unchanged models: the original
@@ -261,7 +259,7 @@ def test_replica_repository_links_versions_and_picks_up_new_ones(tmp_path):
     (source / "esm2_onnx" / ".staging-3").mkdir()
     sync_replica_repository(source, shadow)
     assert (shadow / "esm2_onnx" / "2").is_symlink() and not (shadow / "esm2_onnx" / ".staging-3").exists()
-    assert instance_count(read_config(shadow / "esm2_onnx")) == 3
+    assert instance_count(read_config(shadow / "esm2_onnx")) == 6
     # Rebuilt for one core (a replica re-added by scale-out) without touching the original: two single-threaded
     # instances, as the export plans one core (plan_cpu), so the network is the original's again.
     build_replica_repository(source, shadow, cores=1)

@@ -225,7 +225,7 @@ def test_a_variant_replaces_the_shipped_config_only_when_it_wins_every_round() -
 
 
 def test_export_flags_reproduce_the_chosen_config(shipped) -> None:
-    assert (VariantSettings.of(shipped).instances, VariantSettings.of(shipped).threads) == (2, "1")  # the CPU plan
+    assert (VariantSettings.of(shipped).instances, VariantSettings.of(shipped).threads) == (4, "1")  # the CPU plan
     chosen = read_config(SHIPPED)
     chosen.instance_group[0].count = 1
     chosen.parameters["intra_op_thread_count"].string_value = "2"

@@ -122,7 +122,7 @@ def test_every_committed_config_reads_back_into_the_same_text():
         again.CopyFrom(config)
         assert render_config(ServingPlan.from_config(config).apply(again)) == render_config(config), name
     onnx = ServingPlan.from_config(read_config(REPOSITORY / "esm2_onnx"))
-    assert onnx.instances == InstancePlan("KIND_CPU", 2) and onnx.threads == ThreadPlan(1, 1)
+    assert onnx.instances == InstancePlan("KIND_CPU", 4) and onnx.threads == ThreadPlan(1, 1)  # cpu:2, plan_cpu
     assert ServingPlan.from_config(read_config(REPOSITORY / "esm2_onnx_interactive")).interactive_copy_of == "esm2_onnx"
 
 
