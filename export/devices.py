@@ -4,9 +4,10 @@ with how many engine threads each (reports/cpu_plan.md measures the choice).
 On CPU every core should run one engine thread and nothing should oversubscribe: an instance whose engine spins a
 thread per core competes with the other instances, the python stubs and Triton itself. One single-threaded engine
 per core does more work per core than one engine spread over all cores (ONNX Runtime on ESM-2 8M, length 128, this
-project's 2-core machine: 67 seq/s on 1 thread vs 97 on 2), so the plan is one instance per core with one intra-op
-thread each, up to MAX_CPU_INSTANCES; beyond that, each instance gets more threads (every instance is a process
-holding its own copy of the weights).
+project's 2-core machine: 67 seq/s on 1 thread vs 97 on 2), so the plan gives every instance one intra-op thread,
+two instances per core (`contract.serving_plan.QUEUED_INSTANCES_PER_CORE`: one waiting while the other computes, so
+Triton's batcher never idles a core), up to MAX_CPU_INSTANCES; beyond that, each instance gets more threads (every
+instance is a process holding its own copy of the weights).
 
 The rule holds at every network size, measured for the large one too (issue 19, 2026-12-07, the 2-core Xeon with
 AMX, int8 ESM-2 650M, 24 Swiss-Prot-like proteins): intra-op threads scale there (in-process 1 engine x 2 threads

@@ -217,8 +217,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tritonfleet.loadt
         for workload in WORKLOADS
     }
     conclusion = [
-        f"- Planned by `contract.serving_plan.plan_cpu` for {cores} cores: **{chosen}** (one single-threaded instance "
-        "per core), no batching delay, no preferred sizes (`export.model_config.CPU_BATCHING`).",
+        f"- Planned by `contract.serving_plan.plan_cpu` for {cores} cores: **{chosen}** (two single-threaded instances "
+        "per core, up to 8: an instance waiting whenever Triton's batcher looks), no batching delay, no preferred "
+        "sizes (`export.model_config.CPU_BATCHING`).",
         *(f"- Best measured for {workload}: {result.describe}." for workload, result in best.items()),
         "- Why one thread per instance: a single-threaded engine does more work per core than one spread over the "
         "cores (compare the raw columns), and instances that each spin on every core oversubscribe them together "

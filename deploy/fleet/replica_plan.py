@@ -1,14 +1,14 @@
 """Each CPU replica's own CPU plan (issue 17: "on CPU the cores are split between replicas, each with its own CPU
 plan, never oversubscribed").
 
-An exported repository is planned for one machine (`serving_target.json`, e.g. `cpu:8`: one single-threaded network
-instance per core). A fleet splits the cores between replicas, so a replica pinned to 2 cores that loaded the
+An exported repository is planned for one machine (`serving_target.json`, e.g. `cpu:8`: eight single-threaded network
+instances). A fleet splits the cores between replicas, so a replica pinned to 2 cores that loaded the
 repository unchanged would run 8 network instances on them. Every CPU replica therefore serves a *shadow repository*
 under the fleet's run directory: each model directory links to the original's version directories (nothing is copied,
 model versions stay immutable) beside a rewritten `config.pbtxt`:
 
 - network models (a CPU instance group and an engine thread parameter, contract/engine_formats.py): the export's
-  rule for the replica's cores, one single-threaded instance per core (two on one core) up to `MAX_CPU_INSTANCES`,
+  rule for the replica's cores, two single-threaded instances per core up to `MAX_CPU_INSTANCES`,
   then more threads per instance (`contract.serving_plan.plan_cpu`, the rule the export plans with);
 - a model that drives a network (its `target_model` parameter, the BLS model): as many instances as its target;
 - the interactive-only network copy (`*_interactive`, or a `serves` parameter saying "interactive"): unchanged, it is

@@ -37,7 +37,7 @@ WORKERS = [("grpc", "project"), ("http", "project"), ("grpc", "plain"), ("http",
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory) -> Path:
     """The tiny model, planned as an export plans a network for `--target cpu:2` (2 single-threaded instances): each
-    replica must serve it with its own plan (one instance per core it is pinned to)."""
+    replica must serve it with its own plan (plan_cpu for the cores it is pinned to)."""
     root = build_repository(tmp_path_factory.mktemp("fleet") / "repository")
     config = (root / MODEL / "config.pbtxt").read_text()
     assert "instance_group { kind: KIND_CPU count: 1 }" in config
@@ -212,7 +212,7 @@ def test_scale_out_and_in_under_load(fleet):
 
 def test_each_replica_serves_its_own_cpu_plan(fleet, repository):
     """After kills, restarts, updates, canaries and scaling: every replica's tritonserver (asked on its own port)
-    serves the network with one single-threaded instance per core of its core set (two on one core: plan_cpu); the
+    serves the network with two single-threaded instances per core of its core set (plan_cpu); the
     repository is unchanged."""
     status = fleet.status()["replicas"]
     for name, replica in fleet.replicas.items():
