@@ -37,8 +37,9 @@ MAX_CPU_INSTANCES = 8
 # an instance it sees waiting, and the end of an execution wakes it before that instance is back
 # (`BatchingPlan.for_unordered_model`), so under concurrent load a lone instance idles until the next arrival or
 # ~500 ms; two wait at most for each other's execution. Measured on one core, 16 requests in flight: 3.9 seq/s with
-# one instance, 12.8 with two, 13.2 with one and a plain queue. Default plans keep it: one core gets two
-# single-threaded instances (`plan_cpu`), each GPU two (`export.devices.DEFAULT_INSTANCES_PER_GPU`).
+# one instance, 12.8 with two, 13.2 with one and a plain queue. Default plans keep it: every core gets
+# QUEUED_INSTANCES_PER_CORE (>= it) single-threaded instances (`plan_cpu`), each GPU two
+# (`export.devices.DEFAULT_INSTANCES_PER_GPU`).
 MIN_QUEUED_INSTANCES = 2
 # Default single-threaded instances per core on CPU plans (up to MAX_CPU_INSTANCES): the same wake-up race idles an
 # instance between executions whenever none of its peers is waiting, and with ESM-2's CPU layout executions are short
@@ -64,7 +65,7 @@ def plan_cpu(cores: int, instances: int | None = None, threads: int | None = Non
     if instances is not None and instances < 1 or threads is not None and threads < 1:
         raise ValueError("--cpu-instances and --cpu-threads must be >= 1")
     if instances is None and threads is None:
-        instances = min(max(cores * QUEUED_INSTANCES_PER_CORE, MIN_QUEUED_INSTANCES), MAX_CPU_INSTANCES)
+        instances = min(cores * QUEUED_INSTANCES_PER_CORE, MAX_CPU_INSTANCES)
     if instances is None:
         instances = max(1, cores // threads)
     if threads is None:

@@ -20,7 +20,7 @@ import psutil
 
 from tritonfleet.deploy.fleet.haproxy import HAPROXY_ENVIRONMENT, BalancerSpec, haproxy_binary, render_config
 from tritonfleet.deploy.fleet.runtime_api import RuntimeApi
-from tritonfleet.deploy.local.server import LOOPBACK, _free_port, terminate_with_parent
+from tritonfleet.deploy.local.server import LOOPBACK, _free_port, start_in_own_session, terminate_with_parent
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,16 +108,7 @@ class ReplicaProcess:
                 os.sched_setaffinity(0, cores)
 
         LOGGER.info("starting replica %s (cores %s, gpu %s): %s", self.name, self.cores, self.gpu, self.command())
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.environment(),
-                start_new_session=True,
-                preexec_fn=before_exec,
-            )
+        self._process = start_in_own_session(self.command(), self.log_path, self.environment(), before_exec=before_exec)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
@@ -200,16 +191,8 @@ class BalancerProcess:
     def start(self, timeout_s: float = 20.0) -> None:
         binary = haproxy_binary()
         self.config_path.write_text(render_config(self.spec))
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [binary, "-db", "-f", str(self.config_path)],
-                env={**os.environ, **HAPROXY_ENVIRONMENT},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=terminate_with_parent,
-            )
+        command = [binary, "-db", "-f", str(self.config_path)]
+        self._process = start_in_own_session(command, self.log_path, {**os.environ, **HAPROXY_ENVIRONMENT})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

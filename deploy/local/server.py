@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,16 +138,7 @@ class LocalTritonServer(ServingAddresses):
             self._workdir.mkdir(mode=0o700)
             self.runtime.assemble_backend_directory(self._workdir / "backends")
             LOGGER.info("starting tritonserver: %s", " ".join(self.command()))
-            with self.log_path.open("wb") as log:
-                self._process = subprocess.Popen(
-                    self.command(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=self.environment(),
-                    start_new_session=True,
-                    preexec_fn=terminate_with_parent,
-                )
+            self._process = start_in_own_session(self.command(), self.log_path, self.environment(), append=False)
         except BaseException:
             self._remove_workdir(keep_log=False)  # nothing ran: nothing to read
             raise
@@ -327,6 +318,28 @@ def terminate_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_in_own_session(
+    command: list[str],
+    log_path: Path,
+    env: dict[str, str],
+    append: bool = True,
+    before_exec: Callable[[], None] = terminate_with_parent,
+) -> subprocess.Popen[bytes]:
+    """A child in its own session (a Ctrl-C in the terminal reaches only us; stopping it is ours to do), its stdout
+    and stderr in `log_path`, no stdin, dying with this process (`before_exec` is `terminate_with_parent` or calls
+    it): tritonserver, and the fleet's replicas and HAProxy."""
+    with log_path.open("ab" if append else "wb") as log:
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            preexec_fn=before_exec,
+        )
 
 
 def _with_free_ports(options: ServerOptions) -> ServerOptions:

@@ -42,11 +42,8 @@ SEQUENCE_ENDS = "SEQUENCE_ENDS"
 EMBEDDING = "EMBEDDING"
 # Config parameter naming the packed graph's attention form (`attention_for`).
 ATTENTION_PARAMETER = "packed_attention"
-# How a graph lays out attention (the padded network and the packed one alike; `attention_for_kind` picks it):
-# "padded", one MultiHeadAttention over the whole batch with a key padding mask (few large kernels: GPUs);
-# "per_sequence", an ONNX Loop running MultiHeadAttention on each sequence's own tokens without a mask (CPUs: no
-# attention work on padding, and ONNX Runtime's unmasked CPU kernel is ~20 % faster), with plain LayerNormalization
-# (export.esm2.onnx_graph._add_and_norm).
+# How a graph lays out attention, the padded network and the packed one alike (`attention_for_kind` picks it;
+# export/esm2/onnx_attention.py says what each is and why).
 AttentionLayout = Literal["padded", "per_sequence"]
 
 
@@ -283,9 +280,8 @@ def attention_for(config: mc.ModelConfig) -> AttentionLayout:
 
 
 def attention_for_kind(kind: str) -> AttentionLayout:
-    """GPU instances: one padded MultiHeadAttention per layer (few large kernels); CPU: a loop over the sequences
-    (no attention work on padding; ONNX Runtime's faster unmasked CPU kernel; measured in loadtest/packed_study.py),
-    in the padded network and the packed one alike (`AttentionLayout`)."""
+    """GPU instances: "padded" (few large kernels); CPU: "per_sequence" (no attention work on padding, ONNX Runtime's
+    faster unmasked CPU kernel; loadtest/packed_study.py, docs/design.md)."""
     return "padded" if kind == "KIND_GPU" else "per_sequence"
 
 
