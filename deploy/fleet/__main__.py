@@ -48,7 +48,14 @@ def _policy_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=defaults.p99_factor,
         metavar="F",
-        help="roll back when the canary's p99 > F x the rest's (default: %(default)s)",
+        help="roll back when the canary's p99 > F x the rest's and more than the slack above it (default: %(default)s)",
+    )
+    group.add_argument(
+        "--canary-p99-slack-ms",
+        type=float,
+        default=defaults.p99_slack_ms,
+        metavar="MS",
+        help="p99 excess over the rest's that is never a reason to roll back (default: %(default)s)",
     )
 
 
@@ -59,6 +66,7 @@ def _policy(args: argparse.Namespace) -> CanaryPolicy:
         max_error_ratio=args.canary_max_error_ratio,
         error_ratio_factor=args.canary_error_factor,
         p99_factor=args.canary_p99_factor,
+        p99_slack_ms=args.canary_p99_slack_ms,
     )
 
 

@@ -72,18 +72,23 @@ def plan_cores(replicas: int, cores: tuple[int, ...], oversubscribe: bool = Fals
 @dataclass(frozen=True)
 class CanaryPolicy:
     """When a canary is promoted or rolled back (issue 17): after `min_requests` canary requests or `max_window_s`,
-    roll back when its error ratio > max(`max_error_ratio`, `error_ratio_factor` x the rest's) or its p99 >
-    `p99_factor` x the rest's (median of the other replicas' p99, from Triton's summaries); promote otherwise. A
-    canary that has already failed `abort_failures` requests with an error ratio above the limit is rolled back at
-    once (a broken version need not burn the whole window)."""
+    roll back when its error ratio > max(`max_error_ratio`, `error_ratio_factor` x the rest's) or its p99 is both >
+    `p99_factor` x the rest's (median of the other replicas' p99, from Triton's summaries) and more than
+    `p99_slack_ms` above it; promote otherwise. The slack keeps a few milliseconds of scheduling noise on a fast
+    model (7 vs 5 ms) from rolling back a good version. A canary that has already failed `abort_failures` requests
+    with an error ratio above the limit is rolled back at once (a broken version need not burn the whole window)."""
 
     min_requests: int = 200
     max_window_s: float = 60.0
     max_error_ratio: float = 0.01
     error_ratio_factor: float = 2.0
     p99_factor: float = 1.5
+    p99_slack_ms: float = 10.0
     abort_failures: int = 3
     poll_s: float = 0.1
+
+    def error_ratio_limit(self, rest_error_ratio: float) -> float:
+        return max(self.max_error_ratio, self.error_ratio_factor * rest_error_ratio)
 
 
 @dataclass(frozen=True)

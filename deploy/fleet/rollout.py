@@ -10,6 +10,8 @@ import statistics
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,7 +190,7 @@ class RolloutMixin:
         canary_total, rest_total = canary_ok + canary_failed, rest_ok + rest_failed
         canary_ratio = canary_failed / canary_total if canary_total else 0.0
         rest_ratio = rest_failed / rest_total if rest_total else 0.0
-        ratio_limit = max(policy.max_error_ratio, policy.error_ratio_factor * rest_ratio)
+        ratio_limit = policy.error_ratio_limit(rest_ratio)
         elapsed = time.monotonic() - window_start
         figures = {
             "canary_requests": canary_total,
@@ -202,22 +204,12 @@ class RolloutMixin:
             "rest_p99_ms": None if rest_p99 is None else round(rest_p99 / 1000, 2),
             "window_s": round(elapsed, 1),
         }
-        if canary_ratio > ratio_limit and canary_failed >= policy.abort_failures:
-            return "rollback", f"error ratio {canary_ratio:.2%} > {ratio_limit:.2%} ({canary_failed} failed)", figures
-        if not self._canary_in_service(canary):
-            return "rollback", "the canary replica left the balancer's rotation", figures
-        if canary_total < policy.min_requests and elapsed < policy.max_window_s:
-            return "", "", figures
-        if canary_ratio > ratio_limit:
-            return "rollback", f"error ratio {canary_ratio:.2%} > {ratio_limit:.2%}", figures
-        if canary_p99 is not None and rest_p99 is not None and canary_p99 > policy.p99_factor * rest_p99:
-            reason = f"p99 {canary_p99 / 1000:.1f} ms > {policy.p99_factor} x {rest_p99 / 1000:.1f} ms"
-            return "rollback", reason, figures
-        return (
-            "promote",
-            f"error ratio {canary_ratio:.2%} <= {ratio_limit:.2%}, p99 within {policy.p99_factor}x",
-            figures,
+        decision, reason = canary_decision(
+            CanaryFigures(canary_total, canary_failed, canary_p99, rest_ratio, rest_p99, elapsed),
+            policy,
+            in_service=lambda: self._canary_in_service(canary),
         )
+        return decision, reason, figures
 
     def _canary_in_service(self, name: str) -> bool:
         rows = self.api.server_stats(name)
@@ -261,6 +253,45 @@ class RolloutMixin:
                 if versions:
                     return str(max(int(v) for v in versions if v))
         return None
+
+
+@dataclass(frozen=True)
+class CanaryFigures:
+    """What a canary is judged on, counted from its first request: requests and failures, p99 (us, Triton's
+    summary), the rest's error ratio and p99 (us, median of the other replicas'), seconds since the window opened."""
+
+    requests: int
+    failed: int
+    p99_us: float | None
+    rest_error_ratio: float
+    rest_p99_us: float | None
+    elapsed_s: float
+
+
+def canary_decision(
+    figures: CanaryFigures, policy: CanaryPolicy, in_service: Callable[[], bool] = lambda: True
+) -> tuple[str, str]:
+    """("rollback" | "promote" | "" while still watching, the reason) under `policy` (see CanaryPolicy)."""
+    ratio = figures.failed / figures.requests if figures.requests else 0.0
+    ratio_limit = policy.error_ratio_limit(figures.rest_error_ratio)
+    if ratio > ratio_limit and figures.failed >= policy.abort_failures:
+        return "rollback", f"error ratio {ratio:.2%} > {ratio_limit:.2%} ({figures.failed} failed)"
+    if not in_service():
+        return "rollback", "the canary replica left the balancer's rotation"
+    if figures.requests < policy.min_requests and figures.elapsed_s < policy.max_window_s:
+        return "", ""
+    if ratio > ratio_limit:
+        return "rollback", f"error ratio {ratio:.2%} > {ratio_limit:.2%}"
+    p99, rest_p99 = figures.p99_us, figures.rest_p99_us
+    if (
+        p99 is not None
+        and rest_p99 is not None
+        and p99 > policy.p99_factor * rest_p99
+        and p99 - rest_p99 > policy.p99_slack_ms * 1000
+    ):
+        reason = f"p99 {p99 / 1000:.1f} ms > {policy.p99_factor} x {rest_p99 / 1000:.1f} ms (+{policy.p99_slack_ms} ms)"
+        return "rollback", reason
+    return "promote", f"error ratio {ratio:.2%} <= {ratio_limit:.2%}, p99 within {policy.p99_factor}x"
 
 
 _METRIC_LINE = re.compile(

@@ -7,6 +7,7 @@ timed: every wait is on a condition, bounded in time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -63,7 +64,9 @@ def fleet(repository, tmp_path_factory):
         max_replicas=4,
         startup_timeout_s=120,
         exit_timeout_s=5,
-        canary=CanaryPolicy(min_requests=40, max_window_s=30),
+        # Latency is not judged here (2 busy cores make any p99 comparison a coin toss; the p99 rule is unit-tested
+        # in test_fleet_config.py): the canary test checks errors, promotion and rollback end to end.
+        canary=CanaryPolicy(min_requests=40, max_window_s=30, p99_factor=math.inf),
         workdir=tmp_path_factory.mktemp("fleet-work"),
     )
     with Fleet(options) as running:

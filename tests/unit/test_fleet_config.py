@@ -19,8 +19,8 @@ from tritonfleet.deploy.fleet.haproxy import (
     check_config,
     render_config,
 )
-from tritonfleet.deploy.fleet.options import FleetError, auto_replicas, plan_cores
-from tritonfleet.deploy.fleet.rollout import parse_triton_counts
+from tritonfleet.deploy.fleet.options import CanaryPolicy, FleetError, auto_replicas, plan_cores
+from tritonfleet.deploy.fleet.rollout import CanaryFigures, canary_decision, parse_triton_counts
 
 HAVE_HAPROXY = shutil.which("haproxy") is not None or Path("/usr/sbin/haproxy").exists()
 needs_haproxy = pytest.mark.skipif(not HAVE_HAPROXY, reason="haproxy not installed (scripts/setup.sh installs it)")
@@ -289,3 +289,34 @@ def test_an_unreadable_config_is_refused_in_one_line(tmp_path):
     (tmp_path / "repository" / "bad" / "config.pbtxt").write_text("instance_group { no_such_field: 1 }\n")
     with pytest.raises(ReplicaPlanError, match=r"cannot read .*bad/config.pbtxt"):
         build_replica_repository(tmp_path / "repository", tmp_path / "shadow", cores=1)
+
+
+POLICY = CanaryPolicy(min_requests=40, max_window_s=30)
+
+
+def _figures(requests=50, failed=0, p99_ms=5.0, rest_error_ratio=0.0, rest_p99_ms=5.0, elapsed_s=1.0):
+    p99_us = None if p99_ms is None else p99_ms * 1000
+    return CanaryFigures(requests, failed, p99_us, rest_error_ratio, rest_p99_ms * 1000, elapsed_s)
+
+
+@pytest.mark.parametrize(
+    ("figures", "decision", "reason"),
+    [
+        (_figures(requests=10), "", ""),  # still watching: too few requests, window open
+        (_figures(requests=10, elapsed_s=31), "promote", "error ratio 0.00%"),  # window over
+        (_figures(requests=10, failed=3), "rollback", "(3 failed)"),  # aborted early
+        (_figures(requests=100, failed=2), "rollback", "error ratio 2.00% > 1.00%"),
+        (_figures(requests=100, failed=2, rest_error_ratio=0.02), "promote", "<= 4.00%"),  # the rest fails as much
+        (_figures(p99_ms=7.2, rest_p99_ms=4.8), "promote", "p99 within"),  # 1.5x but only 2.4 ms: noise
+        (_figures(p99_ms=40.0, rest_p99_ms=20.0), "rollback", "p99 40.0 ms > 1.5 x 20.0 ms"),
+        (_figures(p99_ms=28.0, rest_p99_ms=20.0), "promote", "p99 within"),  # 8 ms more but under 1.5x
+        (_figures(p99_ms=None), "promote", "p99 within"),  # no summary (no request in its window)
+    ],
+)
+def test_canary_decision(figures, decision, reason):
+    got, why = canary_decision(figures, POLICY)
+    assert got == decision and reason in why, (got, why)
+
+
+def test_a_canary_out_of_rotation_is_rolled_back_before_its_window_ends():
+    assert canary_decision(_figures(requests=1), POLICY, in_service=lambda: False)[0] == "rollback"
