@@ -14,6 +14,7 @@ from tritonfleet.loadtest.bench.results import (
     ENGINE_GAIN,
     ENTRY_POINT,
     P3,
+    RAW_AGAIN,
     SERVING,
     VS_FASTAPI,
     BenchReport,
@@ -125,7 +126,9 @@ def render_markdown(report: BenchReport, plots: Sequence[Path]) -> str:
         "engine in-process on the same sequences, batched and padded as its repository's tokenizer pads them "
         "(exact lengths: length-sorted batches, each padded to its own longest sequence; else bucketed batches), "
         f"whole passes, at least {config.get('raw_seconds', 0):g} s per point; the thread budget spent as one "
-        "engine on every core or one single-threaded engine per core; the ceiling is the best of those.",
+        "engine on every core or one single-threaded engine per core; the ceiling is the best of those. Served / "
+        "raw divides by the mean of that ceiling and its repeat right after the variant's served runs (group "
+        f"{RAW_AGAIN}): the machine's speed drifts over a run of many minutes.",
         "",
         "## Targets",
         "",
@@ -235,7 +238,7 @@ def plot_report(report: BenchReport, report_dir: Path, prefix: str) -> list[Path
     colours = {"a": "#4c72b0", "b": "#55a868", "c": "#c44e52", "d": "#8172b2"}
     ceilings = {(r.engine, r.precision): r for r in report.scenarios if r.group == "a"}
     ceilings = {key: ceiling(report.scenarios, *key) or row for key, row in ceilings.items()}
-    shown = list(ceilings.values()) + [r for r in report.scenarios if r.group != "a"]
+    shown = list(ceilings.values()) + [r for r in report.scenarios if r.group not in ("a", RAW_AGAIN)]
     paths = []
     figure, axes = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.5))
     axes.barh([_label(r) for r in shown], [r.sequences_per_s for r in shown], color=[colours[r.group] for r in shown])
@@ -247,7 +250,7 @@ def plot_report(report: BenchReport, report_dir: Path, prefix: str) -> list[Path
     figure.savefig(paths[-1], dpi=110)
     plt.close(figure)
 
-    served_rows = [r for r in report.scenarios if r.group != "a" and not math.isnan(r.p99_ms)]
+    served_rows = [r for r in report.scenarios if r.group not in ("a", RAW_AGAIN) and not math.isnan(r.p99_ms)]
     if served_rows:
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for r in served_rows:

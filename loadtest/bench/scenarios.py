@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +40,12 @@ from tritonfleet.loadtest.bench.engines import (
 )
 from tritonfleet.loadtest.bench.load import FastApiSender, LoadResult, TritonGrpcSender, closed_loop
 from tritonfleet.loadtest.bench.results import (
+    RAW_AGAIN,
     TRITON_MODELS,
     BenchReport,
     OverheadResult,
     ScenarioResult,
+    ceiling,
     compute_figures,
 )
 from tritonfleet.loadtest.bench.variants import (
@@ -119,6 +121,7 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
         print("b. Triton with the shipped config (dynamic batching)", flush=True)
         for variant in variants:
             report.scenarios += triton_results(config, variant, sequences, "b", report, measure_overheads=True)
+            report.scenarios += raw_ceiling_again(config, variant, sequences, report.scenarios)
         print(f"c. Triton with batching off ({default.precision})", flush=True)
         batching_off = Variant(default.precision, Path(scratch) / "batching_off")
         if not write_batching_off_repository(default.repository, batching_off.repository):
@@ -161,16 +164,8 @@ def raw_engine_results(
         (lambda threads: EagerEngine(config.model_size, threads), splits, default_buckets)
     ]
     for variant in variants:
-        onnx_path = variant.repository / "esm2_onnx" / "1" / "model.onnx"
-        torchscript_path = variant.repository / "esm2_torchscript" / "1" / "model.pt"
         buckets = buckets_from_repository(variant.repository)
-        if onnx_path.is_file():
-            engines.append(
-                (lambda threads, p=onnx_path, v=variant: OnnxEngine(p, threads, v.precision), splits, buckets)
-            )
-        if torchscript_path.is_file():
-            engines.append((lambda threads, p=torchscript_path, v=variant:
-                            TorchScriptEngine(p, "cpu", v.precision, threads), splits, buckets))  # fmt: skip
+        engines += [(factory, splits, buckets) for factory in variant_engines(variant).values()]
     default_torchscript = variants[0].repository / "esm2_torchscript" / "1" / "model.pt"
     engines += [
         (
@@ -193,6 +188,41 @@ def raw_engine_results(
                       f"{batch_size:3d}: {result.sequences_per_s:8.1f} seq/s", flush=True)  # fmt: skip
                 results.append(result)
     return results
+
+
+def variant_engines(variant: Variant) -> dict[str, EngineFactory]:
+    """The variant's CPU engine files that exist, by engine name (onnx, torchscript)."""
+    onnx_path = variant.repository / "esm2_onnx" / "1" / "model.onnx"
+    torchscript_path = variant.repository / "esm2_torchscript" / "1" / "model.pt"
+    factories: dict[str, EngineFactory] = {}
+    if onnx_path.is_file():
+        factories["onnx"] = lambda threads, p=onnx_path: OnnxEngine(p, threads, variant.precision)
+    if torchscript_path.is_file():
+        factories["torchscript"] = lambda threads, p=torchscript_path: TorchScriptEngine(
+            p, "cpu", variant.precision, threads
+        )
+    return factories
+
+
+def raw_ceiling_again(config: BenchConfig, variant: Variant, sequences: Sequence[str],
+                      results: Sequence[ScenarioResult]) -> list[ScenarioResult]:  # fmt: skip
+    """Each engine's raw ceiling (group a's fastest split and batch size) measured again right after the variant's
+    served runs, as group `RAW_AGAIN`: a shared machine drifts over a run of many minutes, and served / raw takes
+    the mean of the two raw measurements that bracket the served ones (`results.bracketed_ceiling`)."""
+    splits = {split.label: split for split in thread_splits(usable_cores())}
+    buckets = buckets_from_repository(variant.repository)
+    again = []
+    for engine, make_engine in variant_engines(variant).items():
+        best = ceiling(results, engine, variant.precision)
+        if best is None or best.threads not in splits:
+            continue
+        result = measure_engine(make_engine, sequences, best.batch_size, splits[best.threads], config.raw_seconds,
+                                config.raw_warmup_s, buckets)  # fmt: skip
+        result = replace(result, group=RAW_AGAIN, name=f"{result.name}, again after the served runs")
+        print(f"  {RAW_AGAIN} {engine:11s} cpu/{variant.precision} {best.threads:20s} batch {best.batch_size:3d}: "
+              f"{result.sequences_per_s:8.1f} seq/s (before: {best.sequences_per_s:.1f})", flush=True)  # fmt: skip
+        again.append(result)
+    return again
 
 
 # ---------------------------------------------------------------------------------------------------------------

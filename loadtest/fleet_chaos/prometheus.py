@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+from tritonfleet.deploy.local.server import start_in_own_session
 from tritonfleet.loadtest.studies.serving import free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -47,17 +49,16 @@ class Prometheus:
                 }
             )
         )
-        log = (self.workdir / "prometheus.log").open("ab")
-        self._process = subprocess.Popen(
+        # Own session, no stdin, log file closed here once handed over, and it dies with us (no orphan scraper).
+        self._process = start_in_own_session(
             [
                 self.binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{port}",
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.workdir / "prometheus.log",
+            dict(os.environ),
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -72,7 +72,7 @@ def test_bench_quick(esm2_repository: Path, tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads((tmp_path / "bench_quick.json").read_text())
     scenarios = report["scenarios"]
-    assert {scenario["group"] for scenario in scenarios} == {"a", "b", "c", "d"}
+    assert {scenario["group"] for scenario in scenarios} == {"a", "a2", "b", "c", "d"}  # a2: raw again after b
     assert all(s["requests"] > 0 and s["errors"] == 0 for s in scenarios), report["problems"]
     assert report["default_precision"] == "fp32"
     assert {s["engine"] for s in scenarios if s["group"] == "a"} == {"eager", "onnx", "torchscript"}
@@ -80,6 +80,8 @@ def test_bench_quick(esm2_repository: Path, tmp_path: Path) -> None:
     # int8 is exported by the bench; a machine whose int8 fails its quality gate reports that instead of a row
     refused = any(problem.startswith("variant int8 not measured") for problem in report["problems"])
     assert served_variants == ({"fp32"} if refused else {"fp32", "int8"}), report["problems"]
+    p1 = [f for f in report["figures"] if f["target"] and f["target"]["label"] == "P1" and f["precision"] == "fp32"]
+    assert "before and" in p1[0]["basis"], p1  # served / raw bracketed by the raw ceiling measured again
     targets = {(f["target"]["label"], f["precision"]) for f in report["figures"] if f["target"]}
     assert {("P1", "fp32"), ("P2", "fp32"), ("P3", "fp32")} <= targets
     text = (tmp_path / "bench_quick.md").read_text()

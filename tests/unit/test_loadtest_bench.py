@@ -37,6 +37,7 @@ from tritonfleet.loadtest.bench.results import (
     P2_DEFAULT,
     P2_FP32,
     P3,
+    RAW_AGAIN,
     SERVING,
     VS_FASTAPI,
     BenchReport,
@@ -409,6 +410,22 @@ def test_serving_efficiency_is_served_over_the_same_variants_raw_ceiling() -> No
     assert int8["esm2_torchscript / raw torchscript"].target is None  # P1 names esm2_onnx
     assert fp32["esm2_onnx / raw onnx"].value == pytest.approx(0.8)  # fp32 served over fp32 raw, not int8 or CUDA
     assert [f.precision for f in figures if f.question == SERVING][0] == "int8"  # the default variant first
+
+
+def test_served_over_raw_divides_by_the_mean_of_the_ceiling_before_and_after_the_served_runs() -> None:
+    rows = _bench_rows() + [
+        _row(RAW_AGAIN, "onnx", 27.0, threads="2 engines x 1 thread", batch_size=16),  # the ceiling again: drifted
+        _row(RAW_AGAIN, "onnx", 99.0, threads="1 engine x 2 threads", batch_size=16),  # not the ceiling's split
+    ]
+    figures = compute_figures(rows, [], "int8")
+    onnx = _by_name(figures, SERVING, "int8")["esm2_onnx / raw onnx"]
+    assert (onnx.numerator, onnx.denominator, onnx.value) == (28.5, 28.5, pytest.approx(1.0))
+    assert "mean of 30.0 before and 27.0 after the served runs" in onnx.basis
+    # a repeat never becomes a ceiling of its own, nor changes the engine gain (measured next to eager's)
+    gain = _by_name(figures, ENGINE_GAIN, "int8")["raw onnx / raw eager fp32"]
+    assert gain.numerator == 30.0
+    # without a repeat (fp32 here) the ceiling stands as measured
+    assert _by_name(figures, SERVING, "fp32")["esm2_onnx / raw onnx"].denominator == 15.0
 
 
 def test_engine_gain_is_raw_variant_over_raw_eager_fp32() -> None:
