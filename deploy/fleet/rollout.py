@@ -187,28 +187,24 @@ class RolloutMixin:
         rest_failed = sum(f[1] for f in rest_figures)
         rest_p99s = [f[2] for f in rest_figures if f[2] is not None]
         rest_p99 = statistics.median(rest_p99s) if rest_p99s else None
-        canary_total, rest_total = canary_ok + canary_failed, rest_ok + rest_failed
-        canary_ratio = canary_failed / canary_total if canary_total else 0.0
+        rest_total = rest_ok + rest_failed
         rest_ratio = rest_failed / rest_total if rest_total else 0.0
-        ratio_limit = policy.error_ratio_limit(rest_ratio)
-        elapsed = time.monotonic() - window_start
+        judged = CanaryFigures(
+            canary_ok + canary_failed, canary_failed, canary_p99, rest_ratio, rest_p99, time.monotonic() - window_start
+        )
         figures = {
-            "canary_requests": canary_total,
-            "canary_failed": canary_failed,
-            "canary_error_ratio": round(canary_ratio, 4),
+            "canary_requests": judged.requests,
+            "canary_failed": judged.failed,
+            "canary_error_ratio": round(judged.error_ratio, 4),
             "rest_requests": rest_total,
             "rest_failed": rest_failed,
             "rest_error_ratio": round(rest_ratio, 4),
-            "error_ratio_limit": round(ratio_limit, 4),
+            "error_ratio_limit": round(policy.error_ratio_limit(rest_ratio), 4),
             "canary_p99_ms": None if canary_p99 is None else round(canary_p99 / 1000, 2),
             "rest_p99_ms": None if rest_p99 is None else round(rest_p99 / 1000, 2),
-            "window_s": round(elapsed, 1),
+            "window_s": round(judged.elapsed_s, 1),
         }
-        decision, reason = canary_decision(
-            CanaryFigures(canary_total, canary_failed, canary_p99, rest_ratio, rest_p99, elapsed),
-            policy,
-            in_service=lambda: self._canary_in_service(canary),
-        )
+        decision, reason = canary_decision(judged, policy, in_service=lambda: self._canary_in_service(canary))
         return decision, reason, figures
 
     def _canary_in_service(self, name: str) -> bool:
@@ -267,12 +263,16 @@ class CanaryFigures:
     rest_p99_us: float | None
     elapsed_s: float
 
+    @property
+    def error_ratio(self) -> float:
+        return self.failed / self.requests if self.requests else 0.0
+
 
 def canary_decision(
     figures: CanaryFigures, policy: CanaryPolicy, in_service: Callable[[], bool] = lambda: True
 ) -> tuple[str, str]:
     """("rollback" | "promote" | "" while still watching, the reason) under `policy` (see CanaryPolicy)."""
-    ratio = figures.failed / figures.requests if figures.requests else 0.0
+    ratio = figures.error_ratio
     ratio_limit = policy.error_ratio_limit(figures.rest_error_ratio)
     if ratio > ratio_limit and figures.failed >= policy.abort_failures:
         return "rollback", f"error ratio {ratio:.2%} > {ratio_limit:.2%} ({figures.failed} failed)"

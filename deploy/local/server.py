@@ -329,7 +329,7 @@ def start_in_own_session(
 ) -> subprocess.Popen[bytes]:
     """A child in its own session (a Ctrl-C in the terminal reaches only us; stopping it is ours to do), its stdout
     and stderr in `log_path`, no stdin, dying with this process (`before_exec` is `terminate_with_parent` or calls
-    it): tritonserver, and the fleet's replicas and HAProxy."""
+    it): tritonserver, the fleet's replicas and HAProxy, the chaos study's Prometheus."""
     with log_path.open("ab" if append else "wb") as log:
         return subprocess.Popen(
             command,

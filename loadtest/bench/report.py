@@ -15,6 +15,7 @@ from tritonfleet.loadtest.bench.results import (
     ENTRY_POINT,
     P3,
     RAW_AGAIN,
+    RAW_GROUPS,
     SERVING,
     VS_FASTAPI,
     BenchReport,
@@ -238,7 +239,7 @@ def plot_report(report: BenchReport, report_dir: Path, prefix: str) -> list[Path
     colours = {"a": "#4c72b0", "b": "#55a868", "c": "#c44e52", "d": "#8172b2"}
     ceilings = {(r.engine, r.precision): r for r in report.scenarios if r.group == "a"}
     ceilings = {key: ceiling(report.scenarios, *key) or row for key, row in ceilings.items()}
-    shown = list(ceilings.values()) + [r for r in report.scenarios if r.group not in ("a", RAW_AGAIN)]
+    shown = list(ceilings.values()) + [r for r in report.scenarios if r.group not in RAW_GROUPS]
     paths = []
     figure, axes = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.5))
     axes.barh([_label(r) for r in shown], [r.sequences_per_s for r in shown], color=[colours[r.group] for r in shown])
@@ -250,7 +251,7 @@ def plot_report(report: BenchReport, report_dir: Path, prefix: str) -> list[Path
     figure.savefig(paths[-1], dpi=110)
     plt.close(figure)
 
-    served_rows = [r for r in report.scenarios if r.group not in ("a", RAW_AGAIN) and not math.isnan(r.p99_ms)]
+    served_rows = [r for r in report.scenarios if r.group not in RAW_GROUPS and not math.isnan(r.p99_ms)]
     if served_rows:
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for r in served_rows:

@@ -19,6 +19,7 @@ TRITON_MODELS = (ONNX_MODEL, TORCHSCRIPT_MODEL, ENSEMBLE_MODEL, BLS_MODEL)
 ENTRY_POINT = ENSEMBLE_MODEL  # the README's default entry point
 
 RAW_AGAIN = "a2"  # group: a raw ceiling measured again after the served runs (bracketing them with group a)
+RAW_GROUPS = ("a", RAW_AGAIN)  # the in-process rows; every other group is served (b, c) or the baseline (d)
 SERVING = "serving efficiency"
 ENGINE_GAIN = "engine gain"
 VS_FASTAPI = "Triton vs FastAPI"
