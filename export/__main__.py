@@ -119,7 +119,7 @@ def _add_serving_options(parser: argparse.ArgumentParser, parity_default: int | 
         "--cpu-instances",
         type=int,
         metavar="N",
-        help=f"network instances (default: one per core, at most {MAX_CPU_INSTANCES})",
+        help=f"network instances (default: two single-threaded ones per core, at most {MAX_CPU_INSTANCES})",
     )
     cpu.add_argument(
         "--cpu-threads", type=int, metavar="N", help="intra-op threads per instance (default: cores / instances)"
