@@ -188,7 +188,7 @@ class RolloutMixin:
         rest_p99s = [f[2] for f in rest_figures if f[2] is not None]
         rest_p99 = statistics.median(rest_p99s) if rest_p99s else None
         rest_total = rest_ok + rest_failed
-        rest_ratio = rest_failed / rest_total if rest_total else 0.0
+        rest_ratio = error_ratio(rest_failed, rest_total)
         judged = CanaryFigures(
             canary_ok + canary_failed, canary_failed, canary_p99, rest_ratio, rest_p99, time.monotonic() - window_start
         )
@@ -265,7 +265,12 @@ class CanaryFigures:
 
     @property
     def error_ratio(self) -> float:
-        return self.failed / self.requests if self.requests else 0.0
+        return error_ratio(self.failed, self.requests)
+
+
+def error_ratio(failed: int, requests: int) -> float:
+    """Failed requests over all requests (0 without requests)."""
+    return failed / requests if requests else 0.0
 
 
 def canary_decision(
