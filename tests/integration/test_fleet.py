@@ -217,6 +217,8 @@ def test_each_replica_serves_its_own_cpu_plan(fleet, repository):
     """After kills, restarts, updates, canaries and scaling: every replica's tritonserver (asked on its own port)
     serves the network with two single-threaded instances per core of its core set (plan_cpu); the
     repository is unchanged."""
+    # The earlier tests' kills, restarts and scaling may leave a replica still starting: wait until each answers.
+    _until(lambda: all(replica.is_ready() for replica in fleet.replicas.values()), 120, "every replica ready")
     status = fleet.status()["replicas"]
     for name, replica in fleet.replicas.items():
         expected, _ = plan_cpu(len(replica.cores))
